@@ -1,0 +1,194 @@
+"""Backbones behind one interface: ``backbone(x) -> Features``.
+
+Both methods run on both backbones. ``swin`` is MONAI's SwinUNETR (v2) without its output layer, so
+its ``state_dict`` keys are exactly MONAI's (``swinViT.*``, ``encoder*``, ``decoder*``); ``unet`` is
+the GVSL 3D U-Net. Spatial sizes must be divisible by ``backbone.stride``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from monai.networks.nets import SwinUNETR
+from torch import nn
+from torch.nn import functional as F
+
+from mssl.config import BackboneConfig
+
+
+@dataclass
+class Features:
+    """What a backbone hands to a method.
+
+    pyramid: encoder maps from finest to coarsest, each (B, C_i, *S / s_i).
+    bottleneck: the coarsest map (S²DC tokens, GVSL's global feature f^g).
+    local: full-resolution decoder map (GVSL's f^l), None when the decoder was skipped.
+    """
+
+    pyramid: list[torch.Tensor]
+    bottleneck: torch.Tensor
+    local: torch.Tensor | None
+
+
+class Backbone(nn.Module):
+    """Common surface of every backbone: sizes, channels and the divisibility check."""
+
+    stride: int
+    pyramid_channels: tuple[int, ...]
+    pyramid_strides: tuple[int, ...]
+    local_channels: int
+
+    @property
+    def bottleneck_channels(self) -> int:
+        return self.pyramid_channels[-1]
+
+    def check_size(self, spatial: Sequence[int]) -> None:
+        bad = [s for s in spatial if s % self.stride]
+        if bad:
+            raise ValueError(
+                f"{type(self).__name__} needs every spatial size divisible by {self.stride}, "
+                f"got {tuple(spatial)}; choose crops such as {tuple(max(self.stride, s // self.stride * self.stride) for s in spatial)}"
+            )
+
+    def forward(self, x: torch.Tensor, decode: bool = True) -> Features:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class SwinBackbone(Backbone, SwinUNETR):
+    """MONAI SwinUNETR minus its output convolution; keys load 1:1 into ``SwinUNETR``."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        feature_size: int = 48,
+        window_size: int = 7,
+        use_v2: bool = True,
+        use_checkpoint: bool = False,
+        dropout_path_rate: float = 0.0,
+    ) -> None:
+        SwinUNETR.__init__(
+            self,
+            in_channels=in_channels,
+            out_channels=1,
+            feature_size=feature_size,
+            window_size=window_size,
+            use_v2=use_v2,
+            use_checkpoint=use_checkpoint,
+            dropout_path_rate=dropout_path_rate,
+            spatial_dims=3,
+        )
+        del self.out  # the task head is the downstream user's, not ours
+        self.stride = 32
+        self.pyramid_channels = tuple(feature_size * m for m in (1, 2, 4, 8, 16))
+        self.pyramid_strides = (2, 4, 8, 16, 32)
+        self.local_channels = feature_size
+
+    def forward(self, x: torch.Tensor, decode: bool = True) -> Features:
+        self.check_size(x.shape[2:])
+        hidden = self.swinViT(x, self.normalize)
+        local = None
+        if decode:
+            enc0 = self.encoder1(x)
+            enc1 = self.encoder2(hidden[0])
+            enc2 = self.encoder3(hidden[1])
+            enc3 = self.encoder4(hidden[2])
+            dec4 = self.encoder10(hidden[4])
+            dec3 = self.decoder5(dec4, hidden[3])
+            dec2 = self.decoder4(dec3, enc3)
+            dec1 = self.decoder3(dec2, enc2)
+            dec0 = self.decoder2(dec1, enc1)
+            local = self.decoder1(dec0, enc0)
+        return Features(pyramid=list(hidden), bottleneck=hidden[-1], local=local)
+
+
+def _group_norm(channels: int, channels_per_group: int = 8) -> nn.GroupNorm:
+    return nn.GroupNorm(max(1, channels // channels_per_group), channels)
+
+
+class DoubleConv(nn.Sequential):
+    """(Conv3d 3³ → GroupNorm(8 ch/group) → LeakyReLU 0.2) × 2, the GVSL building block."""
+
+    def __init__(self, in_channels: int, out_channels: int, channels_per_group: int = 8) -> None:
+        super().__init__(
+            nn.Conv3d(in_channels, out_channels, 3, padding=1),
+            _group_norm(out_channels, channels_per_group),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv3d(out_channels, out_channels, 3, padding=1),
+            _group_norm(out_channels, channels_per_group),
+            nn.LeakyReLU(0.2, inplace=True),
+        )
+
+
+class UpBlock(nn.Module):
+    """Trilinear ×2, concatenate [skip, upsampled], DoubleConv."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = DoubleConv(in_channels + skip_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=True)
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class UNetBackbone(Backbone):
+    """The GVSL 3D U-Net: widths 32-64-128-256-512, decoder back to 32, Kaiming init.
+
+    State-dict keys (documented for export): ``encoders.{i}.*`` (i = 0 full resolution … 4 bottleneck,
+    each a DoubleConv after a 2× max-pool for i > 0) and ``decoders.{j}.conv.*`` (j = 0 coarsest).
+    """
+
+    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128, 256, 512)) -> None:
+        super().__init__()
+        channels = tuple(channels)
+        if len(channels) < 2:
+            raise ValueError(f"unet needs at least 2 widths, got {channels}")
+        self.encoders = nn.ModuleList(
+            [DoubleConv(in_channels, channels[0])]
+            + [DoubleConv(channels[i - 1], channels[i]) for i in range(1, len(channels))]
+        )
+        self.decoders = nn.ModuleList(
+            UpBlock(channels[i], channels[i - 1], channels[i - 1]) for i in range(len(channels) - 1, 0, -1)
+        )
+        self.stride = 2 ** (len(channels) - 1)
+        self.pyramid_channels = channels
+        self.pyramid_strides = tuple(2**i for i in range(len(channels)))
+        self.local_channels = channels[0]
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv3d):
+                nn.init.kaiming_normal_(module.weight, a=0.2, nonlinearity="leaky_relu")
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.GroupNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor, decode: bool = True) -> Features:
+        self.check_size(x.shape[2:])
+        pyramid = []
+        for i, encoder in enumerate(self.encoders):
+            x = encoder(F.max_pool3d(x, 2) if i else x)
+            pyramid.append(x)
+        local = None
+        if decode:
+            local = pyramid[-1]
+            for decoder, skip in zip(self.decoders, reversed(pyramid[:-1])):
+                local = decoder(local, skip)
+        return Features(pyramid=pyramid, bottleneck=pyramid[-1], local=local)
+
+
+def build_backbone(config: BackboneConfig) -> Backbone:
+    """Construct the backbone a config names."""
+    if config.name == "swin":
+        return SwinBackbone(
+            in_channels=config.in_channels,
+            feature_size=config.feature_size,
+            window_size=config.window_size,
+            use_v2=config.use_v2,
+            use_checkpoint=config.gradient_checkpointing,
+        )
+    return UNetBackbone(in_channels=config.in_channels, channels=config.unet_channels)
