@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import typer
 
-from mssl import __version__
+from mssl import __version__, commands
 
 app = typer.Typer(
     name="mssl",
@@ -13,6 +16,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+# The order a user meets the commands in: data → pre-training → weights → downstream → pictures.
+_ORDER = ["demo", "prepare", "pretrain", "export", "inspect", "finetune", "evaluate", "probe", "benchmark", "visualize"]
 
 
 def _version(value: bool) -> None:
@@ -26,6 +32,17 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """mssl: prepare data, pre-train, export, fine-tune, evaluate and visualise."""
+
+
+def _register_commands() -> None:
+    names = [m.name for m in pkgutil.iter_modules(commands.__path__)]
+    names.sort(key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+    for name in names:
+        module = importlib.import_module(f"mssl.commands.{name}")
+        app.command(name.replace("_", "-"))(module.command)
+
+
+_register_commands()
 
 
 def main() -> None:
