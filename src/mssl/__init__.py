@@ -1,10 +1,28 @@
-"""mssl: self-supervised pre-training of 3D medical image encoders (S²DC, GVSL) and its downstream proof."""
+"""mssl: self-supervised pre-training of 3D medical image encoders (S²DC, GVSL) and its downstream proof.
 
+The Python API mirrors the CLI one to one (``mssl.prepare(...)`` ≡ ``mssl prepare ...``). Names are
+resolved lazily so that ``import mssl`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 try:
     __version__ = version("mssl")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+local"
 
-__all__ = ["__version__"]
+# public name -> "module:attribute"; each command's owner adds its entry here
+_API: dict[str, str] = {}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        module, attribute = _API[name].split(":")
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'mssl' has no attribute {name!r}")
