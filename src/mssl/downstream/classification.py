@@ -1,0 +1,189 @@
+"""Classification / regression fine-tuning on pooled encoder features (e.g. IXI sex, age).
+
+A datalist key with string values (``sex``: "F"/"M") becomes classes in sorted order; numeric values
+(``age``) a regression standardised by the training cases' mean and std. Whole volumes are padded or
+cropped to ``roi``; the best validation checkpoint (AUC/accuracy, or MAE) is kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from monai import transforms as mt
+from monai.data import CacheDataset, DataLoader
+from rich.console import Console
+from sklearn.metrics import accuracy_score, roc_auc_score
+from torch.nn import functional as F
+
+from mssl.downstream.config import FinetuneConfig
+from mssl.downstream.datasets import LabelledCase, case_dict, labelled_subset, preprocessing
+from mssl.downstream.networks import build_classifier, freeze_encoder, network_stride
+from mssl.downstream.pretrained import load_encoder
+from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, save_weights, write_json
+from mssl.downstream.setup import make_fabric, resolve_setup
+
+LOG_FILE = "metrics.csv"
+
+
+def target_encoding(train_cases: Sequence[LabelledCase], every_case: Sequence[LabelledCase], key: str) -> dict[str, Any]:
+    """How ``key`` is predicted: {"kind": "classes", "classes": [...]} or {"kind": "regression", "mean", "std"}.
+
+    Classes come from every case (k labelled cases may all share one); regression statistics from the
+    training cases only.
+    """
+    missing = [c.case_id for c in every_case if c.extra.get(key) is None]
+    if missing:
+        raise ValueError(f"cases {missing[:5]} have no '{key}' in the datalist")
+    values = [c.extra[key] for c in every_case]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        array = np.asarray([c.extra[key] for c in train_cases], dtype=float)
+        return {"kind": "regression", "mean": float(array.mean()), "std": float(array.std() or 1.0)}
+    return {"kind": "classes", "classes": sorted({str(v) for v in values})}
+
+
+def encode_target(value: Any, encoding: dict[str, Any]) -> float:
+    if encoding["kind"] == "regression":
+        return (float(value) - encoding["mean"]) / encoding["std"]
+    return float(encoding["classes"].index(str(value)))
+
+
+def classification_scores(outputs: torch.Tensor, targets: torch.Tensor, encoding: dict[str, Any]) -> dict[str, float]:
+    """Accuracy and (binary or one-vs-rest) AUC for classes; MAE in the target's unit for regression."""
+    if encoding["kind"] == "regression":
+        predicted = outputs[:, 0] * encoding["std"] + encoding["mean"]
+        truth = targets * encoding["std"] + encoding["mean"]
+        return {"mae": float((predicted - truth).abs().mean())}
+    probabilities = outputs.float().softmax(1).numpy()
+    truth = targets.long().numpy()
+    scores = {"accuracy": float(accuracy_score(truth, probabilities.argmax(1)))}
+    if len(np.unique(truth)) == probabilities.shape[1]:
+        scores["auc"] = float(
+            roc_auc_score(truth, probabilities[:, 1]) if probabilities.shape[1] == 2 else roc_auc_score(truth, probabilities, multi_class="ovr")
+        )
+    return scores
+
+
+def selection_score(scores: dict[str, float]) -> float:
+    """Higher is better: AUC, else accuracy, else −MAE."""
+    if "mae" in scores:
+        return -scores["mae"]
+    return scores.get("auc", scores["accuracy"])
+
+
+def volume_transforms(preset: str, spacing: Sequence[float] | None, roi: Sequence[int]) -> mt.Compose:
+    """Whole-volume preprocessing to a fixed roi (pad or centre crop)."""
+    return mt.Compose([preprocessing(preset, spacing, with_label=False), mt.ResizeWithPadOrCropd("image", spatial_size=tuple(roi))])
+
+
+def classification_items(cases: Sequence[LabelledCase], target: str, encoding: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{**case_dict(c, [], with_label=False), "target": encode_target(c.extra[target], encoding)} for c in cases]
+
+
+@torch.no_grad()
+def predict_outputs(network: torch.nn.Module, data: CacheDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Network outputs (N, num_outputs) and encoded targets (N,) over a dataset, one volume at a time."""
+    network.eval()
+    device = next(network.parameters()).device
+    outputs, targets = [], []
+    for item in data:
+        outputs.append(network(item["image"].unsqueeze(0).to(device)).float().cpu())
+        targets.append(torch.tensor([item["target"]], dtype=torch.float32))
+    return torch.cat(outputs), torch.cat(targets)
+
+
+def _loss(outputs: torch.Tensor, targets: torch.Tensor, encoding: dict[str, Any]) -> torch.Tensor:
+    if encoding["kind"] == "regression":
+        return F.smooth_l1_loss(outputs[:, 0].float(), targets.float())
+    return F.cross_entropy(outputs.float(), targets.long())
+
+
+def finetune_classification(config: FinetuneConfig, console: Console | None = None) -> Path:
+    """Train a pooled-encoder classifier/regressor on k labelled cases; returns the run folder."""
+    console = console or Console()
+    setup = resolve_setup(config, config.weights, config.backbone)
+    stride = network_stride(setup.backbone)
+    if any(r % stride for r in config.roi):
+        raise ValueError(f"roi {config.roi} must be a multiple of {stride} for backbone {setup.backbone.name}")
+    fabric = make_fabric(config.accelerator, config.devices, config.precision, config.seed)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = setup.dataset.splits
+    train_cases = labelled_subset(splits["train"], config.labels, config.seed)
+    val_cases = sorted(splits["validation"], key=lambda c: c.case_id)[: config.val_cases]
+    encoding = target_encoding(train_cases, [c for cases in splits.values() for c in cases], config.target)
+    num_outputs = 1 if encoding["kind"] == "regression" else len(encoding["classes"])
+    console.print(
+        f"[bold]finetune cls[/] '{config.target}' ({encoding['kind']}) · {setup.backbone.name} · "
+        f"{len(train_cases)} labelled cases (seed {config.seed}) · {len(val_cases)} validation"
+    )
+
+    network = build_classifier(setup.backbone, num_outputs)
+    if config.weights is not None:
+        load_encoder(network.backbone, config.weights, console)
+    if config.freeze_encoder:
+        console.print(f"encoder frozen ({freeze_encoder(network, setup.backbone)} tensors)")
+    optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
+    network, optimizer = fabric.setup(network, optimizer)
+
+    transform = volume_transforms(setup.preset, setup.spacing, config.roi)
+    train_data = CacheDataset(classification_items(train_cases, config.target, encoding), transform=transform, progress=False)
+    val_data = CacheDataset(classification_items(val_cases, config.target, encoding), transform=transform, progress=False)
+    loader = fabric.setup_dataloaders(DataLoader(train_data, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers))
+
+    best, best_step, best_scores = -math.inf, 0, {}
+    step = 0
+    with open(out / LOG_FILE, "w", newline="") as log_file:
+        log = csv.writer(log_file)
+        log.writerow(["step", "loss", "validation"])
+        while step < config.steps:
+            for batch in loader:
+                step += 1
+                network.train()
+                loss = _loss(network(batch["image"]), batch["target"], encoding)
+                optimizer.zero_grad(set_to_none=True)
+                fabric.backward(loss)
+                optimizer.step()
+                schedule.step()
+                scores: dict[str, float] = {}
+                if val_cases and (step % config.val_every == 0 or step == config.steps):
+                    with fabric.autocast():
+                        scores = classification_scores(*predict_outputs(network, val_data), encoding)
+                    if selection_score(scores) > best:
+                        best, best_step, best_scores = selection_score(scores), step, scores
+                        if fabric.is_global_zero:
+                            save_weights(network, out)
+                    console.print(f"step {step}/{config.steps} · loss {loss.item():.4f} · validation {scores}")
+                log.writerow([step, f"{loss.item():.6f}", scores or ""])
+                if step >= config.steps:
+                    break
+    if not val_cases:
+        best_step = config.steps
+        if fabric.is_global_zero:
+            save_weights(network, out)
+    if fabric.is_global_zero:
+        write_json(
+            out / MODEL_FILE,
+            {
+                "task": "cls",
+                "backbone": setup.backbone.model_dump(mode="json"),
+                "num_outputs": num_outputs,
+                "target": config.target,
+                "encoding": encoding,
+                "preset": setup.preset,
+                "spacing": setup.spacing,
+                "roi": list(config.roi),
+                "weights": str(config.weights) if config.weights else None,
+                "method": setup.pretrained.method if setup.pretrained else "scratch",
+                "labelled_cases": [c.case_id for c in train_cases],
+                "config": config.model_dump(mode="json"),
+            },
+        )
+        write_json(out / RESULT_FILE, {"best_step": best_step, "validation": best_scores, "steps": config.steps})
+    console.print(f"[green]done[/] {out} · best validation {best_scores} at step {best_step}")
+    return out

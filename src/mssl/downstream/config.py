@@ -1,0 +1,96 @@
+"""Validated configs of the downstream commands (finetune, evaluate, probe, benchmark)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from mssl.config import BackboneConfig, Size3, StrictModel
+
+Precision = Literal["32", "bf16-mixed", "16-mixed"]
+PresetName = Literal["ct", "mri", "none"]
+
+
+class DataConfig(StrictModel):
+    """Which dataset, how it is split and preprocessed (preset and spacing default to the weights' sidecar)."""
+
+    data: Path = Field(description="MSD-style dataset.json (training entries with image, label, split, ...)")
+    preset: PresetName | None = Field(None, description="intensity preset; default: the weights' preset, else from modality")
+    spacing: tuple[float, float, float] | None = Field(None, description="resample to this spacing (mm); default: keep")
+    test_fraction: float = Field(0.3, gt=0, lt=1, description="used only when the datalist has no split key")
+    validation_fraction: float = Field(0.1, ge=0, lt=1, description="used only when the datalist has no split key")
+
+
+class FinetuneConfig(DataConfig):
+    """``mssl finetune``: supervised training of a (pre-trained or scratch) network on k labelled cases."""
+
+    task: Literal["seg", "cls"] = "seg"
+    out: Path = Path("runs/finetune")
+    weights: Path | None = Field(None, description="export (encoder.safetensors) or run folder; None = scratch")
+    backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig(), description="scratch network (ignored with weights)")
+    labels: int | None = Field(None, ge=1, description="k labelled training cases (seeded choice); None = all")
+    seed: int = 0
+    roi: Size3 = (96, 96, 96)
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(1, ge=1, description="cases per step")
+    crops_per_case: int = Field(2, ge=1, description="foreground-oversampled crops per case and step (seg)")
+    positive_fraction: float = Field(2 / 3, ge=0, le=1, description="share of crops centred on foreground (seg)")
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    freeze_encoder: bool = False
+    val_every: int = Field(100, ge=1, description="validate (sliding window) every N steps; best checkpoint kept")
+    val_cases: int | None = Field(None, ge=1, description="cap on validation cases (CPU budgets)")
+    sw_overlap: float = Field(0.25, ge=0, lt=1)
+    target: str = Field("sex", description="cls: datalist key to predict (strings → classes, numbers → regression)")
+    precision: Precision = "32"
+    accelerator: str = "auto"
+    devices: int = Field(1, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class EvaluateConfig(DataConfig):
+    """``mssl evaluate``: metrics of a fine-tuned run on one split, predictions saved as NIfTI."""
+
+    run: Path = Field(description="a finetune output folder (model.json + best.safetensors)")
+    split: str = "test"
+    out: Path | None = Field(None, description="default: RUN/evaluation/SPLIT")
+    classes: list[str] | None = Field(None, description="report only these classes (names); default all")
+    save_predictions: bool = True
+    max_cases: int | None = Field(None, ge=1, description="evaluate the first N cases only (quick checks)")
+    sw_overlap: float = Field(0.25, ge=0, lt=1)
+
+
+class ProbeConfig(DataConfig):
+    """``mssl probe``: frozen-feature probes of pre-trained vs randomly initialised encoders."""
+
+    weights: Path | None = Field(None, description="export or run folder; None = random encoder only")
+    backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig(), description="used when no weights")
+    out: Path | None = Field(None, description="write probe.json / probe.md here")
+    train_cases: int = Field(4, ge=1, description="labelled training cases the probes see")
+    test_cases: int = Field(4, ge=1, description="test cases the probes are scored on")
+    voxels_per_class: int = Field(2000, ge=10, description="sampled voxels per class and case for the linear probe")
+    patch: int = Field(16, ge=4, description="side of the cubes the patch classifier labels")
+    knn_k: int = Field(5, ge=1)
+    size: Size3 | None = Field(None, description="pad/crop volumes to this size; default: next multiple of the stride")
+    classes: list[str] | None = Field(None, description="report only these classes; default all")
+    seed: int = 0
+    random_baseline: bool = True
+
+
+class BenchmarkConfig(DataConfig):
+    """``mssl benchmark``: the few-label protocol (scratch vs pre-trainings × k × seeds, fixed test split)."""
+
+    out: Path = Path("runs/benchmark")
+    methods: list[str] = ["scratch", "s2dc", "gvsl"]
+    runs: dict[str, Path] = Field(default_factory=dict, description="method → existing run or export (skips pre-training)")
+    labels: list[int] = [2, 5, 10]
+    seeds: int = Field(3, ge=1)
+    backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig(), description="backbone of pre-training and scratch")
+    pretrain_steps: int = Field(1000, ge=1)
+    pretrain_overrides: dict[str, object] = Field(default_factory=dict, description="extra mssl.pretrain arguments")
+    finetune: dict[str, object] = Field(default_factory=dict, description="FinetuneConfig overrides (roi, steps, ...)")
+    probe: bool = True
+    classes: list[str] | None = Field(None, description="classes in the table; default all")
+    max_test_cases: int | None = Field(None, ge=1, description="score on the first N test cases (CPU budgets)")

@@ -1,0 +1,84 @@
+"""Segmentation metrics per case and class: Dice and HD95 (MONAI), with partial labels respected.
+
+A class that was not contoured in a case gets NaN (excluded from every mean), never 0. A contoured
+class the prediction misses entirely gets Dice 0 and, since a distance to nothing is undefined, HD95
+equal to the volume's diagonal in millimetres (the worst possible value, stated in every summary).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.metrics import DiceMetric, HausdorffDistanceMetric
+from monai.networks.utils import one_hot
+
+
+@dataclass
+class CaseMetrics:
+    """Dice and HD95 (mm) per foreground class of one case; NaN where the class is not evaluable."""
+
+    dice: np.ndarray  # (C - 1,)
+    hd95: np.ndarray  # (C - 1,)
+
+
+def segmentation_metrics(
+    prediction: torch.Tensor,
+    label: torch.Tensor,
+    num_classes: int,
+    spacing: Sequence[float],
+    present: torch.Tensor | None = None,
+    with_hd95: bool = True,
+) -> CaseMetrics:
+    """Dice and HD95 of one case.
+
+    prediction, label: integer maps (*S) or (1, *S); num_classes counts background; spacing in mm per
+    axis; present: (num_classes,) bool, absent classes are NaN. A present class with an empty reference
+    (e.g. outside the field of view) is NaN as well. ``with_hd95=False`` skips the distance transform
+    (validation during training needs Dice only).
+    """
+    prediction = prediction.reshape(1, 1, *prediction.shape[-len(spacing) :]).long()
+    label = label.reshape(1, 1, *label.shape[-len(spacing) :]).long()
+    if prediction.shape != label.shape:
+        raise ValueError(f"prediction shape {tuple(prediction.shape)} differs from label shape {tuple(label.shape)}")
+    pred_1h = one_hot(prediction, num_classes)  # (1, C, *S)
+    label_1h = one_hot(label, num_classes)
+    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)(pred_1h, label_1h)[0]
+    hd95 = torch.full((num_classes - 1,), float("nan"))
+    reference_present = label_1h[0, 1:].flatten(1).any(1)
+    predicted = pred_1h[0, 1:].flatten(1).any(1)
+    both = reference_present & predicted
+    if with_hd95 and both.any():
+        distances = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(
+            pred_1h, label_1h, spacing=[float(s) for s in spacing]
+        )[0]
+        hd95[both] = distances[both].float()
+    diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(label.shape[2:], spacing)))
+    if with_hd95:
+        hd95[reference_present & ~predicted] = diagonal
+    dice = dice.float().cpu()
+    if present is not None:
+        absent = ~present.bool().cpu()[1:]
+        dice[absent] = float("nan")
+        hd95[absent] = float("nan")
+    return CaseMetrics(dice=dice.numpy(), hd95=hd95.numpy())
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, sample std (0 for one value) and count over the finite values; NaN mean when none."""
+    finite = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if finite.size == 0:
+        return float("nan"), float("nan"), 0
+    std = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+    return float(finite.mean()), std, int(finite.size)
+
+
+def format_mean_std(values: Sequence[float], digits: int = 3) -> str:
+    """'0.812 ± 0.041 (n=12)' or '–' when nothing was measured."""
+    mean, std, count = mean_std(values)
+    if count == 0:
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={count})"

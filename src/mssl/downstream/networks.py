@@ -1,0 +1,86 @@
+"""Downstream networks whose encoder keys equal the pre-trained backbone's, so exports load unchanged.
+
+Key layouts:
+- swin: ``monai.networks.nets.SwinUNETR`` itself (``swinViT.*`` encoder, ``encoder1..4,10.*`` and
+  ``decoder1..5.*`` convolutional blocks, ``out.*`` head).
+- unet segmentation: :class:`UNetSegmenter` = the GVSL U-Net (``encoders.{i}.*``, ``decoders.{j}.conv.*``)
+  plus ``head.*``, a 1×1×1 convolution on the full-resolution decoder map.
+- classification: :class:`EncoderClassifier` = ``backbone.*`` (the backbone's own keys) plus ``head.*``;
+  pre-trained weights are loaded into ``network.backbone``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from monai.networks.nets import SwinUNETR
+from torch import nn
+
+from mssl.config import BackboneConfig
+from mssl.models.backbones import Backbone, UNetBackbone, build_backbone
+
+# parameter-name prefixes of the part a pre-training actually shapes (frozen with ``freeze_encoder``)
+ENCODER_PREFIXES = {"swin": ("swinViT.",), "unet": ("encoders.",)}
+
+
+class UNetSegmenter(UNetBackbone):
+    """The GVSL U-Net with a 1×1×1 convolution head on its full-resolution decoder map."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: Sequence[int]) -> None:
+        super().__init__(in_channels=in_channels, channels=channels)
+        self.head = nn.Conv3d(self.local_channels, num_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.head(super().forward(x, decode=True).local)
+
+
+class EncoderClassifier(nn.Module):
+    """Global-average-pooled bottleneck of a backbone → dropout → linear (classes or one regression output)."""
+
+    def __init__(self, backbone: Backbone, num_outputs: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.bottleneck_channels, num_outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bottleneck = self.backbone(x, decode=False).bottleneck  # (B, C, *S / stride)
+        return self.head(bottleneck.flatten(2).mean(-1))
+
+
+def build_segmentation_network(backbone: BackboneConfig, num_classes: int) -> nn.Module:
+    """SwinUNETR (MONAI) or the project's U-Net with ``num_classes`` output channels (background included)."""
+    if backbone.name == "swin":
+        return SwinUNETR(
+            in_channels=backbone.in_channels,
+            out_channels=num_classes,
+            feature_size=backbone.feature_size,
+            window_size=backbone.window_size,
+            use_v2=backbone.use_v2,
+            use_checkpoint=backbone.gradient_checkpointing,
+            spatial_dims=3,
+        )
+    return UNetSegmenter(backbone.in_channels, num_classes, backbone.unet_channels)
+
+
+def network_stride(backbone: BackboneConfig) -> int:
+    """Every spatial size fed to the network must be a multiple of this."""
+    return 32 if backbone.name == "swin" else 2 ** (len(backbone.unet_channels) - 1)
+
+
+def freeze_encoder(network: nn.Module, backbone: BackboneConfig) -> int:
+    """Stop gradients into the pre-trained encoder part; returns how many tensors were frozen."""
+    prefixes = ENCODER_PREFIXES[backbone.name]
+    frozen = 0
+    for name, parameter in network.named_parameters():
+        if name.removeprefix("backbone.").startswith(prefixes):
+            parameter.requires_grad_(False)
+            frozen += 1
+    if not frozen:
+        raise ValueError(f"no parameter of {type(network).__name__} starts with {prefixes}: nothing to freeze")
+    return frozen
+
+
+def build_classifier(backbone: BackboneConfig, num_outputs: int, dropout: float = 0.0) -> EncoderClassifier:
+    """A pooled-encoder classifier (num_outputs ≥ 2) or regressor (num_outputs = 1)."""
+    return EncoderClassifier(build_backbone(backbone), num_outputs, dropout)

@@ -1,0 +1,76 @@
+"""Partial labels: a class that was not contoured in a case is unknown there, never background.
+
+OpenKBP lists per case the organs that were contoured (``present_labels``). Where an organ is absent,
+its voxels carry label 0 although they are not background. We use the *marginal* formulation: for a
+case, the probabilities of its absent classes are merged into background before the loss, so the
+network is never told "this voxel is not organ c" for an organ nobody drew, and absent classes are
+left out of the Dice terms. With every class present this is exactly MONAI's ``DiceCELoss``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from monai.losses import DiceLoss
+from torch import nn
+from torch.nn import functional as F
+
+
+def present_mask(present_labels: Sequence[str] | None, class_names: Sequence[str]) -> torch.Tensor:
+    """(C,) bool over ``class_names`` (index 0 = background, always present); None means all contoured."""
+    if present_labels is None:
+        return torch.ones(len(class_names), dtype=torch.bool)
+    unknown = sorted(set(present_labels) - set(class_names))
+    if unknown:
+        raise ValueError(f"present_labels names {unknown} that are not in the dataset labels {list(class_names)}")
+    mask = torch.tensor([name in present_labels for name in class_names], dtype=torch.bool)
+    mask[0] = True
+    return mask
+
+
+def marginal_log_probs(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities with every absent class's mass merged into background.
+
+    logits: (B, C, *S); present: (B, C) bool. Returns (B, C, *S); absent channels hold -inf
+    (probability 0) and channel 0 holds log(p_background + Σ_absent p_c).
+    """
+    present = present.to(device=logits.device, dtype=torch.bool)
+    if present.shape != logits.shape[:2]:
+        raise ValueError(f"present mask has shape {tuple(present.shape)}, expected {tuple(logits.shape[:2])}")
+    log_probs = torch.log_softmax(logits.float(), dim=1)
+    view = (*present.shape, *([1] * (logits.ndim - 2)))
+    merged_into_background = (~present).clone()
+    merged_into_background[:, 0] = True
+    background = torch.logsumexp(log_probs.masked_fill(~merged_into_background.view(view), float("-inf")), dim=1)
+    out = log_probs.masked_fill(~present.view(view), float("-inf"))
+    return torch.cat([background.unsqueeze(1), out[:, 1:]], dim=1)
+
+
+class PartialDiceCELoss(nn.Module):
+    """Dice + cross-entropy that ignores each case's absent classes (the marginal loss).
+
+    Call with logits (B, C, *S), integer labels (B, 1, *S) and present (B, C) bool. Dice is averaged over
+    the present channels only (background included, as MONAI's DiceCELoss does by default).
+    """
+
+    def __init__(self, lambda_dice: float = 1.0, lambda_ce: float = 1.0, smooth: float = 1e-5) -> None:
+        super().__init__()
+        self.lambda_dice = lambda_dice
+        self.lambda_ce = lambda_ce
+        # MONAI's DiceLoss on probabilities we compute, per (case, channel), so absent channels can be dropped
+        self.dice = DiceLoss(
+            include_background=True, to_onehot_y=True, softmax=False, reduction="none", smooth_nr=smooth, smooth_dr=smooth
+        )
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        present = present.to(device=logits.device, dtype=torch.bool)
+        log_probs = marginal_log_probs(logits, present)  # (B, C, *S)
+        target = labels.long()
+        if target.ndim == logits.ndim:
+            target = target[:, 0]
+        # NLL picks one channel per voxel; labels of absent classes cannot occur (they were never drawn)
+        ce = F.nll_loss(log_probs.clamp_min(torch.finfo(log_probs.dtype).min), target)
+        dice_per_channel = self.dice(log_probs.exp(), target.unsqueeze(1)).reshape(present.shape)  # (B, C)
+        dice = dice_per_channel[present].mean()
+        return self.lambda_dice * dice + self.lambda_ce * ce

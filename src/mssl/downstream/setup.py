@@ -1,0 +1,44 @@
+"""What every downstream run settles first: dataset, backbone, preprocessing, device/precision (Fabric)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightning.fabric import Fabric
+
+from mssl.config import BackboneConfig
+from mssl.downstream.config import DataConfig
+from mssl.downstream.datasets import Dataset, load_dataset
+from mssl.downstream.pretrained import PretrainedInfo, describe_weights
+
+
+@dataclass
+class DownstreamSetup:
+    dataset: Dataset
+    backbone: BackboneConfig
+    preset: str
+    spacing: tuple[float, float, float] | None
+    pretrained: PretrainedInfo | None
+
+
+def resolve_setup(config: DataConfig, weights: Path | None, backbone: BackboneConfig) -> DownstreamSetup:
+    """Backbone and preprocessing follow the weights' sidecar unless the config says otherwise.
+
+    Preset: explicit > the weights' preset > the dataset's modality. Spacing: explicit > the weights'.
+    """
+    dataset = load_dataset(config.data, config.test_fraction, config.validation_fraction)
+    pretrained = describe_weights(weights) if weights is not None else None
+    if pretrained is not None:
+        backbone = pretrained.backbone
+    preset = config.preset or (pretrained.preset if pretrained else None) or dataset.default_preset()
+    spacing = config.spacing or (pretrained.spacing if pretrained else None)
+    return DownstreamSetup(dataset, backbone, preset, spacing, pretrained)
+
+
+def make_fabric(accelerator: str, devices: int, precision: str, seed: int) -> Fabric:
+    """Lightning Fabric: precision, devices and DDP without our own distributed code; seeded."""
+    fabric = Fabric(accelerator=accelerator, devices=devices, precision=precision)  # type: ignore[arg-type]
+    fabric.launch()
+    fabric.seed_everything(seed, workers=True, verbose=False)
+    return fabric
