@@ -16,7 +16,9 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+local"
 
 # public name -> "module:attribute"; each command's owner adds its entry here
-_API: dict[str, str] = {}
+_API: dict[str, str] = {
+    "load_pretrained": "mssl.export.loading:load_pretrained",
+}
 
 __all__ = ["__version__", *_API]
 

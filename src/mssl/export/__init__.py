@@ -1,0 +1,8 @@
+"""Weights out of a run and into any network: safetensors export with a provenance sidecar, safe
+reading, key alignment, stem adaptation and load reports."""
+
+from mssl.export.load_report import LoadReport
+from mssl.export.loading import load_pretrained
+from mssl.export.safe_io import UnsafeWeightsError, read_weights
+
+__all__ = ["LoadReport", "UnsafeWeightsError", "load_pretrained", "read_weights"]
