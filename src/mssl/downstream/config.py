@@ -13,14 +13,19 @@ Precision = Literal["32", "bf16-mixed", "16-mixed"]
 PresetName = Literal["ct", "mri", "none"]
 
 
-class DataConfig(StrictModel):
-    """Which dataset, how it is split and preprocessed (preset and spacing default to the weights' sidecar)."""
+class SplitConfig(StrictModel):
+    """Which dataset and how it is split when the datalist has no ``split`` key."""
 
     data: Path = Field(description="MSD-style dataset.json (training entries with image, label, split, ...)")
-    preset: PresetName | None = Field(None, description="intensity preset; default: the weights' preset, else from modality")
-    spacing: tuple[float, float, float] | None = Field(None, description="resample to this spacing (mm); default: keep")
     test_fraction: float = Field(0.3, gt=0, lt=1, description="used only when the datalist has no split key")
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="used only when the datalist has no split key")
+
+
+class DataConfig(SplitConfig):
+    """A dataset plus its preprocessing (preset and spacing default to the weights' sidecar)."""
+
+    preset: PresetName | None = Field(None, description="intensity preset; default: the weights' preset, else from modality")
+    spacing: tuple[float, float, float] | None = Field(None, description="resample to this spacing (mm); default: keep")
 
 
 class FinetuneConfig(DataConfig):
@@ -50,8 +55,11 @@ class FinetuneConfig(DataConfig):
     num_workers: int = Field(0, ge=0)
 
 
-class EvaluateConfig(DataConfig):
-    """``mssl evaluate``: metrics of a fine-tuned run on one split, predictions saved as NIfTI."""
+class EvaluateConfig(SplitConfig):
+    """``mssl evaluate``: metrics of a fine-tuned run on one split, predictions saved as NIfTI.
+
+    Preprocessing is the run's own (``model.json``), so it cannot drift from what the network saw.
+    """
 
     run: Path = Field(description="a finetune output folder (model.json + best.safetensors)")
     split: str = "test"
