@@ -1,0 +1,106 @@
+"""The three S²DC views of a field, built on the training device in a few batched tensor ops.
+
+student:        the roi³ grid crops of the field as they are.
+teacher_tokens: the same grid cut from the field after one random in-plane similarity warp
+                (token losses; correspondences by the exact inverse of that warp).
+teacher_global: each grid crop resampled from the field with its own mild affine (global loss), so
+                shifted content comes from the neighbouring field instead of zero padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mssl.config import S2DCConfig
+from mssl.views.correspondence import token_correspondence
+from mssl.views.similarity_warp import (
+    apply_affine,
+    random_crop_affines,
+    random_similarity,
+    sample_at,
+    voxel_grid,
+    warp_volume,
+)
+
+
+@dataclass
+class S2DCViews:
+    """Crops are (B·K, C, roi, roi, roi), crop k of sample b at row b·K + k (grid order x, y, z)."""
+
+    student: torch.Tensor
+    teacher_tokens: torch.Tensor
+    teacher_global: torch.Tensor
+    warped_field: torch.Tensor  # (B, C, X, Y, Z) the teacher's token field
+    warp: torch.Tensor  # (B, 4, 4) float64, teacher_field(p) = field(warp p)
+    match: torch.Tensor  # (B, N) teacher token index per student token, -1 when unmatched
+
+
+def crop_grid_shape(field_size: tuple[int, ...], roi: int) -> tuple[int, int, int]:
+    """Crops along each axis; the field must be a multiple of ``roi``."""
+    if any(s % roi for s in field_size):
+        raise ValueError(f"field size {tuple(field_size)} is not a multiple of roi {roi} on every axis")
+    return tuple(s // roi for s in field_size)  # type: ignore[return-value]
+
+
+def grid_crops(field: torch.Tensor, roi: int) -> torch.Tensor:
+    """(B, C, X, Y, Z) → (B·K, C, roi, roi, roi) non-overlapping crops tiling the field."""
+    b, c = field.shape[:2]
+    gx, gy, gz = crop_grid_shape(field.shape[2:], roi)
+    tiles = field.reshape(b, c, gx, roi, gy, roi, gz, roi).permute(0, 2, 4, 6, 1, 3, 5, 7)
+    return tiles.reshape(b * gx * gy * gz, c, roi, roi, roi)
+
+
+def tokens_to_field(tokens: torch.Tensor, crops: tuple[int, int, int]) -> torch.Tensor:
+    """Per-crop token maps (B·K, C, t, t, t) → (B, N, C) tokens of the whole field, row-major (x, y, z)."""
+    gx, gy, gz = crops
+    n_crops, c, t = tokens.shape[0], tokens.shape[1], tokens.shape[2]
+    b = n_crops // (gx * gy * gz)
+    mosaic = tokens.reshape(b, gx, gy, gz, c, t, t, t).permute(0, 1, 5, 2, 6, 3, 7, 4)  # (B, gx, t, gy, t, gz, t, C)
+    return mosaic.reshape(b, gx * t * gy * t * gz * t, c)
+
+
+def _intensity_shift(crops: torch.Tensor, config: S2DCConfig) -> torch.Tensor:
+    """Add U(−shift, shift) to each crop with probability ``intensity_shift_prob``."""
+    shape = (crops.shape[0],) + (1,) * (crops.dim() - 1)
+    offset = (torch.rand(shape, device=crops.device) * 2 - 1) * config.intensity_shift
+    apply = torch.rand(shape, device=crops.device) < config.intensity_shift_prob
+    return crops + torch.where(apply, offset, torch.zeros_like(offset)).to(crops.dtype)
+
+
+def _global_view(field: torch.Tensor, config: S2DCConfig) -> torch.Tensor:
+    """Every grid crop resampled from the field through its own mild affine; one grid_sample."""
+    b, c = field.shape[:2]
+    roi = config.roi
+    crops = crop_grid_shape(field.shape[2:], roi)
+    k = crops[0] * crops[1] * crops[2]
+    affines = random_crop_affines(
+        (b, k), roi, config.crop_rotation_deg, config.crop_scale_range, config.crop_shift_fraction, field.device
+    )
+    origins = voxel_grid(crops, field.device, torch.float64).reshape(k, 3) * roi  # (K, 3) crop corners
+    affines[..., :3, 3] += origins
+    local = voxel_grid((roi,) * 3, field.device)  # (r, r, r, 3)
+    points = apply_affine(affines.float(), local.expand(b, k, *local.shape))  # (B, K, r, r, r, 3)
+    sampled = sample_at(field, points.reshape(b, k * roi, roi, roi, 3))  # (B, C, K·r, r, r)
+    return sampled.reshape(b, c, k, roi, roi, roi).transpose(1, 2).reshape(b * k, c, roi, roi, roi)
+
+
+@torch.no_grad()
+def make_s2dc_views(field: torch.Tensor, config: S2DCConfig, token_stride: int) -> S2DCViews:
+    """Build the student and both teacher views of a (B, C, X, Y, Z) field, plus token correspondences."""
+    size = tuple(field.shape[2:])
+    warp = random_similarity(
+        field.shape[0], size, config.rotation_deg, config.scale_range, config.shift_fraction, field.device
+    )
+    warped = warp_volume(field, warp)
+    teacher_tokens = _intensity_shift(grid_crops(warped, config.roi), config)
+    teacher_global = _intensity_shift(_global_view(field, config), config)
+    return S2DCViews(
+        student=grid_crops(field, config.roi),
+        teacher_tokens=teacher_tokens,
+        teacher_global=teacher_global,
+        warped_field=warped,
+        warp=warp,
+        match=token_correspondence(warp, size, token_stride),  # type: ignore[arg-type]
+    )
