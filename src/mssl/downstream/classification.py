@@ -21,7 +21,9 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from torch.nn import functional as F
 
 from mssl.downstream.config import FinetuneConfig
-from mssl.downstream.datasets import LabelledCase, case_dict, labelled_subset, preprocessing
+from mssl.data.preprocess import PresetConfig
+from mssl.data.sources import Case
+from mssl.downstream.datasets import case_dict, labelled_subset, preprocessing
 from mssl.downstream.networks import build_classifier, freeze_encoder, network_stride
 from mssl.downstream.pretrained import load_encoder
 from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, save_weights, write_json
@@ -30,7 +32,7 @@ from mssl.downstream.setup import make_fabric, resolve_setup
 LOG_FILE = "metrics.csv"
 
 
-def target_encoding(train_cases: Sequence[LabelledCase], every_case: Sequence[LabelledCase], key: str) -> dict[str, Any]:
+def target_encoding(train_cases: Sequence[Case], every_case: Sequence[Case], key: str) -> dict[str, Any]:
     """How ``key`` is predicted: {"kind": "classes", "classes": [...]} or {"kind": "regression", "mean", "std"}.
 
     Classes come from every case (k labelled cases may all share one); regression statistics from the
@@ -75,12 +77,12 @@ def selection_score(scores: dict[str, float]) -> float:
     return scores.get("auc", scores["accuracy"])
 
 
-def volume_transforms(preset: str, spacing: Sequence[float] | None, roi: Sequence[int]) -> mt.Compose:
+def volume_transforms(preset: PresetConfig, roi: Sequence[int]) -> mt.Compose:
     """Whole-volume preprocessing to a fixed roi (pad or centre crop)."""
-    return mt.Compose([preprocessing(preset, spacing, with_label=False), mt.ResizeWithPadOrCropd("image", spatial_size=tuple(roi))])
+    return mt.Compose([preprocessing(preset, with_label=False), mt.ResizeWithPadOrCropd("image", spatial_size=tuple(roi))])
 
 
-def classification_items(cases: Sequence[LabelledCase], target: str, encoding: dict[str, Any]) -> list[dict[str, Any]]:
+def classification_items(cases: Sequence[Case], target: str, encoding: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**case_dict(c, [], with_label=False), "target": encode_target(c.extra[target], encoding)} for c in cases]
 
 
@@ -131,7 +133,7 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
     network, optimizer = fabric.setup(network, optimizer)
 
-    transform = volume_transforms(setup.preset, setup.spacing, config.roi)
+    transform = volume_transforms(setup.preset, config.roi)
     train_data = CacheDataset(classification_items(train_cases, config.target, encoding), transform=transform, progress=False)
     val_data = CacheDataset(classification_items(val_cases, config.target, encoding), transform=transform, progress=False)
     loader = fabric.setup_dataloaders(DataLoader(train_data, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers))
@@ -175,8 +177,7 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
                 "num_outputs": num_outputs,
                 "target": config.target,
                 "encoding": encoding,
-                "preset": setup.preset,
-                "spacing": setup.spacing,
+                "preset": setup.preset.model_dump(mode="json"),
                 "roi": list(config.roi),
                 "weights": str(config.weights) if config.weights else None,
                 "method": setup.pretrained.method if setup.pretrained else "scratch",

@@ -9,27 +9,17 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 from monai import transforms as mt
 
+from mssl.data.preprocess import PresetConfig, build_transforms
+from mssl.data.sources import Case, find_cases
 from mssl.downstream.partial_labels import present_mask
 
 SPLITS = ("train", "validation", "test")
-CT_WINDOW = (-1000.0, 1000.0)  # HU mapped to [0, 1] for the ct preset
-
-
-@dataclass
-class LabelledCase:
-    """One datalist entry; ``extra`` keeps every other key (split, present_labels, age, sex, ...)."""
-
-    case_id: str
-    image: Path
-    label: Path | None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -39,7 +29,7 @@ class Dataset:
     path: Path
     class_names: list[str]
     modality: str
-    splits: dict[str, list[LabelledCase]]
+    splits: dict[str, list[Case]]
 
     @property
     def num_classes(self) -> int:
@@ -50,31 +40,21 @@ class Dataset:
 
 
 def load_dataset(path: Path, test_fraction: float = 0.3, validation_fraction: float = 0.1) -> Dataset:
-    """Read an MSD-style ``dataset.json``; paths are relative to its folder."""
+    """Read an MSD-style ``dataset.json`` (cases via :func:`mssl.data.sources.find_cases`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: dataset.json not found")
     meta = json.loads(path.read_text())
-    if "training" not in meta:
-        raise ValueError(f"{path}: no 'training' list")
     labels = meta.get("labels", {"0": "background"})
-    class_names = [labels[k] for k in sorted(labels, key=int)]
     if sorted(int(k) for k in labels) != list(range(len(labels))):
         raise ValueError(f"{path}: 'labels' must be numbered 0..N-1, got {sorted(labels, key=int)}")
+    class_names = [labels[k] for k in sorted(labels, key=int)]
     modality = str(meta.get("modality", {}).get("0", "CT"))
-    cases = []
-    for index, entry in enumerate(meta["training"]):
-        if "image" not in entry:
-            raise ValueError(f"{path}: training[{index}] has no 'image'")
-        image = path.parent / entry["image"]
-        label = path.parent / entry["label"] if entry.get("label") else None
-        case_id = Path(entry["image"]).name.split(".")[0]
-        extra = {k: v for k, v in entry.items() if k not in ("image", "label")}
-        cases.append(LabelledCase(case_id, image, label, extra))
+    cases = find_cases(path, sections=("training",))
     return Dataset(path, class_names, modality, split_cases(cases, test_fraction, validation_fraction))
 
 
-def split_cases(cases: Sequence[LabelledCase], test_fraction: float, validation_fraction: float) -> dict[str, list[LabelledCase]]:
+def split_cases(cases: Sequence[Case], test_fraction: float, validation_fraction: float) -> dict[str, list[Case]]:
     """The datalist's own split, or a fixed seed-0 split by sorted case id when it has none."""
     if any("split" in c.extra for c in cases):
         bad = sorted({str(c.extra.get("split")) for c in cases} - set(SPLITS))
@@ -88,7 +68,7 @@ def split_cases(cases: Sequence[LabelledCase], test_fraction: float, validation_
     return {"test": ordered[:n_test], "validation": ordered[n_test : n_test + n_val], "train": ordered[n_test + n_val :]}
 
 
-def labelled_subset(cases: Sequence[LabelledCase], k: int | None, seed: int) -> list[LabelledCase]:
+def labelled_subset(cases: Sequence[Case], k: int | None, seed: int) -> list[Case]:
     """The first k of a seed-``seed`` permutation (nested across k); all cases when k is None."""
     if k is None:
         return list(cases)
@@ -99,28 +79,13 @@ def labelled_subset(cases: Sequence[LabelledCase], k: int | None, seed: int) -> 
     return ordered[:k]
 
 
-def preprocessing(preset: str, spacing: Sequence[float] | None, with_label: bool) -> mt.Compose:
-    """Load → channel first → RAS → optional resampling → intensity preset; invertible (for evaluation)."""
-    keys = ["image", "label"] if with_label else ["image"]
-    steps: list[mt.Transform] = [
-        mt.LoadImaged(keys, image_only=True),
-        mt.EnsureChannelFirstd(keys),
-        mt.EnsureTyped(keys, dtype=torch.float32),
-        mt.Orientationd(keys, axcodes="RAS"),
-    ]
-    if spacing is not None:
-        modes = ("bilinear", "nearest") if with_label else ("bilinear",)
-        steps.append(mt.Spacingd(keys, pixdim=tuple(spacing), mode=modes))
-    if preset == "ct":
-        steps.append(mt.ScaleIntensityRanged("image", *CT_WINDOW, 0.0, 1.0, clip=True))
-    elif preset == "mri":
-        steps.append(mt.NormalizeIntensityd("image", nonzero=True))
-    elif preset != "none":
-        raise ValueError(f"unknown preset {preset!r}; expected ct, mri or none")
-    return mt.Compose(steps)
+def preprocessing(preset: PresetConfig, with_label: bool) -> mt.Compose:
+    """The project's preprocessing (:func:`mssl.data.preprocess.build_transforms`), so downstream sees
+    volumes exactly as pre-training did; invertible, which evaluation relies on."""
+    return build_transforms(preset, with_label)
 
 
-def case_dict(case: LabelledCase, class_names: Sequence[str], with_label: bool) -> dict[str, Any]:
+def case_dict(case: Case, class_names: Sequence[str], with_label: bool) -> dict[str, Any]:
     """The dict the transforms consume, with the case's present-class mask (C,) as ``present``."""
     item: dict[str, Any] = {"image": str(case.image), "case_id": case.case_id}
     if with_label:

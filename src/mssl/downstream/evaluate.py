@@ -22,7 +22,9 @@ from rich.console import Console
 from rich.progress import track
 
 from mssl.downstream.config import EvaluateConfig
-from mssl.downstream.datasets import LabelledCase, case_dict, load_dataset, preprocessing
+from mssl.data.preprocess import PresetConfig
+from mssl.data.sources import Case
+from mssl.downstream.datasets import case_dict, load_dataset, preprocessing
 from mssl.downstream.inference import predict_logits
 from mssl.downstream.metrics import format_mean_std, mean_std, segmentation_metrics
 from mssl.downstream.run_files import load_finetuned, write_json
@@ -49,9 +51,9 @@ def _class_selection(class_names: list[str], classes: list[str] | None) -> list[
     return [class_names.index(c) for c in classes]
 
 
-def predict_case(network: torch.nn.Module, case: LabelledCase, description: dict[str, Any], class_names: list[str], overlap: float) -> tuple[np.ndarray, dict[str, Any]]:
+def predict_case(network: torch.nn.Module, case: Case, description: dict[str, Any], class_names: list[str], overlap: float) -> tuple[np.ndarray, dict[str, Any]]:
     """Label map on the input's own grid and the preprocessed item (for its present mask)."""
-    preprocess = preprocessing(description["preset"], description["spacing"], with_label=True)
+    preprocess = preprocessing(PresetConfig(**description["preset"]), with_label=True)
     item = preprocess(case_dict(case, class_names, with_label=True))
     device = next(network.parameters()).device
     logits = predict_logits(network, item["image"].unsqueeze(0).to(device), description["roi"], overlap)[0].cpu()
@@ -60,7 +62,7 @@ def predict_case(network: torch.nn.Module, case: LabelledCase, description: dict
     return torch.as_tensor(inverted["pred"]).argmax(0).numpy().astype(np.uint8), item
 
 
-def evaluate_segmentation(network: torch.nn.Module, description: dict[str, Any], cases: list[LabelledCase], config: EvaluateConfig, out: Path, console: Console) -> EvaluationResult:
+def evaluate_segmentation(network: torch.nn.Module, description: dict[str, Any], cases: list[Case], config: EvaluateConfig, out: Path, console: Console) -> EvaluationResult:
     class_names = description["class_names"]
     selected = _class_selection(class_names, config.classes)
     rows, dice_by_class, hd_by_class = [], {i: [] for i in selected}, {i: [] for i in selected}
@@ -111,13 +113,13 @@ def evaluate_segmentation(network: torch.nn.Module, description: dict[str, Any],
     return EvaluationResult(out, per_class, scores)
 
 
-def evaluate_classification(network: torch.nn.Module, description: dict[str, Any], cases: list[LabelledCase], config: EvaluateConfig, out: Path) -> EvaluationResult:
+def evaluate_classification(network: torch.nn.Module, description: dict[str, Any], cases: list[Case], config: EvaluateConfig, out: Path) -> EvaluationResult:
     from monai.data import Dataset as MonaiDataset
 
     from mssl.downstream.classification import classification_items, classification_scores, predict_outputs, volume_transforms
 
     encoding = description["encoding"]
-    data = MonaiDataset(classification_items(cases, description["target"], encoding), transform=volume_transforms(description["preset"], description["spacing"], description["roi"]))
+    data = MonaiDataset(classification_items(cases, description["target"], encoding), transform=volume_transforms(PresetConfig(**description["preset"]), description["roi"]))
     outputs, targets = predict_outputs(network, data)
     scores = classification_scores(outputs, targets, encoding)
     with open(out / "per_case.csv", "w", newline="") as handle:

@@ -6,7 +6,6 @@ which backbone to build and how the pre-training data were preprocessed, so fine
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,10 @@ from rich.console import Console
 from torch import nn
 
 from mssl.config import BackboneConfig
+from mssl.data.preprocess import PresetConfig
 from mssl.export.safe_io import resolve_weights
+from mssl.export.sidecar import read_sidecar
 
-SIDECAR = "encoder.json"
 RUN_CONFIG = "config.yaml"
 # the U-Net's constructor calls its widths ``channels``; BackboneConfig calls them ``unet_channels``
 _CONSTRUCTOR_TO_CONFIG = {"channels": "unet_channels", "use_checkpoint": "gradient_checkpointing"}
@@ -30,8 +30,7 @@ class PretrainedInfo:
 
     path: Path
     backbone: BackboneConfig
-    preset: str | None
-    spacing: tuple[float, float, float] | None
+    preset: PresetConfig | None
     method: str | None
 
 
@@ -43,11 +42,15 @@ def _backbone(raw: dict[str, Any], source: Path) -> BackboneConfig:
     return BackboneConfig(**known)
 
 
-def _sidecar_of(weights_file: Path) -> Path | None:
-    for candidate in (weights_file.with_suffix(".json"), weights_file.parent / SIDECAR):
-        if candidate.is_file():
-            return candidate
-    return None
+def _preset(meta: dict[str, Any]) -> PresetConfig | None:
+    """A preset given as a PresetConfig dump or as a bare name (with a separate ``spacing``)."""
+    preset = meta.get("preset")
+    if preset is None:
+        return None
+    fields = dict(preset) if isinstance(preset, dict) else {"name": preset}
+    if fields.get("spacing") is None and meta.get("spacing"):
+        fields["spacing"] = meta["spacing"]
+    return PresetConfig(**{k: v for k, v in fields.items() if k in PresetConfig.model_fields})
 
 
 def _run_config_of(weights_file: Path) -> Path | None:
@@ -58,33 +61,22 @@ def _run_config_of(weights_file: Path) -> Path | None:
 
 
 def describe_weights(weights: Path) -> PretrainedInfo:
-    """Read the sidecar of an export (or the config of a run folder) behind ``weights``."""
+    """Read the sidecar of an export (or the ``config.yaml`` of a run folder) behind ``weights``."""
     weights_file = resolve_weights(weights)
-    sidecar = _sidecar_of(weights_file)
-    if sidecar is not None:
-        meta = json.loads(sidecar.read_text())
-    else:
+    meta = read_sidecar(weights_file) if weights_file.suffix == ".safetensors" else None
+    source = weights_file
+    if meta is None:
         run_config = _run_config_of(weights_file)
         if run_config is None:
-            raise FileNotFoundError(f"{weights}: no {SIDECAR} or {RUN_CONFIG} says which backbone these weights belong to")
-        sidecar = run_config
+            raise FileNotFoundError(f"{weights}: no sidecar or {RUN_CONFIG} says which backbone these weights belong to")
+        source = run_config
         meta = yaml.safe_load(run_config.read_text()) or {}
     if "backbone" not in meta:
-        raise ValueError(f"{sidecar}: no 'backbone' entry")
+        raise ValueError(f"{source}: no 'backbone' entry")
     backbone = meta["backbone"]
     if isinstance(backbone, dict) and isinstance(backbone.get("args"), dict):
         backbone = {"name": backbone["name"], **backbone["args"]}
-    preset = meta.get("preset")
-    if isinstance(preset, dict):
-        preset = preset.get("name")
-    spacing = meta.get("spacing")
-    return PretrainedInfo(
-        path=weights_file,
-        backbone=_backbone(backbone, sidecar),
-        preset=preset,
-        spacing=tuple(float(s) for s in spacing) if spacing else None,
-        method=meta.get("method"),
-    )
+    return PretrainedInfo(path=weights_file, backbone=_backbone(backbone, source), preset=_preset(meta), method=meta.get("method"))
 
 
 def load_encoder(network: nn.Module, weights: Path, console: Console | None = None) -> Any:

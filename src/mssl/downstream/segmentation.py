@@ -69,7 +69,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
     val_cases = sorted(dataset.splits["validation"], key=lambda c: c.case_id)[: config.val_cases]
     console.print(
         f"[bold]finetune seg[/] {setup.backbone.name} · {len(train_cases)} labelled cases (seed {config.seed}) · "
-        f"{len(val_cases)} validation · preset {setup.preset} · spacing {setup.spacing or 'native'}"
+        f"{len(val_cases)} validation · preset {setup.preset.name} · spacing {setup.preset.spacing or 'native'}"
     )
 
     network = build_segmentation_network(setup.backbone, dataset.num_classes)
@@ -83,7 +83,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
     network, optimizer = fabric.setup(network, optimizer)
 
-    preprocess = preprocessing(setup.preset, setup.spacing, with_label=True)
+    preprocess = preprocessing(setup.preset, with_label=True)
     train_data = CacheDataset(
         [case_dict(c, dataset.class_names, with_label=True) for c in train_cases],
         transform=Compose([preprocess, segmentation_training_transforms(config.roi, config.crops_per_case, config.positive_fraction)]),
@@ -130,8 +130,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         "backbone": setup.backbone.model_dump(mode="json"),
         "num_classes": dataset.num_classes,
         "class_names": dataset.class_names,
-        "preset": setup.preset,
-        "spacing": setup.spacing,
+        "preset": setup.preset.model_dump(mode="json"),
         "roi": list(config.roi),
         "weights": str(config.weights) if config.weights else None,
         "method": setup.pretrained.method if setup.pretrained else "scratch",

@@ -8,6 +8,7 @@ from pathlib import Path
 from lightning.fabric import Fabric
 
 from mssl.config import BackboneConfig
+from mssl.data.preprocess import PresetConfig
 from mssl.downstream.config import DataConfig
 from mssl.downstream.datasets import Dataset, load_dataset
 from mssl.downstream.pretrained import PretrainedInfo, describe_weights
@@ -17,23 +18,25 @@ from mssl.downstream.pretrained import PretrainedInfo, describe_weights
 class DownstreamSetup:
     dataset: Dataset
     backbone: BackboneConfig
-    preset: str
-    spacing: tuple[float, float, float] | None
+    preset: PresetConfig
     pretrained: PretrainedInfo | None
 
 
 def resolve_setup(config: DataConfig, weights: Path | None, backbone: BackboneConfig) -> DownstreamSetup:
     """Backbone and preprocessing follow the weights' sidecar unless the config says otherwise.
 
-    Preset: explicit > the weights' preset > the dataset's modality. Spacing: explicit > the weights'.
+    Preset: explicit name > the weights' preset > the dataset's modality. Spacing: explicit > the weights'.
     """
     dataset = load_dataset(config.data, config.test_fraction, config.validation_fraction)
     pretrained = describe_weights(weights) if weights is not None else None
     if pretrained is not None:
         backbone = pretrained.backbone
-    preset = config.preset or (pretrained.preset if pretrained else None) or dataset.default_preset()
-    spacing = config.spacing or (pretrained.spacing if pretrained else None)
-    return DownstreamSetup(dataset, backbone, preset, spacing, pretrained)
+    preset = (pretrained.preset if pretrained else None) or PresetConfig(name=dataset.default_preset())
+    if config.preset is not None and config.preset != preset.name:
+        preset = PresetConfig(name=config.preset, spacing=preset.spacing)
+    if config.spacing is not None:
+        preset = PresetConfig(**{**preset.model_dump(), "spacing": config.spacing})
+    return DownstreamSetup(dataset, backbone, preset, pretrained)
 
 
 def make_fabric(accelerator: str, devices: int, precision: str, seed: int) -> Fabric:
