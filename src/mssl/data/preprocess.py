@@ -1,0 +1,222 @@
+"""Intensity/spacing presets built from MONAI transforms, and ``load_case`` used by ``mssl prepare``.
+
+Every preset runs: load → validate (dimensions, finite, not constant, label matches image) → channel
+first → RAS orientation → foreground crop (optional) → resample to ``spacing`` (optional) → intensity:
+
+- ``ct``: HU window [a_min, a_max] → [0, 1] (clipped);
+- ``mri``: per-volume clip to the [lower, upper] percentiles, then z-score;
+- ``none``: intensities unchanged.
+
+Labels take the same spatial steps with nearest-neighbour interpolation. ``build_transforms`` is usable
+on its own (dict keys ``"image"``/``"label"``, MetaTensors out with the affine kept), so fine-tuning and
+evaluation preprocess labelled volumes exactly like the pre-training cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from mssl.config import StrictModel
+from mssl.data.errors import DataError
+from mssl.data.sources import Case, dicom_series
+
+CT_BODY_HU = -500.0  # foreground for the CT crop: denser than lung/air, so the box is the body
+FOREGROUND_FRACTION = 0.05  # mri/none foreground: above min + 5% of the (min, 99th percentile) range
+FOREGROUND_PERCENTILE = 99.0
+PERCENTILE_SAMPLE = 1_000_000  # voxels sampled to estimate the foreground percentile
+AFFINE_TOLERANCE_MM = 1e-3  # image/label affines further apart than this do not describe the same grid
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # axis codes of the RAS target orientation
+
+
+class PresetConfig(StrictModel):
+    """How ``mssl prepare`` turns a raw volume into a cached one.
+
+    spacing: target voxel size in mm (None keeps each volume's own spacing).
+    a_min/a_max: CT HU window mapped to [0, 1]. lower/upper: MRI percentile clip before the z-score.
+    foreground_crop: crop to the bounding box of the body (CT: HU > -500; others: above 5% of the range).
+    channel_axis: axis of a 4D image holding channels (None: images must be 3D).
+    """
+
+    name: Literal["ct", "mri", "none"] = "ct"
+    spacing: tuple[float, float, float] | None = None
+    a_min: float = -1000.0
+    a_max: float = 1000.0
+    lower: float = Field(0.5, ge=0, le=100)
+    upper: float = Field(99.5, ge=0, le=100)
+    foreground_crop: bool = True
+    channel_axis: int | None = Field(None, ge=-4, le=3)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "PresetConfig":
+        if self.a_min >= self.a_max:
+            raise ValueError(f"a_min ({self.a_min}) must be below a_max ({self.a_max})")
+        if self.lower >= self.upper:
+            raise ValueError(f"lower percentile ({self.lower}) must be below upper ({self.upper})")
+        if self.spacing is not None and min(self.spacing) <= 0:
+            raise ValueError(f"spacing must be positive, got {self.spacing}")
+        return self
+
+
+class ForegroundSelect:
+    """``select_fn`` for ``CropForegroundd``; a class (not a lambda) so a Compose pickles for spawn workers.
+    Falls back to the whole volume when nothing passes, instead of an empty crop."""
+
+    def __init__(self, hu_threshold: float | None) -> None:
+        self.hu_threshold = hu_threshold
+
+    def __call__(self, image):
+        if self.hu_threshold is not None:
+            mask = image > self.hu_threshold
+        else:
+            values = image.reshape(-1)
+            sample = values[:: max(1, values.numel() // PERCENTILE_SAMPLE)].float()
+            low, high = sample.min(), sample.quantile(FOREGROUND_PERCENTILE / 100)
+            mask = image > low + FOREGROUND_FRACTION * (high - low)
+        return mask if bool(mask.any()) else mask | True
+
+
+class ValidateVolumed:
+    """Rejects what would silently poison training: wrong dimensionality, NaN/inf, constant volumes,
+    and labels whose grid (shape or affine) differs from the image's. Runs right after loading."""
+
+    def __init__(self, channel_axis: int | None, with_label: bool) -> None:
+        self.channel_axis = channel_axis
+        self.with_label = with_label
+
+    def __call__(self, data: dict) -> dict:
+        image = data["image"]
+        path = image.meta.get("filename_or_obj", "image")
+        expected = 3 if self.channel_axis is None else 4
+        if image.ndim != expected:
+            hint = "" if self.channel_axis is not None else " (pass a channel axis for multi-channel images)"
+            raise DataError(path, f"expected a {expected}D volume, got {image.ndim}D of shape {tuple(image.shape)}{hint}")
+        if not bool(image.isfinite().all()):
+            raise DataError(path, f"{int((~image.isfinite()).sum())} NaN/inf voxels")
+        if bool(image.min() == image.max()):
+            raise DataError(path, f"constant volume (every voxel is {float(image.min())})")
+        if self.with_label:
+            self._check_label(image, data["label"])
+        return data
+
+    def _check_label(self, image, label) -> None:
+        path = label.meta.get("filename_or_obj", "label")
+        spatial = tuple(s for axis, s in enumerate(image.shape) if self.channel_axis is None or axis != self.channel_axis % image.ndim)
+        if tuple(label.shape) != spatial:
+            raise DataError(path, f"label shape {tuple(label.shape)} does not match image shape {spatial}")
+        if not np.allclose(np.asarray(label.affine), np.asarray(image.affine), atol=AFFINE_TOLERANCE_MM):
+            raise DataError(path, "label affine does not match the image affine (different grid or orientation)")
+
+
+def build_transforms(preset: PresetConfig, with_label: bool):
+    """MONAI ``Compose`` for ``{"image": path[, "label": path]}`` → MetaTensors (channel-first, RAS).
+
+    The image is float32; the label (when ``with_label``) is rounded to integers after nearest
+    resampling. A path may be a file, a DICOM series folder or a list of one series' files.
+    """
+    from monai import transforms as T
+
+    from mssl.data.readers import LoadVolumed
+
+    keys = ["image", "label"] if with_label else ["image"]
+    channel_dim = "no_channel" if preset.channel_axis is None else preset.channel_axis
+    steps: list[Any] = [
+        LoadVolumed(keys),
+        ValidateVolumed(preset.channel_axis, with_label),
+        T.EnsureChannelFirstd("image", channel_dim=channel_dim),
+    ]
+    if with_label:
+        steps.append(T.EnsureChannelFirstd("label", channel_dim="no_channel"))
+    steps.append(T.Orientationd(keys, axcodes="RAS", labels=RAS_LABELS))
+    if preset.foreground_crop:
+        threshold = CT_BODY_HU if preset.name == "ct" else None
+        steps.append(T.CropForegroundd(keys, source_key="image", select_fn=ForegroundSelect(threshold), allow_smaller=True))
+    if preset.spacing is not None:
+        modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
+        steps.append(T.Spacingd(keys, pixdim=preset.spacing, mode=modes, dtype=np.float32))
+    if preset.name == "ct":
+        steps.append(T.ScaleIntensityRanged("image", a_min=preset.a_min, a_max=preset.a_max, b_min=0.0, b_max=1.0, clip=True))
+    elif preset.name == "mri":
+        steps.append(T.ClipIntensityPercentilesd("image", lower=preset.lower, upper=preset.upper, channel_wise=True))
+        steps.append(T.NormalizeIntensityd("image", channel_wise=True))
+    steps.append(T.EnsureTyped("image", dtype=np.float32, track_meta=True))
+    if with_label:
+        steps.append(T.Lambdad("label", _round_label))
+    return T.Compose(steps)
+
+
+def _round_label(label):
+    return label.round()
+
+
+def load_case(case: Case, preset: PresetConfig) -> dict:
+    """Preprocess one case into numpy arrays and metadata (raises :class:`DataError` naming the file).
+
+    Returns ``image`` (float32, (C, X, Y, Z)), ``label`` ((1, X, Y, Z), uint8 or int16, or None),
+    ``affine``/``spacing``/``shape`` after preprocessing and ``original_*`` as read from the source.
+    """
+    data: dict[str, Any] = {"image": _image_input(case)}
+    if case.label is not None:
+        data["label"] = str(case.label)
+    for key in data:
+        target = case.image if key == "image" else case.label
+        if not target.exists():
+            raise DataError(target, "does not exist")
+    try:
+        out = build_transforms(preset, with_label=case.label is not None)(data)
+    except Exception as error:  # MONAI wraps every failure in RuntimeError("applying transform ...")
+        raise _as_data_error(error, case) from error
+    image = out["image"]
+    original_affine = np.asarray(image.meta["original_affine"], dtype=np.float64)
+    affine = np.asarray(image.affine, dtype=np.float64)
+    result = {
+        "image": np.ascontiguousarray(image.numpy(), dtype=np.float32),
+        "label": _label_array(out["label"], case.label) if "label" in out else None,
+        "affine": affine.tolist(),
+        "spacing": _spacing(affine),
+        "shape": list(image.shape[1:]),
+        "original_affine": original_affine.tolist(),
+        "original_spacing": _spacing(original_affine),
+        "original_shape": [int(s) for s in np.asarray(image.meta["spatial_shape"]).tolist()],
+    }
+    return result
+
+
+def _image_input(case: Case) -> str | list[str]:
+    """A DICOM case with a known SeriesInstanceUID is read from that series' file list."""
+    uid = case.extra.get("series_uid")
+    if uid and case.image.is_dir():
+        for series_uid, files in dicom_series(case.image):
+            if series_uid == uid:
+                return [str(f) for f in files]
+        raise DataError(case.image, f"unreadable DICOM series: series {uid} not found")
+    return str(case.image)
+
+
+def _label_array(label, path) -> np.ndarray:
+    values = label.numpy()
+    low, high = float(values.min()), float(values.max())
+    if low >= 0 and high <= np.iinfo(np.uint8).max:
+        return np.ascontiguousarray(values, dtype=np.uint8)
+    if low >= np.iinfo(np.int16).min and high <= np.iinfo(np.int16).max:
+        return np.ascontiguousarray(values, dtype=np.int16)
+    raise DataError(path, f"label values {low:g}..{high:g} do not fit int16")
+
+
+def _spacing(affine: np.ndarray) -> list[float]:
+    return [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)]
+
+
+def _as_data_error(error: BaseException, case: Case) -> DataError:
+    """The :class:`DataError` inside a transform failure (MONAI wraps each in RuntimeError), or the
+    innermost cause described as a one-line error on the image."""
+    cause: BaseException | None = error
+    innermost = error
+    while cause is not None:
+        if isinstance(cause, DataError):
+            return cause
+        innermost = cause
+        cause = cause.__cause__ or cause.__context__
+    return DataError(case.image, f"preprocessing failed ({type(innermost).__name__}: {innermost})")

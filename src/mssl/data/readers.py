@@ -1,0 +1,152 @@
+"""Reading volumes with MONAI's loader, one reader per format, and errors that name the file.
+
+``LoadVolumed`` is MONAI's ``LoadImaged`` that always reads through :class:`VolumeReader`: NIfTI with
+MONAI's ``NibabelReader``; NRRD, MetaImage and DICOM series with SimpleITK (MONAI's own reader for those
+needs the ``itk`` package; SimpleITK is already a dependency). Why not MONAI's reader fallback chain: on
+failure it silently tries every other reader (ITK happily decodes a truncated ``.nii.gz`` as zeros) and
+buries the real cause in a multi-reader traceback. Here a failure is a :class:`DataError` with one line:
+corrupt gzip, truncated file, unreadable DICOM series, or the reader's own message.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from monai.data import ImageReader, NibabelReader
+from monai.transforms import LoadImaged
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+
+from mssl.data.errors import DataError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SITK_SUFFIXES = (".nrrd", ".mha", ".mhd", ".dcm", ".ima")
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class VolumeReader(ImageReader):
+    """Reads one volume per call: a NIfTI/NRRD/MetaImage file, a folder holding exactly one DICOM series,
+    or the file list of one DICOM series (as given by ``mssl.data.sources.dicom_series``).
+    Arrays come out (X, Y, Z[, C]) with a RAS affine, like MONAI's ``NibabelReader``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nibabel = NibabelReader()
+
+    def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
+        names = ensure_tuple(filename)
+        return all(Path(n).is_dir() or str(n).lower().endswith(NIFTI_SUFFIXES + SITK_SUFFIXES) for n in names)
+
+    def read(self, data: Sequence[str | Path] | str | Path, **kwargs):
+        names = [str(n) for n in ensure_tuple(data)]
+        if len(names) == 1 and names[0].lower().endswith(NIFTI_SUFFIXES):
+            with reading(names[0]):
+                return self.nibabel.read(names[0])
+        if len(names) == 1 and Path(names[0]).is_dir():
+            names = _single_series(Path(names[0]))
+        if len(names) == 1 and not names[0].lower().endswith(SITK_SUFFIXES):
+            raise DataError(names[0], f"unsupported file type (expected {', '.join(NIFTI_SUFFIXES + SITK_SUFFIXES)} or a DICOM folder)")
+        return _read_sitk(names)
+
+    def get_data(self, img) -> tuple[np.ndarray, dict]:
+        if isinstance(img, _SitkVolume):
+            return img.array, img.meta
+        with reading(img.get_filename()):  # nibabel decodes lazily: truncation shows up here
+            return self.nibabel.get_data(img)
+
+
+class LoadVolumed(LoadImaged):
+    """``LoadImaged`` reading every key through :class:`VolumeReader` (float32 MetaTensors)."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        super().__init__(keys, image_only=True, dtype=np.float32)
+        self.volume_reader = VolumeReader()
+
+    def __call__(self, data, reader: ImageReader | None = None):
+        return super().__call__(data, reader or self.volume_reader)
+
+
+@contextmanager
+def reading(path: str | Path) -> Iterator[None]:
+    """Turn any reader exception inside the block into a one-line :class:`DataError` for ``path``."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as error:
+        raise DataError(path, describe_read_error(error)) from error
+
+
+def describe_read_error(error: BaseException) -> str:
+    """Name the failure a user can act on: corrupt gzip, truncated file, or the reader's own words."""
+    message = _first_line(error)
+    if isinstance(error, EOFError) or "expected" in message.lower() and "bytes" in message.lower():
+        return f"truncated file ({message})"
+    if isinstance(error, (zlib.error, gzip.BadGzipFile)) or "gzip" in message.lower():
+        return f"corrupt gzip data ({message})"
+    return f"cannot read image ({type(error).__name__}: {message})"
+
+
+class _SitkVolume:
+    """A SimpleITK volume already decoded to (X, Y, Z[, C]) with MONAI metadata."""
+
+    def __init__(self, array: np.ndarray, meta: dict) -> None:
+        self.array, self.meta = array, meta
+
+
+def _read_sitk(names: list[str]) -> _SitkVolume:
+    import SimpleITK as sitk
+
+    is_series = len(names) > 1
+    where = Path(names[0]).parent if is_series else names[0]
+    try:
+        if is_series:
+            series_reader = sitk.ImageSeriesReader()
+            series_reader.SetFileNames(names)
+            img = series_reader.Execute()
+        else:
+            img = sitk.ReadImage(names[0])
+        array = sitk.GetArrayFromImage(img)  # (Z, Y, X[, C]), or (Y, X[, C]) for 2D
+    except RuntimeError as error:
+        dicom = is_series or names[0].lower().endswith((".dcm", ".ima"))
+        raise DataError(where, f"{'unreadable DICOM series' if dicom else 'cannot read image'} ({_sitk_message(error)})") from error
+    spatial = img.GetDimension()
+    array = np.ascontiguousarray(np.moveaxis(array, range(spatial), range(spatial)[::-1]))  # (X, Y, Z[, C])
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(spatial, spatial)
+    affine = np.eye(4)
+    affine[:spatial, :spatial] = direction * np.asarray(img.GetSpacing())
+    affine[:spatial, 3] = img.GetOrigin()
+    affine = LPS_TO_RAS @ affine  # ITK is LPS, MONAI metadata is RAS
+    meta = {
+        MetaKeys.AFFINE: affine,
+        MetaKeys.ORIGINAL_AFFINE: affine.copy(),
+        MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape[:spatial]),
+        MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if img.GetNumberOfComponentsPerPixel() > 1 else float("nan"),
+        MetaKeys.SPACE: SpaceKeys.RAS,
+    }
+    return _SitkVolume(array, meta)
+
+
+def _single_series(folder: Path) -> list[str]:
+    from mssl.data.sources import dicom_series
+
+    series = dicom_series(folder)
+    if len(series) != 1:
+        problem = "no readable DICOM series found" if not series else f"holds {len(series)} DICOM series; read one series' files"
+        raise DataError(folder, f"unreadable DICOM series ({problem})")
+    return [str(f) for f in series[0][1]]
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _sitk_message(error: BaseException) -> str:
+    """SimpleITK prefixes its message with the C++ source location; keep the part after ``ERROR:``."""
+    text = " ".join(str(error).split())
+    return text.split("ERROR:", 1)[-1].strip() if "ERROR:" in text else text

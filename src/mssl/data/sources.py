@@ -1,0 +1,267 @@
+"""Where volumes come from: one list of :class:`Case` from any of five source kinds.
+
+``find_cases`` detects the kind from what it is given:
+
+- an MSD-style datalist JSON (a file, or a folder holding ``dataset.json`` with a ``training`` /
+  ``validation`` / ``test`` list) — entries ``{"image", "label", ...}`` or plain path strings, paths
+  relative to the JSON's folder (or ``base_dir``), every other key kept in ``Case.extra``;
+- an nnU-Net raw dataset folder (``imagesTr/<case>_0000.nii.gz`` + ``labelsTr/<case>.nii.gz``);
+- a folder searched recursively for ``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``, ``.mhd`` files and
+  DICOM series (one case per SeriesInstanceUID);
+- a glob pattern (``data/**/*.nii.gz``), matched recursively.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from mssl.data.errors import DataError
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+DICOM_SUFFIXES = (".dcm", ".ima")
+DICOM_MAGIC_OFFSET = 128  # DICOM Part 10 files carry "DICM" after a 128-byte preamble
+DATALIST_NAME = "dataset.json"
+SECTIONS = ("training", "validation", "test")
+NNUNET_FIRST_CHANNEL = "_0000"
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class Case:
+    """One volume to preprocess.
+
+    case_id: unique, file-name-safe identifier (file name without extension, or a relative path when
+        names collide).
+    image: the image file, or the DICOM series folder.
+    label: the label map, if the source names one.
+    extra: every other datalist key (``split``, ``present_labels``, ``age``...), plus ``section`` (which
+        datalist list the entry came from) and ``series_uid`` for DICOM series.
+    """
+
+    case_id: str
+    image: Path
+    label: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def find_cases(
+    source: str | Path,
+    base_dir: Path | None = None,
+    sections: Sequence[str] = SECTIONS,
+    *,
+    missing: Literal["raise", "keep"] = "raise",
+) -> list[Case]:
+    """List the cases of ``source`` (datalist JSON, nnU-Net raw folder, image/DICOM folder or glob).
+
+    ``base_dir`` overrides the folder that datalist paths are relative to; ``sections`` are the datalist
+    lists to read. A datalist path that does not exist raises :class:`DataError` unless ``missing="keep"``
+    (then the case is kept and fails when it is read, so ``mssl prepare`` can skip it and go on).
+    An empty source raises :class:`DataError`.
+    """
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() == ".json":
+        cases = _from_datalist(path, base_dir, sections, missing)
+    elif path.is_dir() and _is_nnunet_raw(path):
+        cases = _from_nnunet_raw(path)
+    elif path.is_dir() and _has_datalist(path / DATALIST_NAME, sections):
+        cases = _from_datalist(path / DATALIST_NAME, base_dir, sections, missing)
+    elif path.is_dir():
+        cases = _from_folder(path)
+    elif path.exists():
+        raise DataError(path, f"not a folder, datalist JSON or glob; images are read from folders ({', '.join(IMAGE_SUFFIXES)})")
+    elif _GLOB_CHARS.search(str(source)):
+        cases = _from_glob(str(Path(str(source)).expanduser()))
+    else:
+        raise DataError(path, "does not exist")
+    if not cases:
+        raise DataError(path, f"empty source: no images ({', '.join(IMAGE_SUFFIXES)}) or DICOM series found")
+    return cases
+
+
+def is_image_file(path: Path) -> bool:
+    """True for the volume formats we read (NIfTI, NRRD, MetaImage)."""
+    return path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def strip_image_suffix(name: str) -> str:
+    lower = name.lower()
+    for suffix in IMAGE_SUFFIXES + DICOM_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM file by extension, or by the ``DICM`` magic for extension-less files."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    if path.suffix:
+        return False
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(DICOM_MAGIC_OFFSET)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_series(folder: Path) -> list[tuple[str, list[Path]]]:
+    """``(SeriesInstanceUID, sorted files)`` for each series directly inside ``folder`` (via GDCM)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader
+    return [(uid, [Path(f) for f in reader.GetGDCMSeriesFileNames(str(folder), uid)]) for uid in reader.GetGDCMSeriesIDs(str(folder))]
+
+
+# --- datalist -------------------------------------------------------------------------------------
+
+
+def _has_datalist(path: Path, sections: Sequence[str]) -> bool:
+    if not path.is_file():
+        return False
+    data = _read_json(path)
+    return isinstance(data, dict) and any(isinstance(data.get(s), list) for s in sections)
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(path, f"cannot read datalist JSON: {error}") from error
+
+
+def _from_datalist(path: Path, base_dir: Path | None, sections: Sequence[str], missing: str) -> list[Case]:
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(path, "datalist must be a JSON object with 'training'/'validation'/'test' lists")
+    root = Path(base_dir).expanduser() if base_dir is not None else path.parent
+    found: list[tuple[str, Path, Path | None, dict]] = []
+    for section in sections:
+        entries = data.get(section, [])
+        if not isinstance(entries, list):
+            raise DataError(path, f"'{section}' must be a list, got {type(entries).__name__}")
+        for number, entry in enumerate(entries):
+            where = f"'{section}' entry {number}"
+            if isinstance(entry, str):
+                entry = {"image": entry}
+            if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+                raise DataError(path, f"{where}: needs an 'image' path string")
+            image = _resolve(root, entry["image"], path, where, missing)
+            label_value = entry.get("label")
+            if label_value is not None and not isinstance(label_value, str):
+                raise DataError(path, f"{where}: 'label' must be a path string")
+            label = _resolve(root, label_value, path, where, missing) if label_value else None
+            extra = {k: v for k, v in entry.items() if k not in ("image", "label")}
+            extra.setdefault("section", section)
+            found.append((strip_image_suffix(image.name), image, label, extra))
+    return _with_unique_ids(found, root)
+
+
+def _resolve(root: Path, value: str, datalist: Path, where: str, missing: str) -> Path:
+    resolved = (root / value).expanduser().resolve() if not os.path.isabs(value) else Path(value)
+    if missing == "raise" and not resolved.exists():
+        raise DataError(resolved, f"does not exist (listed in {datalist}, {where})")
+    return resolved
+
+
+# --- nnU-Net raw ----------------------------------------------------------------------------------
+
+
+def _is_nnunet_raw(folder: Path) -> bool:
+    images = folder / "imagesTr"
+    return images.is_dir() and any(strip_image_suffix(p.name).endswith(NNUNET_FIRST_CHANNEL) for p in images.iterdir())
+
+
+def _from_nnunet_raw(folder: Path) -> list[Case]:
+    """imagesTr/<case>_0000.* with labelsTr/<case>.*; only the first channel (_0000) is used."""
+    cases = []
+    for image in sorted((folder / "imagesTr").iterdir()):
+        stem = strip_image_suffix(image.name)
+        if not (is_image_file(image) and stem.endswith(NNUNET_FIRST_CHANNEL)):
+            continue
+        case_id = stem[: -len(NNUNET_FIRST_CHANNEL)]
+        labels = [p for p in (folder / "labelsTr").glob(f"{case_id}.*") if is_image_file(p)] if (folder / "labelsTr").is_dir() else []
+        cases.append(Case(_safe_id(case_id), image, labels[0] if labels else None, {"section": "training"}))
+    return cases
+
+
+# --- folders and globs ----------------------------------------------------------------------------
+
+
+def _from_folder(root: Path) -> list[Case]:
+    found: list[tuple[str, Path, Path | None, dict]] = []
+    for folder, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        here = Path(folder)
+        files = [here / name for name in sorted(filenames)]
+        found += [(strip_image_suffix(f.name), f, None, {}) for f in files if is_image_file(f)]
+        if any(is_dicom_file(f) for f in files):
+            found += _series_cases(here)
+    return _with_unique_ids(found, root)
+
+
+def _series_cases(folder: Path) -> list[tuple[str, Path, None, dict]]:
+    """One case per series; a folder of DICOM files with no readable series still yields one case that
+    fails, by name, when it is read."""
+    series = dicom_series(folder)
+    if not series:
+        return [(folder.name, folder, None, {})]
+    if len(series) == 1:
+        return [(folder.name, folder, None, {"series_uid": series[0][0]})]
+    return [(f"{folder.name}_{uid.split('.')[-1]}", folder, None, {"series_uid": uid}) for uid, _ in series]
+
+
+def _from_glob(pattern: str) -> list[Case]:
+    found: list[tuple[str, Path, Path | None, dict]] = []
+    cases: list[Case] = []
+    for match in sorted(glob.glob(pattern, recursive=True)):
+        path = Path(match)
+        if path.is_file() and is_image_file(path):
+            found.append((strip_image_suffix(path.name), path.resolve(), None, {}))
+        elif path.is_dir():
+            cases += _from_folder(path)
+    root = Path(os.path.commonpath([str(p) for _, p, _, _ in found])) if found else Path(".")
+    return _deduplicate(cases + _with_unique_ids(found, root if root.is_dir() else root.parent))
+
+
+def _with_unique_ids(found: Iterable[tuple[str, Path, Path | None, dict]], root: Path) -> list[Case]:
+    """Name cases by file stem; where stems collide, by the path relative to ``root``."""
+    found = list(found)
+    counts: dict[str, int] = {}
+    for stem, *_ in found:
+        counts[stem] = counts.get(stem, 0) + 1
+    cases = []
+    for stem, image, label, extra in found:
+        if counts[stem] > 1:
+            try:
+                relative = image.resolve().relative_to(root.resolve())
+            except ValueError:
+                relative = image
+            suffix = f"_{extra['series_uid'].split('.')[-1]}" if "series_uid" in extra and image.is_dir() else ""
+            stem = strip_image_suffix(str(relative)).replace(os.sep, "_") + suffix
+        cases.append(Case(_safe_id(stem), image, label, extra))
+    return _deduplicate(cases)
+
+
+def _deduplicate(cases: list[Case]) -> list[Case]:
+    """Make ids unique even after sanitising (``a b`` and ``a_b``) by numbering repeats."""
+    seen: dict[str, int] = {}
+    for case in cases:
+        if case.case_id in seen:
+            seen[case.case_id] += 1
+            case.case_id = f"{case.case_id}_{seen[case.case_id]}"
+        else:
+            seen[case.case_id] = 0
+    return cases
+
+
+def _safe_id(name: str) -> str:
+    return _UNSAFE_ID_CHARS.sub("_", name).strip("_") or "case"
