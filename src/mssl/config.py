@@ -6,9 +6,11 @@ never a silently ignored option.
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, Mapping, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Size3 = tuple[int, int, int]
 
@@ -103,14 +105,17 @@ class GVSLConfig(StrictModel):
     aug_rotation_deg: float = Field(20.0, ge=0)
     aug_scale_range: tuple[float, float] = (0.75, 1.25)
     aug_shear_deg: float = Field(10.0, ge=0)
-    aug_shift_fraction: float = Field(0.1, ge=0)
+    aug_shift_fraction: float = Field(
+        0.05, ge=0, description="max shift per axis as a fraction of the crop side (official code: 0.1 of the size,
+        halved by its normalisation, i.e. an effective 0.05)"
+    )
     elastic_alpha: tuple[float, float] = (0.0, 512.0)
     elastic_sigma: tuple[float, float] = (10.0, 13.0)
     # Z-matching head bounds (tanh-bounded)
     max_rotation_deg: float = Field(20.0, gt=0)
     max_scale_delta: float = Field(0.25, gt=0, lt=1)
     max_shear_deg: float = Field(10.0, gt=0)
-    max_shift_fraction: float = Field(0.25, gt=0)
+    max_shift_fraction: float = Field(0.25, gt=0, description="max predicted shift per axis as a fraction of the crop side")
     # losses
     ncc_window: int = Field(9, ge=3)
     ncc_eps: float = Field(1e-5, gt=0)
@@ -125,3 +130,179 @@ class GVSLConfig(StrictModel):
         if value % 2 == 0:
             raise ValueError(f"ncc_window must be odd, got {value}")
         return value
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pre-training run (`mssl pretrain` ≡ `mssl.pretrain(...)`)
+# --------------------------------------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A config that cannot be built; the message names each bad key and what was expected."""
+
+
+class DataConfig(StrictModel):
+    """Where the crops come from: a cache folder written by ``mssl prepare``."""
+
+    cache: Path | None = Field(None, description="cache folder written by `mssl prepare` (required to train)")
+    case_ids: list[str] | None = Field(None, description="train on these cases only (default: every case in the cache)")
+    foreground_bias: float = Field(0.5, ge=0, le=1, description="probability that a crop is centred on foreground")
+    batch_size: int = Field(1, ge=1, description="samples per device per micro-batch")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes reading the cache")
+
+
+class OptimConfig(StrictModel):
+    """Optimiser and schedule; fields left unset take the method's recipe (``S2DCConfig.optim``, ``GVSLConfig.optim``)."""
+
+    optimizer: Literal["adamw", "adam"] | None = None
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    warmup_steps: int | None = Field(None, ge=0)
+    schedule: Literal["cosine", "constant"] | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of lr")
+
+    def resolve(self, defaults: OptimDefaults) -> "OptimConfig":
+        """A copy with every unset field taken from ``defaults``."""
+        unset = {name: getattr(defaults, name) for name in OptimDefaults.model_fields if getattr(self, name) is None}
+        return self.model_copy(update=unset)
+
+
+class TrainerConfig(StrictModel):
+    """Loop, hardware and checkpointing (Lightning ``Trainer`` options)."""
+
+    max_steps: int = Field(100_000, ge=1, description="optimiser steps")
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | Literal["auto"] = Field(1, description="devices per node (int ≥ 1 or 'auto')")
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value (off when unset)")
+    accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step")
+    checkpoint_every: int = Field(1000, ge=1, description="steps between periodic checkpoints")
+    max_nonfinite: int = Field(10, ge=1, description="abort after this many non-finite losses in a row")
+
+    @field_validator("devices")
+    @classmethod
+    def _positive_devices(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"devices must be ≥ 1 or 'auto', got {value}")
+        return value
+
+
+class LoggingConfig(StrictModel):
+    """What is written to RUN/logs and shown on screen."""
+
+    every_n_steps: int = Field(10, ge=1, description="log scalars every n optimiser steps")
+    progress_bar: bool = True
+
+
+class PretrainConfig(StrictModel):
+    """Everything a pre-training run needs; saved resolved as RUN/config.yaml."""
+
+    method: Literal["s2dc", "gvsl", "both"] = "s2dc"
+    backbone: BackboneConfig = BackboneConfig()
+    s2dc: S2DCConfig = S2DCConfig()
+    gvsl: GVSLConfig = GVSLConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    logging: LoggingConfig = LoggingConfig()
+    out: Path = Field(Path("runs/pretrain"), description="run folder")
+    seed: int = Field(0, ge=0)
+    resume: bool = Field(False, description="continue the run in `out` from its last checkpoint")
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """The method names whose losses are trained (both for ``method='both'``)."""
+        return ("s2dc", "gvsl") if self.method == "both" else (self.method,)
+
+    def method_optim(self) -> OptimDefaults:
+        """The recipe of the method (S²DC's for ``both``: AdamW with decay and warm-up suits the shared Swin)."""
+        return self.gvsl.optim if self.method == "gvsl" else self.s2dc.optim
+
+    def resolved(self) -> "PretrainConfig":
+        """A copy with the optimiser's unset fields filled from the method's recipe (what RUN/config.yaml stores)."""
+        return self.model_copy(update={"optim": self.optim.resolve(self.method_optim())})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "PretrainConfig":
+        """Load a YAML file, apply dotted ``overrides`` (``{"s2dc.tau_ot": 0.05}``), validate."""
+        return build_config(cls, load_yaml(path), overrides)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path`` (an empty file is an empty mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of options at the top level, got {type(data).__name__}")
+    return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data["a"]["b"] = value`` for ``key="a.b"``, creating sections on the way."""
+    *sections, leaf = key.split(".")
+    node = data
+    for i, section in enumerate(sections):
+        child = node.setdefault(section, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key {'.'.join(sections[: i + 1])!r} is a value, not a section; cannot set {key!r}")
+        node = child
+    node[leaf] = value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"s2dc.tau_ot=0.05"`` → ``("s2dc.tau_ot", 0.05)``; the value is read as YAML (numbers, lists, booleans)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({error})") from error
+    return key.strip(), value
+
+
+def merge_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` with each dotted key of ``overrides`` set; a mapping value merges into that section."""
+    merged = _deep_copy(data)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping):
+            merged = merge_overrides(merged, {f"{key}.{k}": v for k, v in value.items()})
+        else:
+            set_dotted(merged, key, value)
+    return merged
+
+
+def build_config(model: type[M], data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> M:
+    """Validate ``data`` with dotted ``overrides`` applied; errors become one ``ConfigError`` naming every bad key."""
+    try:
+        return model.model_validate(merge_overrides(data, overrides or {}))
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error)) from None
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem: ``key: what was expected (got value)``."""
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown option (check the spelling; see `mssl pretrain --help`)"
+        got = f" (got {item['input']!r})" if item["type"] != "extra_forbidden" and not isinstance(item["input"], dict) else ""
+        lines.append(f"config key {key!r}: {message}{got}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}

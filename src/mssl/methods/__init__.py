@@ -1,0 +1,43 @@
+"""Pre-training methods and the registry that builds one from a run config."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from mssl.methods.base import CropRequest, MethodOutput, PretrainMethod
+from mssl.models.backbones import Backbone, build_backbone
+
+if TYPE_CHECKING:
+    from mssl.config import PretrainConfig
+
+MethodFactory = Callable[[Backbone, "PretrainConfig"], PretrainMethod]
+
+
+def _s2dc(backbone: Backbone, config: PretrainConfig) -> PretrainMethod:
+    from mssl.methods.s2dc import S2DCMethod
+
+    return S2DCMethod(backbone, config.s2dc)
+
+
+def _gvsl(backbone: Backbone, config: PretrainConfig) -> PretrainMethod:
+    from mssl.methods.gvsl import GVSLMethod
+
+    return GVSLMethod(backbone, config.gvsl)
+
+
+# method name -> factory(shared backbone, run config); "both" combines every objective of the config
+METHODS: dict[str, MethodFactory] = {"s2dc": _s2dc, "gvsl": _gvsl}
+
+
+def build_method(config: PretrainConfig) -> PretrainMethod:
+    """The method a run config names, on a freshly built backbone."""
+    from mssl.methods.combined import CombinedMethod
+
+    backbone = build_backbone(config.backbone)
+    objectives = {name: METHODS[name](backbone, config) for name in config.objectives}
+    if len(objectives) == 1:
+        return next(iter(objectives.values()))
+    return CombinedMethod(objectives)
+
+
+__all__ = ["METHODS", "CropRequest", "MethodOutput", "PretrainMethod", "build_method"]

@@ -1,0 +1,40 @@
+"""Small callbacks Lightning does not ship: crops per second, a progress bar labelled in steps."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import RichProgressBar
+
+
+class CropThroughput(pl.Callback):
+    """Logs ``train/crops_per_s``: crops consumed by all ranks per wall-clock second, data loading included.
+
+    Measured between consecutive optimiser steps, so the first step (warm-up, worker start) is not counted.
+    """
+
+    def __init__(self, crops_per_micro_batch: int) -> None:
+        self.crops_per_micro_batch = crops_per_micro_batch
+        self._last_time: float | None = None
+        self._crops = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_time, self._crops = None, 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._crops += self.crops_per_micro_batch * trainer.world_size
+        if pl_module._micro_batch:  # still accumulating: the step is not over
+            return
+        now = time.perf_counter()
+        if self._last_time is not None:
+            pl_module.log("train/crops_per_s", self._crops / (now - self._last_time), batch_size=1)
+        self._last_time, self._crops = now, 0
+
+
+class StepProgressBar(RichProgressBar):
+    """Rich progress bar titled for one endless epoch bounded by ``max_steps`` (not "Epoch 0/-2")."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "pre-training"

@@ -1,0 +1,69 @@
+"""Checkpoint files that are never half-written, and where a run keeps them.
+
+Lightning's ``TorchCheckpointIO`` stages the bytes in the system temp folder and then moves them;
+when that folder is on another filesystem the move is a copy, so a crash mid-copy leaves a truncated
+``last.ckpt`` in place of the good one. Here the bytes go to a temporary file next to the target,
+are flushed to disk, and replace the target in one ``os.replace``: a reader sees the old checkpoint
+or the new one, never a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_NAME = "last"
+PERIODIC_FORMAT = "step-{step:07d}"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / CHECKPOINT_DIR
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    """RUN/checkpoints/last.ckpt: the newest full training state of a run."""
+    return checkpoint_dir(run_dir) / f"{LAST_NAME}.ckpt"
+
+
+def atomic_torch_save(obj: Any, path: Path, save: Callable[[Any, Any], None] = torch.save) -> None:
+    """``save(obj, file)`` to ``path`` through a same-folder temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose writes go through :func:`atomic_torch_save`."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        atomic_torch_save(checkpoint, Path(path))

@@ -1,0 +1,224 @@
+"""``mssl.pretrain(...)`` ≡ ``mssl pretrain ...``: build the config, train with Lightning, write the run folder.
+
+Run folder::
+
+    RUN/config.yaml                      resolved config
+    RUN/checkpoints/last.ckpt            newest full state (model, EMA teacher, queue, optimiser, schedule, step, RNG)
+    RUN/checkpoints/step-XXXXXXX.ckpt    periodic checkpoints
+    RUN/logs/                            TensorBoard events + metrics.csv
+    RUN/summary.json                     steps, wall time, final losses, data index hash, weights path
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from mssl.config import ConfigError, PretrainConfig, build_config, load_yaml, merge_overrides
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+
+# The flat options of the CLI and of ``pretrain(**overrides)`` → the config key each one sets.
+FLAGS: dict[str, str] = {
+    "method": "method",
+    "out": "out",
+    "seed": "seed",
+    "resume": "resume",
+    "backbone": "backbone.name",
+    "data": "data.cache",
+    "batch_size": "data.batch_size",
+    "workers": "data.workers",
+    "steps": "trainer.max_steps",
+    "accelerator": "trainer.accelerator",
+    "devices": "trainer.devices",
+    "num_nodes": "trainer.num_nodes",
+    "strategy": "trainer.strategy",
+    "precision": "trainer.precision",
+    "grad_clip": "trainer.grad_clip",
+    "accumulate": "trainer.accumulate",
+    "checkpoint_every": "trainer.checkpoint_every",
+    "optimizer": "optim.optimizer",
+    "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay",
+    "warmup_steps": "optim.warmup_steps",
+    "log_every": "logging.every_n_steps",
+    "progress_bar": "logging.progress_bar",
+}
+ROI_FLAG = "roi"  # sets s2dc.roi (an int) and/or gvsl.roi (a cube) for the objectives being trained
+
+# Keys that may differ between a run and its resumption (everything else must match for an exact resume).
+RESUMABLE_CHANGES = ("resume", "trainer.max_steps", "trainer.accelerator", "trainer.checkpoint_every",
+                     "trainer.max_nonfinite", "data.workers", "data.cache", "logging")
+
+
+def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> PretrainConfig:
+    """The validated, resolved run config.
+
+    ``config``: a ``PretrainConfig``, a YAML path or a mapping (default: all defaults; when resuming,
+    the run's saved ``config.yaml``). ``overrides``: flat options (``steps=100``, see :data:`FLAGS`),
+    dotted keys (``**{"s2dc.tau_ot": 0.05}``) or whole sections (``backbone={"name": "unet"}``).
+    """
+    dotted = {FLAGS.get(key, key): value for key, value in overrides.items() if key != ROI_FLAG and value is not None}
+    if isinstance(config, PretrainConfig):
+        base = config.model_dump()
+    elif isinstance(config, (str, Path)):
+        base = load_yaml(config)
+    else:
+        base = dict(config or {})
+        saved = Path(str(dotted.get("out", base.get("out", "")))) / CONFIG_FILE
+        if dotted.get("resume") and config is None and saved.is_file():
+            base = load_yaml(saved)  # resume continues the run as it was configured
+    merged = merge_overrides(base, dotted)
+    roi = overrides.get(ROI_FLAG)
+    if roi is not None:
+        method = merged.get("method", PretrainConfig.model_fields["method"].default)
+        objectives = {"s2dc": ("s2dc",), "gvsl": ("gvsl",)}.get(method, ("s2dc", "gvsl"))
+        merged = merge_overrides(merged, {f"{name}.roi": roi if name == "s2dc" else [roi] * 3 for name in objectives})
+    return build_config(PretrainConfig, merged).resolved()
+
+
+def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> Path:
+    """Pre-train an encoder; returns the run folder.
+
+    Same options as ``mssl pretrain`` (see :func:`resolve_config`), e.g.
+    ``mssl.pretrain(method="gvsl", data="cache/", out="runs/gvsl", backbone="unet", steps=1000)``.
+    With ``resume=True`` the run in ``out`` continues exactly from ``checkpoints/last.ckpt``.
+    """
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from mssl.train.callbacks import CropThroughput, StepProgressBar
+    from mssl.train.checkpoint import PERIODIC_FORMAT, AtomicCheckpointIO, checkpoint_dir, last_checkpoint
+    from mssl.train.datamodule import CropDataModule
+    from mssl.train.loggers import LOG_DIR, METRICS_FILE, build_loggers, drop_rows_after
+    from mssl.train.module import PretrainModule
+    from mssl.train.summary import RunSummary
+
+    cfg = resolve_config(config, **overrides)
+    run_dir = Path(cfg.out)
+    resume_from = _checkpoint_to_resume(cfg, last_checkpoint(run_dir))
+    is_rank_zero = rank_zero_only.rank == 0
+    resumed_step = 0
+    if resume_from is not None:
+        resumed_step = torch.load(resume_from, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        if is_rank_zero:
+            _check_resume_matches(cfg, run_dir / CONFIG_FILE)
+            drop_rows_after(run_dir / LOG_DIR / METRICS_FILE, resumed_step)
+    if is_rank_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+    module = PretrainModule(cfg)
+    requests = module.method.crop_requests()
+    datamodule = CropDataModule(cfg, requests)
+    crops_per_sample = sum(request.volumes for request in requests.values())
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(
+            dirpath=checkpoint_dir(run_dir),
+            filename=PERIODIC_FORMAT,
+            auto_insert_metric_name=False,
+            every_n_train_steps=cfg.trainer.checkpoint_every,
+            save_top_k=-1,
+            save_last=True,
+            enable_version_counter=False,  # resuming overwrites last.ckpt instead of writing last-v1.ckpt
+        ),
+        CropThroughput(crops_per_sample * cfg.data.batch_size),
+    ]
+    if cfg.logging.progress_bar:
+        callbacks.append(StepProgressBar())
+    trainer = pl.Trainer(
+        default_root_dir=run_dir,
+        max_steps=cfg.trainer.max_steps,
+        max_epochs=-1,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
+        strategy=_strategy(cfg.trainer.strategy),
+        precision=cfg.trainer.precision,
+        gradient_clip_val=cfg.trainer.grad_clip,
+        accumulate_grad_batches=cfg.trainer.accumulate,
+        logger=build_loggers(run_dir),
+        log_every_n_steps=cfg.logging.every_n_steps,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # StepSampler splits the data by rank and restarts at the restored step
+        enable_progress_bar=cfg.logging.progress_bar,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # the data stream is endless by design (StepSampler) and there is no validation loop
+        warnings.filterwarnings("ignore", message=".*(does not have many workers|val_dataloader|infinite).*")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    wall_time = time.perf_counter() - start
+
+    if trainer.is_global_zero:
+        summary = RunSummary(
+            method=cfg.method,
+            backbone=cfg.backbone.name,
+            steps=trainer.global_step,
+            max_steps=cfg.trainer.max_steps,
+            skipped_steps=module.skipped_steps,
+            wall_time_s=round(wall_time, 2),
+            final_losses={name: float(value) for name, value in module.last_losses.items()},
+            final_metrics={name: float(value) for name, value in module.last_metrics.items()},
+            data_index_hash=datamodule.index_hash,
+            weights=str(last_checkpoint(run_dir).relative_to(run_dir)),
+            resumed_from_step=resumed_step if resume_from is not None else None,
+        )
+        summary.write(run_dir)
+        summary.render(run_dir)
+    return run_dir
+
+
+def _strategy(name: str) -> str:
+    # Both objectives leave part of the backbone unused in a step (S²DC skips the decoder), which plain
+    # DDP rejects; finding unused parameters costs one graph walk per step.
+    return {"ddp": "ddp_find_unused_parameters_true", "ddp_spawn": "ddp_spawn_find_unused_parameters_true"}.get(name, name)
+
+
+def _checkpoint_to_resume(cfg: PretrainConfig, last: Path) -> Path | None:
+    if cfg.resume:
+        if not last.is_file():
+            raise ConfigError(f"resume: no checkpoint to continue from at {last}")
+        return last
+    if last.is_file():
+        raise ConfigError(
+            f"run folder {cfg.out} already holds a run ({last}); pass --resume to continue it or choose another --out"
+        )
+    return None
+
+
+def _check_resume_matches(cfg: PretrainConfig, saved_path: Path) -> None:
+    """Warn when a resumed run changes options other than :data:`RESUMABLE_CHANGES` (the result is then not exact)."""
+    if not saved_path.is_file():
+        return
+    saved = _flatten(load_yaml(saved_path))
+    current = _flatten(cfg.model_dump(mode="json"))
+    changed = sorted(
+        key for key in saved.keys() | current.keys()
+        if saved.get(key) != current.get(key) and not key.startswith(RESUMABLE_CHANGES)
+    )
+    if changed:
+        log.warning("resuming %s with changed options %s: the continuation is no longer exact", cfg.out, ", ".join(changed))
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
