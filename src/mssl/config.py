@@ -105,17 +105,14 @@ class GVSLConfig(StrictModel):
     aug_rotation_deg: float = Field(20.0, ge=0)
     aug_scale_range: tuple[float, float] = (0.75, 1.25)
     aug_shear_deg: float = Field(10.0, ge=0)
-    aug_shift_fraction: float = Field(
-        0.05, ge=0, description="max shift per axis as a fraction of the crop side (official code: 0.1 of the size,
-        halved by its normalisation, i.e. an effective 0.05)"
-    )
+    aug_shift_fraction: float = Field(0.1, ge=0)
     elastic_alpha: tuple[float, float] = (0.0, 512.0)
     elastic_sigma: tuple[float, float] = (10.0, 13.0)
     # Z-matching head bounds (tanh-bounded)
     max_rotation_deg: float = Field(20.0, gt=0)
     max_scale_delta: float = Field(0.25, gt=0, lt=1)
     max_shear_deg: float = Field(10.0, gt=0)
-    max_shift_fraction: float = Field(0.25, gt=0, description="max predicted shift per axis as a fraction of the crop side")
+    max_shift_fraction: float = Field(0.25, gt=0)
     # losses
     ncc_window: int = Field(9, ge=3)
     ncc_eps: float = Field(1e-5, gt=0)
