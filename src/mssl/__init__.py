@@ -18,6 +18,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 # public name -> "module:attribute"; each command's owner adds its entry here
 _API: dict[str, str] = {
     "load_pretrained": "mssl.export.loading:load_pretrained",
+    "pretrain": "mssl.train.pretrain:pretrain",
 }
 
 __all__ = ["__version__", *_API]

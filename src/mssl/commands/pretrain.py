@@ -1,0 +1,103 @@
+"""``mssl pretrain``: self-supervised pre-training of an encoder with S²DC, GVSL or both."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+class Method(str, Enum):
+    s2dc = "s2dc"
+    gvsl = "gvsl"
+    both = "both"
+
+
+class BackboneName(str, Enum):
+    swin = "swin"
+    unet = "unet"
+
+
+class Strategy(str, Enum):
+    auto = "auto"
+    ddp = "ddp"
+    ddp_spawn = "ddp_spawn"
+
+
+class Precision(str, Enum):
+    full = "32"
+    bf16 = "bf16-mixed"
+    fp16 = "16-mixed"
+
+
+class Optimizer(str, Enum):
+    adamw = "adamw"
+    adam = "adam"
+
+
+_DEVICES_HELP = "Devices per node: a number or 'auto'."
+
+
+def command(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with any options; flags override it.", exists=True, dir_okay=False),
+    method: Optional[Method] = typer.Option(None, help="Objective: s2dc, gvsl, or both on one shared backbone. (default: s2dc)"),
+    data: Optional[Path] = typer.Option(None, help="Cache folder written by `mssl prepare`."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (config, checkpoints, logs, summary). (default: runs/pretrain)"),
+    backbone: Optional[BackboneName] = typer.Option(None, help="Encoder: swin (MONAI SwinUNETR v2) or unet (GVSL 3D U-Net). (default: swin)"),
+    roi: Optional[int] = typer.Option(None, help="Crop side in voxels (S²DC grid crop; GVSL cube)."),
+    steps: Optional[int] = typer.Option(None, help="Optimiser steps. (default: 100000)"),
+    batch_size: Optional[int] = typer.Option(None, help="Samples per device per micro-batch. (default: 1)"),
+    accumulate: Optional[int] = typer.Option(None, help="Micro-batches per optimiser step. (default: 1)"),
+    workers: Optional[int] = typer.Option(None, help="DataLoader workers reading the cache. (default: 2)"),
+    accelerator: Optional[str] = typer.Option(None, help="auto, cpu, gpu, cuda or mps. (default: auto)"),
+    devices: Optional[str] = typer.Option(None, help=_DEVICES_HELP + " (default: 1)"),
+    num_nodes: Optional[int] = typer.Option(None, help="Nodes (multi-node runs start through torchrun or SLURM). (default: 1)"),
+    strategy: Optional[Strategy] = typer.Option(None, help="auto, or ddp for several devices. (default: auto)"),
+    precision: Optional[Precision] = typer.Option(None, help="32, bf16-mixed or 16-mixed. (default: 32)"),
+    optimizer: Optional[Optimizer] = typer.Option(None, help="adamw or adam. (default: the method's recipe)"),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate. (default: the method's recipe)"),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay. (default: the method's recipe)"),
+    warmup_steps: Optional[int] = typer.Option(None, help="Linear warm-up steps before the cosine. (default: the method's recipe)"),
+    grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value. (default: off)"),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (last.ckpt is refreshed with each). (default: 1000)"),
+    log_every: Optional[int] = typer.Option(None, help="Log scalars every n steps. (default: 10)"),
+    seed: Optional[int] = typer.Option(None, help="Seed of every random draw (crops, views, init). (default: 0)"),
+    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue the run in --out exactly from checkpoints/last.ckpt."),
+    progress_bar: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show the progress bar. (default: on)"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Any config key, dotted: --set s2dc.tau_ot=0.05 --set backbone.feature_size=24 (repeatable)."),
+) -> None:
+    """Pre-train an encoder with S²DC, GVSL or both, on CPU or many GPUs, resumable after any crash.
+
+    Options come from built-in defaults, then --config YAML, then flags, then --set. The resolved
+    config is saved as OUT/config.yaml; `mssl pretrain --out OUT --resume` continues a run with it.
+
+    Example: mssl pretrain --method s2dc --data cache/ --out runs/s2dc --devices 8 --strategy ddp --precision bf16-mixed
+    """
+    from mssl.config import ConfigError, parse_assignment
+    from mssl.train.pretrain import pretrain
+
+    flags = {
+        "method": method, "data": data, "out": out, "backbone": backbone, "roi": roi, "steps": steps,
+        "batch_size": batch_size, "accumulate": accumulate, "workers": workers, "accelerator": accelerator,
+        "devices": _devices(devices), "num_nodes": num_nodes, "strategy": strategy, "precision": precision,
+        "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
+        "grad_clip": grad_clip, "checkpoint_every": checkpoint_every, "log_every": log_every, "seed": seed,
+        "resume": resume, "progress_bar": progress_bar,
+    }
+    flags = {key: value.value if isinstance(value, Enum) else value for key, value in flags.items() if value is not None}
+    try:
+        dotted = dict(parse_assignment(item) for item in set_ or [])
+        pretrain(config, **flags, **dotted)
+    except ConfigError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def _devices(value: str | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    if value.isdigit():
+        return int(value)
+    raise typer.BadParameter(f"expected a number or 'auto', got {value!r}", param_hint="--devices")
