@@ -145,8 +145,9 @@ class DataConfig(StrictModel):
     """Where the crops come from: a cache folder written by ``mssl prepare``."""
 
     cache: Path | None = Field(None, description="cache folder written by `mssl prepare` (required to train)")
+    split: str | None = Field(None, description="train on the cases of this split only (e.g. 'train'; default: all)")
     case_ids: list[str] | None = Field(None, description="train on these cases only (default: every case in the cache)")
-    foreground_bias: float = Field(0.5, ge=0, le=1, description="probability that a crop is centred on foreground")
+    foreground_bias: float = Field(0.0, ge=0, le=1, description="probability that a crop is centred on foreground")
     batch_size: int = Field(1, ge=1, description="samples per device per micro-batch")
     workers: int = Field(2, ge=0, description="DataLoader worker processes reading the cache")
 

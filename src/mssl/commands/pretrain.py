@@ -44,6 +44,7 @@ def command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with any options; flags override it.", exists=True, dir_okay=False),
     method: Optional[Method] = typer.Option(None, help="Objective: s2dc, gvsl, or both on one shared backbone. (default: s2dc)"),
     data: Optional[Path] = typer.Option(None, help="Cache folder written by `mssl prepare`."),
+    split: Optional[str] = typer.Option(None, help="Train on the cases of this split of the cache only, e.g. train. (default: all cases)"),
     out: Optional[Path] = typer.Option(None, help="Run folder (config, checkpoints, logs, summary). (default: runs/pretrain)"),
     backbone: Optional[BackboneName] = typer.Option(None, help="Encoder: swin (MONAI SwinUNETR v2) or unet (GVSL 3D U-Net). (default: swin)"),
     roi: Optional[int] = typer.Option(None, help="Crop side in voxels (S²DC grid crop; GVSL cube)."),
@@ -79,7 +80,7 @@ def command(
     from mssl.train.pretrain import pretrain
 
     flags = {
-        "method": method, "data": data, "out": out, "backbone": backbone, "roi": roi, "steps": steps,
+        "method": method, "data": data, "split": split, "out": out, "backbone": backbone, "roi": roi, "steps": steps,
         "batch_size": batch_size, "accumulate": accumulate, "workers": workers, "accelerator": accelerator,
         "devices": _devices(devices), "num_nodes": num_nodes, "strategy": strategy, "precision": precision,
         "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,

@@ -58,8 +58,10 @@ class CropDataModule(pl.LightningDataModule):
         data = self.config.data
         if data.cache is None:
             raise ValueError("config key 'data.cache' is required: the folder written by `mssl prepare` (--data)")
-        index = CacheIndex.load(data.cache)
-        self.index_hash = index.hash
+        index = CacheIndex.open(data.cache)
+        if data.split is not None:
+            index = index.select(split=data.split)
+        self.index_hash = index.hash()
         self.dataset = CropDataset(
             index,
             self.requests,

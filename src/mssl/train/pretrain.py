@@ -33,6 +33,7 @@ FLAGS: dict[str, str] = {
     "resume": "resume",
     "backbone": "backbone.name",
     "data": "data.cache",
+    "split": "data.split",
     "batch_size": "data.batch_size",
     "workers": "data.workers",
     "steps": "trainer.max_steps",
@@ -65,7 +66,11 @@ def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | Non
     the run's saved ``config.yaml``). ``overrides``: flat options (``steps=100``, see :data:`FLAGS`),
     dotted keys (``**{"s2dc.tau_ot": 0.05}``) or whole sections (``backbone={"name": "unet"}``).
     """
-    dotted = {FLAGS.get(key, key): value for key, value in overrides.items() if key != ROI_FLAG and value is not None}
+    dotted = {
+        key if isinstance(value, Mapping) else FLAGS.get(key, key): value  # backbone="unet" vs backbone={...}
+        for key, value in overrides.items()
+        if key != ROI_FLAG and value is not None
+    }
     if isinstance(config, PretrainConfig):
         base = config.model_dump()
     elif isinstance(config, (str, Path)):
