@@ -19,6 +19,10 @@ except PackageNotFoundError:  # running from a source tree without installation
 _API: dict[str, str] = {
     "load_pretrained": "mssl.export.loading:load_pretrained",
     "pretrain": "mssl.train.pretrain:pretrain",
+    "finetune": "mssl.downstream.finetune:finetune",
+    "evaluate": "mssl.downstream.evaluate:evaluate",
+    "probe": "mssl.downstream.probe:probe",
+    "benchmark": "mssl.downstream.benchmark:benchmark",
 }
 
 __all__ = ["__version__", *_API]

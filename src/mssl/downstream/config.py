@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
+import yaml
 from pydantic import Field
 
 from mssl.config import BackboneConfig, Size3, StrictModel
 
 Precision = Literal["32", "bf16-mixed", "16-mixed"]
 PresetName = Literal["ct", "mri", "none"]
+StrictModelT = TypeVar("StrictModelT", bound=StrictModel)
 
 
 class SplitConfig(StrictModel):
@@ -102,3 +104,28 @@ class BenchmarkConfig(DataConfig):
     probe: bool = True
     classes: list[str] | None = Field(None, description="classes in the table; default all")
     max_test_cases: int | None = Field(None, ge=1, description="score on the first N test cases (CPU budgets)")
+
+
+def parse_size(text: str) -> Size3:
+    """'96' → (96, 96, 96); '128,128,64' → (128, 128, 64)."""
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise ValueError(f"size {text!r} is not one integer or three comma-separated integers") from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or min(values) < 1:
+        raise ValueError(f"size {text!r} must be one positive integer or three comma-separated ones")
+    return values  # type: ignore[return-value]
+
+
+def build_config(model: type[StrictModelT], config_file: Path | None, **options: object) -> StrictModelT:
+    """A command's config: YAML file (if given), then every flag the user set (None = not set)."""
+    values: dict[str, object] = {}
+    if config_file is not None:
+        loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config_file}: expected a mapping of options at the top level")
+        values.update(loaded)
+    values.update({k: v for k, v in options.items() if v is not None})
+    return model(**values)

@@ -1,0 +1,49 @@
+"""``mssl evaluate``: Dice / HD95 (segmentation) or AUC / accuracy / MAE (classification) of a fine-tuned run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def command(
+    run: Path = typer.Argument(..., help="A fine-tuned run folder (model.json + best.safetensors)."),
+    data: Path = typer.Option(..., help="The dataset.json to score on (its labels must match the run's)."),
+    split: str = typer.Option("test", help="Split to score: test, validation or train."),
+    out: Optional[Path] = typer.Option(None, help="Output folder. (default: RUN/evaluation/SPLIT)"),
+    classes: Optional[str] = typer.Option(None, help="Comma-separated class names to report, e.g. Brainstem,Mandible. (default: all)"),
+    save_predictions: bool = typer.Option(True, "--save-predictions/--no-predictions", help="Write predictions as NIfTI with each input's affine."),
+    max_cases: Optional[int] = typer.Option(None, help="Score only the first N cases (quick checks)."),
+) -> None:
+    """Score a fine-tuned run on a split with sliding-window inference.
+
+    Segmentation: per-case and per-class Dice and HD95 (MONAI) on each input's own grid and spacing;
+    organs a case does not contour are left out, never scored as background. Writes per_case.csv,
+    summary.md (mean ± std) and predictions/*.nii.gz. Example:
+
+        mssl evaluate runs/ft --data openkbp/dataset.json --split test
+    """
+    from rich.console import Console
+
+    from mssl.downstream.config import EvaluateConfig, build_config
+    from mssl.downstream.evaluate import evaluate
+
+    console = Console()
+    try:
+        settings = build_config(
+            EvaluateConfig,
+            None,
+            run=run,
+            data=data,
+            split=split,
+            out=out,
+            classes=classes.split(",") if classes else None,
+            save_predictions=save_predictions,
+            max_cases=max_cases,
+        )
+    except ValueError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    evaluate(settings, console=console)

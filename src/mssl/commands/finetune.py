@@ -1,0 +1,97 @@
+"""``mssl finetune``: supervised fine-tuning (segmentation or classification) from pre-trained weights or scratch."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+class Task(str, Enum):
+    seg = "seg"
+    cls = "cls"
+
+
+class BackboneName(str, Enum):
+    swin = "swin"
+    unet = "unet"
+
+
+def command(
+    data: Optional[Path] = typer.Option(None, help="MSD-style dataset.json (entries with image, label, split, present_labels, ...)."),
+    task: Optional[Task] = typer.Option(None, help="seg (voxel labels) or cls (a datalist key such as sex or age). (default: seg)"),
+    weights: Optional[Path] = typer.Option(None, help="Export (encoder.safetensors) or pre-training run folder; omit to train from scratch."),
+    labels: Optional[int] = typer.Option(None, help="Use k labelled training cases (seeded, nested across k). (default: all)"),
+    seed: Optional[int] = typer.Option(None, help="Seed of the case choice, initialisation and crops. (default: 0)"),
+    out: Optional[Path] = typer.Option(None, help="Run folder: model.json, best.safetensors, metrics.csv. (default: runs/finetune)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", exists=True, dir_okay=False, help="YAML with any FinetuneConfig keys; flags override it."),
+    backbone: Optional[BackboneName] = typer.Option(None, help="Scratch network: swin (MONAI SwinUNETR) or unet. Ignored with --weights (the sidecar decides)."),
+    feature_size: Optional[int] = typer.Option(None, help="Scratch SwinUNETR feature size (multiple of 12)."),
+    window_size: Optional[int] = typer.Option(None, help="Scratch SwinUNETR attention window."),
+    unet_channels: Optional[str] = typer.Option(None, help="Scratch U-Net widths, e.g. 32,64,128,256,512."),
+    roi: Optional[str] = typer.Option(None, help="Training crop (seg) or whole-volume size (cls): 96 or 128,128,64; multiple of the network stride."),
+    steps: Optional[int] = typer.Option(None, help="Optimiser steps. (default: 1000)"),
+    batch_size: Optional[int] = typer.Option(None, help="Cases per step. (default: 1)"),
+    crops_per_case: Optional[int] = typer.Option(None, help="Foreground-oversampled crops per case and step (seg). (default: 2)"),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate (cosine decay). (default: 1e-4)"),
+    freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--train-encoder", help="Keep the pre-trained encoder fixed."),
+    val_every: Optional[int] = typer.Option(None, help="Validate every N steps (sliding window); the best checkpoint is kept. (default: 100)"),
+    val_cases: Optional[int] = typer.Option(None, help="Validate on at most N cases of the validation split. (default: all)"),
+    target: Optional[str] = typer.Option(None, help="cls: the datalist key to predict; strings → classes, numbers → regression. (default: sex)"),
+    preset: Optional[str] = typer.Option(None, help="Intensity preset ct, mri or none. (default: the weights', else from the modality)"),
+    spacing: Optional[str] = typer.Option(None, help="Resample to this spacing in mm, e.g. 1.5,1.5,2. (default: the weights', else native)"),
+    precision: Optional[str] = typer.Option(None, help="32, bf16-mixed or 16-mixed. (default: 32)"),
+    accelerator: Optional[str] = typer.Option(None, help="auto, cpu, gpu, cuda or mps. (default: auto)"),
+    devices: Optional[int] = typer.Option(None, help="Devices (several → DDP). (default: 1)"),
+) -> None:
+    """Fine-tune a network on k labelled cases and keep the best validation checkpoint.
+
+    Segmentation uses MONAI SwinUNETR or the project's U-Net (whichever the weights were pre-trained
+    on), DiceCE with partial labels (organs a case does not contour are ignored, never background),
+    foreground-oversampled crops and sliding-window validation. Classification pools the encoder's
+    bottleneck into a linear head (AUC/accuracy, or MAE for numbers such as age). Example:
+
+        mssl finetune --data openkbp/dataset.json --weights runs/s2dc --labels 5 --out runs/ft
+    """
+    from rich.console import Console
+
+    from mssl.downstream.config import FinetuneConfig, build_config, parse_size
+    from mssl.downstream.finetune import finetune
+
+    console = Console()
+    scratch = {"name": backbone.value if backbone else None, "feature_size": feature_size, "window_size": window_size}
+    if unet_channels:
+        scratch["unet_channels"] = tuple(int(c) for c in unet_channels.split(","))
+    scratch = {k: v for k, v in scratch.items() if v is not None}
+    try:
+        settings = build_config(
+            FinetuneConfig,
+            config,
+            data=data,
+            task=task.value if task else None,
+            weights=weights,
+            labels=labels,
+            seed=seed,
+            out=out,
+            backbone=scratch or None,
+            roi=parse_size(roi) if roi else None,
+            steps=steps,
+            batch_size=batch_size,
+            crops_per_case=crops_per_case,
+            lr=lr,
+            freeze_encoder=freeze_encoder,
+            val_every=val_every,
+            val_cases=val_cases,
+            target=target,
+            preset=preset,
+            spacing=tuple(float(s) for s in spacing.split(",")) if spacing else None,
+            precision=precision,
+            accelerator=accelerator,
+            devices=devices,
+        )
+    except ValueError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    finetune(settings, console=console)
