@@ -17,6 +17,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 # public name -> "module:attribute"; each command's owner adds its entry here
 _API: dict[str, str] = {
+    "prepare": "mssl.data.prepare:prepare",
     "load_pretrained": "mssl.export.loading:load_pretrained",
     "pretrain": "mssl.train.pretrain:pretrain",
     "finetune": "mssl.downstream.finetune:finetune",
