@@ -19,6 +19,8 @@ except PackageNotFoundError:  # running from a source tree without installation
 _API: dict[str, str] = {
     "prepare": "mssl.data.prepare:prepare",
     "load_pretrained": "mssl.export.loading:load_pretrained",
+    "export": "mssl.export.exporter:export",
+    "inspect_weights": "mssl.export.inspect:inspect_weights",
     "pretrain": "mssl.train.pretrain:pretrain",
     "finetune": "mssl.downstream.finetune:finetune",
     "evaluate": "mssl.downstream.evaluate:evaluate",

@@ -28,6 +28,7 @@ class LoadReport:
     """Outcome of :func:`mssl.export.loading.load_pretrained`; prints as a Rich table."""
 
     source: str
+    target: str = ""  # the network the weights went into
     loaded: list[str] = field(default_factory=list)
     adapted: dict[str, tuple[Shape, Shape]] = field(default_factory=dict)  # target key -> (source, target) shape
     missing: list[str] = field(default_factory=list)
@@ -55,7 +56,8 @@ class LoadReport:
         return dict(sorted(groups.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])))
 
     def table(self, depth: int = 1) -> Table:
-        table = Table(title=f"weights: {self.source}", title_justify="left")
+        title = f"weights: {self.source}" + (f"\ninto:    {self.target}" if self.target else "")
+        table = Table(title=title, title_justify="left")
         table.add_column("module")
         for column in COLUMNS:
             table.add_column(column, justify="right")
@@ -84,5 +86,5 @@ class LoadReport:
         console = Console(file=buffer, width=100, force_terminal=False, color_system=None)
         console.print(self.table())
         for line in self.details():
-            console.print(line, markup=False, highlight=False)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         return buffer.getvalue()

@@ -100,7 +100,7 @@ def load_pretrained(
         source, tensors = str(resolve_weights(weights)), read_weights(weights)
     target = network.state_dict()
     target_channels = in_channels if in_channels is not None else input_channels_of(target)
-    report = LoadReport(source=source, network_keys=list(target))
+    report = LoadReport(source=source, target=type(network).__name__, network_keys=list(target))
     to_load: dict[str, torch.Tensor] = {}
     mapping = align_keys(tensors, target)
     for key, name in mapping.items():

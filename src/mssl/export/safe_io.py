@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -24,6 +24,7 @@ EXPORT_DIR = "export"
 # Containers that checkpoints of common projects wrap their weights in, most specific first:
 # Lightning / MONAI / VoCo ``state_dict``, generic ``model``, nnssl ``network_weights``, ``net``, VoCo ``student``.
 WRAPPER_KEYS = ("state_dict", "model", "network_weights", "net", "student")
+UNPICKLER_DETAIL = "WeightsUnpickler error:"  # the line of torch's refusal that names the offending global
 
 
 class UnsafeWeightsError(ValueError):
@@ -56,16 +57,26 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = resolve_weights(path)
     if path.suffix == SAFETENSORS_SUFFIX:
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as error:
+            raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+    return unwrap_state_dict(read_checkpoint(path), source=str(path))
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """The whole content of a torch / Lightning file through ``torch.load(weights_only=True)``."""
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0]
+        lines = [line.strip() for line in str(error).splitlines()]
+        detail = next((line for line in lines if line.startswith(UNPICKLER_DETAIL)), "unsupported pickle content")
         raise UnsafeWeightsError(
-            f"{path}: refused to load, the file needs arbitrary pickled objects that weights-only loading "
-            f"does not execute ({first_line}); re-save it as a plain state dict or safetensors from a trusted source"
+            f"{path}: refused to load, the file needs pickled objects that weights-only loading does not execute "
+            f"({detail.split('. ')[0]}); re-save it as a plain state dict or safetensors from a trusted source"
         ) from None
-    return unwrap_state_dict(content, source=str(path))
+    except (RuntimeError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable torch checkpoint ({str(error).splitlines()[0]})") from None
 
 
 def unwrap_state_dict(content: Any, source: str = "weights") -> dict[str, torch.Tensor]:

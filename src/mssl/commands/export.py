@@ -1,0 +1,46 @@
+"""``mssl export``: the encoder of a pre-training run as safetensors plus a provenance sidecar."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+class ExportFormat(str, Enum):
+    monai = "monai"
+    torch = "torch"
+
+
+def command(
+    run: Path = typer.Argument(..., help="Run folder written by `mssl pretrain` (holds checkpoints/last.ckpt).", exists=True, file_okay=False),
+    format: ExportFormat = typer.Option(ExportFormat.monai, "--format", "-f", help="monai: encoder.safetensors in MONAI key layout (no pickle); torch: encoder.pt plain state dict."),
+    out: Optional[Path] = typer.Option(None, help="Output folder. (default: RUN/export)"),
+) -> None:
+    """Export the pre-trained encoder of RUN with its provenance.
+
+    Writes encoder.safetensors (or encoder.pt) and encoder.json: method, backbone class and constructor
+    arguments, input channels, spacing, intensity preset, crop size, steps, data index hash, the resolved
+    config and package versions. Swin weights load into monai.networks.nets.SwinUNETR (swinViT.* keys),
+    U-Net weights into mssl's UNetBackbone; `mssl inspect` shows exactly what loads.
+
+    Example: mssl export runs/s2dc --format monai
+    """
+    from rich.console import Console
+
+    from mssl.export.exporter import export
+    from mssl.export.sidecar import read_sidecar, sidecar_path
+
+    console = Console()
+    try:
+        weights = export(run, out=out, format=format.value)
+    except (FileNotFoundError, ValueError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    sidecar = read_sidecar(weights) or {}
+    backbone = sidecar.get("backbone", {})
+    console.print(f"[bold]exported[/bold] {weights}  ({sidecar.get('parameters', 0):,} parameters, step {sidecar.get('steps')})")
+    console.print(f"sidecar  {sidecar_path(weights)}")
+    console.print(f"loads into {backbone.get('class')}({', '.join(f'{k}={v}' for k, v in backbone.get('args', {}).items())})")

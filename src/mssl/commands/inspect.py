@@ -1,0 +1,57 @@
+"""``mssl inspect``: which keys of a weight file load into SwinUNETR or the U-Net, module by module."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+class Into(str, Enum):
+    swinunetr = "swinunetr"
+    unet = "unet"
+
+
+def command(
+    weights: Path = typer.Argument(..., help="safetensors / .pt / .pth / Lightning .ckpt file, or an export or run folder.", exists=True),
+    into: Optional[Into] = typer.Option(None, help="Target network: swinunetr (MONAI SwinUNETR) or unet (mssl U-Net). (default: from the sidecar or the keys)"),
+    in_channels: Optional[int] = typer.Option(None, min=1, help="Build the target for N input channels; stem kernels are adapted (e.g. 1-channel CT → 4-channel MRI)."),
+    keys: bool = typer.Option(False, "--keys", help="Also list every missing and unexpected key (adapted and mismatched ones are always listed)."),
+) -> None:
+    """Report loaded / adapted / missing / unexpected / shape-mismatched keys per module.
+
+    The target is built from the sidecar (encoder.json) when present, else from the tensor shapes, so
+    third-party checkpoints (VoCo, MONAI SSL, nnssl, Lightning) can be checked before fine-tuning.
+    Files are never unpickled: safetensors, or torch.load(weights_only=True). Exit code 1 when a tensor
+    has no home or the wrong shape.
+
+    Example: mssl inspect runs/s2dc/export/encoder.safetensors --into swinunetr --in-channels 4
+    """
+    from rich.console import Console
+
+    from mssl.export.inspect import inspect_weights
+    from mssl.export.sidecar import read_sidecar
+
+    console = Console()
+    try:
+        report = inspect_weights(weights, into=into.value if into else None, in_channels=in_channels)
+        sidecar = read_sidecar(Path(report.source))
+    except (FileNotFoundError, ValueError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    if sidecar:
+        console.print(f"pre-trained with [bold]{sidecar.get('method')}[/bold] for {sidecar.get('steps')} steps; "
+                      f"preset {(sidecar.get('preset') or {}).get('name')}, spacing {sidecar.get('spacing')}")
+    console.print(report)
+    for line in report.details():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if keys:
+        for kind in ("missing", "unexpected"):
+            for key in getattr(report, kind):
+                console.print(f"{kind:<10} {key}", markup=False, highlight=False, soft_wrap=True)
+    verdict = "every tensor loaded" if report.ok else f"{len(report.unexpected)} unexpected, {len(report.mismatched)} mismatched"
+    console.print(f"[bold]{verdict}[/bold]; {len(report.missing) + len(report.mismatched)} network tensors keep their initialisation")
+    if not report.ok:
+        raise typer.Exit(1)

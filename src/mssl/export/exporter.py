@@ -1,0 +1,149 @@
+"""``mssl export RUN``: the trained encoder of a run as plain weights plus a provenance sidecar.
+
+The student backbone (``method.backbone.*`` in the Lightning checkpoint) is written under its own
+names, which are MONAI's for ``swin`` (``swinViT.*``, ``encoder*``, ``decoder*``: loads into
+``monai.networks.nets.SwinUNETR``) and the documented ``encoders.{i}.*`` / ``decoders.{j}.conv.*``
+for ``unet`` (loads into :class:`mssl.models.backbones.UNetBackbone`). Before anything is written the
+weights are loaded strictly into a freshly built backbone, so a broken export fails here, not at
+fine-tuning time.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from mssl.config import DataConfig, PretrainConfig, load_yaml
+from mssl.export.safe_io import EXPORT_DIR, LAST_CHECKPOINT, read_checkpoint, write_safetensors
+from mssl.export.sidecar import (
+    METADATA_KEY,
+    SIDECAR_FORMAT,
+    backbone_spec,
+    file_sha256,
+    package_versions,
+    write_sidecar,
+)
+from mssl.models.backbones import build_backbone
+
+ExportFormat = Literal["monai", "torch"]
+BACKBONE_PREFIX = "method.backbone."
+RUN_CONFIG = "config.yaml"
+HPARAMS_CONFIG = ("hyper_parameters", "config")  # where PretrainModule stores the resolved config
+FILE_NAMES: dict[str, str] = {"monai": "encoder.safetensors", "torch": "encoder.pt"}
+
+
+def run_config(run: Path, checkpoint: dict[str, Any]) -> PretrainConfig:
+    """The resolved config the checkpoint was trained with (its own copy, else RUN/config.yaml)."""
+    stored = checkpoint.get(HPARAMS_CONFIG[0], {}).get(HPARAMS_CONFIG[1])
+    source = f"{run / LAST_CHECKPOINT} ({'.'.join(HPARAMS_CONFIG)})"
+    if stored is None:
+        source, stored = str(run / RUN_CONFIG), load_yaml(run / RUN_CONFIG)
+    try:
+        return PretrainConfig.model_validate(stored)
+    except ValueError as error:
+        raise ValueError(f"{source}: not a valid pre-training config ({error})") from None
+
+
+def backbone_state(checkpoint: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
+    """The student backbone's tensors under their own names (``method.backbone.`` removed)."""
+    state = checkpoint.get("state_dict", {})
+    tensors = {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+    if not tensors:
+        raise ValueError(f"{source}: no '{BACKBONE_PREFIX}*' tensors in state_dict; not an mssl pre-training checkpoint")
+    return tensors
+
+
+def crop_sizes(config: PretrainConfig) -> dict[str, list[int]]:
+    """The crop each objective trained on, in voxels."""
+    sizes: dict[str, list[int]] = {}
+    if "s2dc" in config.objectives:
+        sizes["s2dc"] = [config.s2dc.roi] * 3
+    if "gvsl" in config.objectives:
+        sizes["gvsl"] = list(config.gvsl.roi)
+    return sizes
+
+
+def data_provenance(data: DataConfig) -> dict[str, Any]:
+    """Intensity preset, spacing, case count and content hash of the cases the run trained on.
+
+    When the cache is gone (weights exported on another machine) the fields are None, not an error.
+    """
+    from mssl.data.cache import CacheIndex
+    from mssl.data.errors import DataError
+
+    unknown = {"cache": str(data.cache) if data.cache else None, "available": False, "preset": None, "spacing": None}
+    if data.cache is None or not Path(data.cache).is_dir():
+        return unknown
+    try:
+        index = CacheIndex.open(data.cache).select(split=data.split, case_ids=data.case_ids)
+    except (DataError, KeyError) as error:
+        return {**unknown, "error": str(error)}
+    spacings = sorted({tuple(case.spacing) for case in index.cases})
+    spacing = index.preset.spacing or (spacings[0] if len(spacings) == 1 else None)
+    return {
+        "cache": str(Path(data.cache).resolve()),
+        "available": True,
+        "index_hash": index.hash(),
+        "cases": len(index),
+        "preset": index.preset.model_dump(mode="json"),
+        "spacing": list(spacing) if spacing else None,
+    }
+
+
+def build_sidecar(config: PretrainConfig, checkpoint: dict[str, Any], run: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    data = data_provenance(config.data)
+    return {
+        "format": SIDECAR_FORMAT,
+        "method": config.method,
+        "backbone": backbone_spec(config.backbone),
+        "in_channels": config.backbone.in_channels,
+        "spacing": data["spacing"],
+        "preset": data["preset"],
+        "roi": crop_sizes(config),
+        "steps": int(checkpoint.get("global_step", 0)),
+        "data_index_hash": data.get("index_hash"),
+        "data": data,
+        "tensors": len(tensors),
+        "parameters": int(sum(t.numel() for t in tensors.values())),
+        "source": {"run": str(run.resolve()), "checkpoint": str((run / LAST_CHECKPOINT).resolve())},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": package_versions(),
+        "config": config.model_dump(mode="json"),
+    }
+
+
+def export(run: str | Path, out: str | Path | None = None, format: ExportFormat = "monai") -> Path:
+    """Export the encoder of ``run`` to ``out`` (default RUN/export); returns the weight file.
+
+    ``monai``: ``encoder.safetensors`` (no pickle; the sidecar is embedded in its header too);
+    ``torch``: ``encoder.pt``, a plain state dict readable with ``torch.load(weights_only=True)``.
+    Both come with ``encoder.json``.
+    """
+    if format not in FILE_NAMES:
+        raise ValueError(f"unknown export format {format!r}; choose one of {sorted(FILE_NAMES)}")
+    run = Path(run)
+    checkpoint_file = run / LAST_CHECKPOINT
+    if not checkpoint_file.is_file():
+        raise FileNotFoundError(f"{run}: no {LAST_CHECKPOINT}; is this a run folder written by `mssl pretrain`?")
+    checkpoint = read_checkpoint(checkpoint_file)
+    config = run_config(run, checkpoint)
+    tensors = backbone_state(checkpoint, str(checkpoint_file))
+    try:
+        build_backbone(config.backbone).load_state_dict(tensors, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{checkpoint_file}: backbone weights do not match its config.backbone ({error})") from None
+    sidecar = build_sidecar(config, checkpoint, run, tensors)
+    weights = Path(out) if out is not None else run / EXPORT_DIR
+    weights = weights / FILE_NAMES[format]
+    if format == "monai":
+        write_safetensors(tensors, weights, {METADATA_KEY: json.dumps(sidecar, default=str)})
+    else:
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, weights)
+    sidecar["weights"] = {"file": weights.name, "sha256": file_sha256(weights)}
+    write_sidecar(sidecar, weights)
+    return weights

@@ -1,0 +1,92 @@
+"""``mssl inspect WEIGHTS --into swinunetr|unet``: build the target network and report what loads.
+
+The network is built from the sidecar when there is one, else from the tensor shapes themselves
+(feature size, window size, v2 blocks, U-Net widths), so third-party files can be checked too.
+``in_channels`` builds the target for that many input channels and adapts the stem kernels.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from mssl.export.load_report import LoadReport
+from mssl.export.loading import canonical, load_pretrained
+from mssl.export.safe_io import read_weights, resolve_weights
+from mssl.export.sidecar import read_sidecar
+
+Target = Literal["swinunetr", "unet"]
+TARGET_OF_BACKBONE: dict[str, Target] = {"swin": "swinunetr", "unet": "unet"}
+TASK_CHANNELS = 2  # SwinUNETR's output layer belongs to the downstream task; inspect reports it as missing
+_UNET_ENCODER = re.compile(r"(?:^|\.)encoders\.(\d+)\.0\.weight$")
+
+
+def _find(tensors: dict[str, torch.Tensor], suffix: str, source: str) -> torch.Tensor:
+    for key, value in tensors.items():
+        if canonical(key).endswith(suffix):
+            return value
+    raise ValueError(f"{source}: no '*{suffix}' tensor; these are not SwinUNETR weights (try --into unet)")
+
+
+def infer_swin_args(tensors: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
+    """SwinUNETR constructor arguments read off the tensor shapes."""
+    stem = _find(tensors, "patch_embed.proj.weight", source)  # (feature_size, in_channels, 2, 2, 2)
+    table = _find(tensors, "relative_position_bias_table", source)  # ((2w - 1)³, heads)
+    window = (round(math.pow(table.shape[0], 1 / 3)) + 1) // 2
+    use_v2 = any(".layers1c." in f".{canonical(k)}" for k in tensors)
+    return {"in_channels": int(stem.shape[1]), "feature_size": int(stem.shape[0]), "window_size": window, "use_v2": use_v2, "spatial_dims": 3}
+
+
+def infer_unet_args(tensors: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
+    """U-Net widths and input channels read off ``encoders.{i}.0.weight``."""
+    stems = {int(m.group(1)): v for k, v in tensors.items() if (m := _UNET_ENCODER.search(k))}
+    if not stems or sorted(stems) != list(range(len(stems))):
+        raise ValueError(f"{source}: no 'encoders.{{i}}.0.weight' tensors; these are not mssl U-Net weights (try --into swinunetr)")
+    return {"in_channels": int(stems[0].shape[1]), "channels": [int(stems[i].shape[0]) for i in range(len(stems))]}
+
+
+def build_target(into: Target, args: dict[str, Any]) -> nn.Module:
+    if into == "swinunetr":
+        from monai.networks.nets import SwinUNETR
+
+        return SwinUNETR(out_channels=TASK_CHANNELS, **args)
+    from mssl.models.backbones import UNetBackbone
+
+    return UNetBackbone(in_channels=args["in_channels"], channels=args["channels"])
+
+
+def describe(into: Target, args: dict[str, Any]) -> str:
+    name = "monai.networks.nets.SwinUNETR" if into == "swinunetr" else "mssl UNetBackbone"
+    return f"{name}({', '.join(f'{k}={v}' for k, v in args.items())})"
+
+
+def inspect_weights(weights: str | Path, into: Target | None = None, in_channels: int | None = None) -> LoadReport:
+    """Load ``weights`` into a fresh SwinUNETR or U-Net and report per module what loaded.
+
+    into: the target network (default: the sidecar's backbone, else guessed from the keys).
+    in_channels: build the target with this many input channels; stem kernels are adapted.
+    """
+    path = resolve_weights(weights)
+    tensors = read_weights(path)
+    sidecar = read_sidecar(path) or {}
+    spec = sidecar.get("backbone") or {}
+    if into is None:
+        guessed = "swin" if any(".swinViT." in f".{canonical(k)}" or "patch_embed" in k for k in tensors) else "unet"
+        into = TARGET_OF_BACKBONE[spec.get("name", guessed)]
+    if into not in TARGET_OF_BACKBONE.values():
+        raise ValueError(f"--into must be one of {sorted(TARGET_OF_BACKBONE.values())}, got {into!r}")
+    if TARGET_OF_BACKBONE.get(spec.get("name", "")) == into:
+        args = dict(spec["args"])
+    else:
+        args = infer_swin_args(tensors, str(path)) if into == "swinunetr" else infer_unet_args(tensors, str(path))
+    if in_channels is not None:
+        args["in_channels"] = in_channels
+    network = build_target(into, args)
+    report = load_pretrained(network, tensors, in_channels=args["in_channels"])
+    report.source, report.target = str(path), describe(into, args)
+    return report

@@ -1,0 +1,105 @@
+"""mssl export: MONAI-layout safetensors + sidecar from a run folder, verified before writing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from monai.networks.nets import SwinUNETR
+
+from mssl.config import BackboneConfig, GVSLConfig, PretrainConfig, S2DCConfig
+from mssl.export.exporter import export
+from mssl.export.safe_io import read_metadata, read_weights
+from mssl.export.sidecar import METADATA_KEY, file_sha256, read_sidecar
+from mssl.models.backbones import UNetBackbone, build_backbone
+
+SWIN = BackboneConfig(name="swin", feature_size=12, window_size=4)
+UNET = BackboneConfig(name="unet", unet_channels=(8, 16, 32))
+
+
+def make_run(root, backbone: BackboneConfig, method: str = "s2dc", steps: int = 5):
+    """A run folder shaped like `mssl pretrain` writes it: config.yaml + a weights-only Lightning checkpoint."""
+    config = PretrainConfig(
+        method=method, backbone=backbone, s2dc=S2DCConfig(field_size=(128, 128, 64), roi=64), gvsl=GVSLConfig(roi=(32, 32, 32))
+    ).resolved()
+    student = build_backbone(backbone).state_dict()
+    state = {f"method.backbone.{k}": v for k, v in student.items()}
+    state |= {f"method.teacher.{k}": torch.zeros_like(v) for k, v in student.items()}  # an EMA copy must not leak in
+    state["method.token_head.weight"] = torch.ones(3, 3)
+    checkpoint = {"state_dict": state, "global_step": steps, "hyper_parameters": {"config": config.model_dump(mode="json")}}
+    run = root / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save(checkpoint, run / "checkpoints" / "last.ckpt")
+    (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return run, config, student
+
+
+def test_swin_export_loads_into_monai_swinunetr_with_no_missing_encoder_keys(tmp_path):
+    run, config, student = make_run(tmp_path, SWIN)
+    weights = export(run)
+    assert weights == run / "export" / "encoder.safetensors"
+    network = SwinUNETR(in_channels=1, out_channels=4, feature_size=12, window_size=4, use_v2=True)
+    result = network.load_state_dict(read_weights(weights), strict=False)
+    assert result.unexpected_keys == []
+    assert result.missing_keys == ["out.conv.conv.weight", "out.conv.conv.bias"]
+    for key, value in student.items():
+        torch.testing.assert_close(network.state_dict()[key], value)  # the student, not the teacher copy
+
+
+def test_sidecar_records_provenance_and_is_embedded_in_the_header(tmp_path):
+    run, config, student = make_run(tmp_path, SWIN, steps=7)
+    weights = export(run)
+    sidecar = json.loads((run / "export" / "encoder.json").read_text())
+    assert sidecar["method"] == "s2dc" and sidecar["steps"] == 7 and sidecar["in_channels"] == 1
+    assert sidecar["backbone"] == {
+        "name": "swin",
+        "class": "monai.networks.nets.SwinUNETR",
+        "args": {"in_channels": 1, "feature_size": 12, "window_size": 4, "use_v2": True, "spatial_dims": 3},
+    }
+    assert sidecar["roi"] == {"s2dc": [64, 64, 64]}
+    assert sidecar["config"] == config.model_dump(mode="json")
+    assert sidecar["parameters"] == sum(v.numel() for v in student.values())
+    assert {"torch", "monai", "mssl", "safetensors"} <= set(sidecar["versions"])
+    assert sidecar["weights"]["sha256"] == file_sha256(weights)
+    assert sidecar["data"]["available"] is False and sidecar["data_index_hash"] is None  # no cache in this fake run
+    embedded = json.loads(read_metadata(weights)[METADATA_KEY])
+    assert embedded == {k: v for k, v in sidecar.items() if k != "weights"}
+    (run / "export" / "encoder.json").unlink()
+    assert read_sidecar(weights)["backbone"] == sidecar["backbone"]
+
+
+def test_sidecar_is_what_downstream_reads(tmp_path):
+    from mssl.downstream.pretrained import describe_weights
+
+    run, config, _ = make_run(tmp_path, UNET, method="gvsl")
+    info = describe_weights(export(run))
+    assert info.backbone == config.backbone and info.method == "gvsl"
+
+
+def test_unet_export_in_both_formats_loads_strictly_into_the_project_unet(tmp_path):
+    run, config, student = make_run(tmp_path, UNET, method="gvsl")
+    for fmt in ("monai", "torch"):
+        weights = export(run, out=tmp_path / fmt, format=fmt)
+        network = UNetBackbone(1, (8, 16, 32))
+        tensors = read_weights(weights) if fmt == "monai" else torch.load(weights, weights_only=True)
+        network.load_state_dict(tensors, strict=True)
+        assert json.loads(weights.with_suffix(".json").read_text())["roi"] == {"gvsl": [32, 32, 32]}
+
+
+def test_export_errors_name_the_file_and_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoints/last.ckpt"):
+        export(tmp_path)
+    run, _, _ = make_run(tmp_path, UNET, method="gvsl")
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["config"]["backbone"]["unet_channels"] = [8, 16, 64]
+    torch.save(checkpoint, run / "checkpoints" / "last.ckpt")
+    with pytest.raises(ValueError, match="last.ckpt: backbone weights do not match its config.backbone"):
+        export(run)
+    checkpoint["state_dict"] = {"model.x": torch.zeros(1)}
+    torch.save(checkpoint, run / "checkpoints" / "last.ckpt")
+    with pytest.raises(ValueError, match=r"no 'method.backbone.\*' tensors"):
+        export(run)
+    with pytest.raises(ValueError, match="unknown export format"):
+        export(run, format="onnx")
