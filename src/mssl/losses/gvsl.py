@@ -22,11 +22,24 @@ def _box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
     return x * window**3
 
 
+def _window_counts(shape: tuple[int, ...], window: int, device: torch.device) -> torch.Tensor:
+    """Number of in-volume voxels in each window³ box, (1, 1, X, Y, Z): the product of the per-axis counts."""
+    half = window // 2
+    counts = []
+    for axis, n in enumerate(shape):
+        index = torch.arange(n, device=device)
+        count = (index + half).clamp(max=n - 1) - (index - half).clamp(min=0) + 1
+        counts.append(count.float().view([-1 if i == axis else 1 for i in range(3)]))
+    return (counts[0] * counts[1] * counts[2]).view(1, 1, *shape)
+
+
 def local_ncc_loss(x: torch.Tensor, y: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
     """1 − mean squared local normalised cross-correlation of (B, C, X, Y, Z) volumes over window³ boxes.
 
     Squared, so anti-correlation counts as similar (as in GVSL); 0 for y = a·x + b, ≈ 1 for unrelated
-    volumes, and finite on constant regions (their correlation is 0 thanks to ``eps``).
+    volumes, and finite on constant regions (their correlation is 0 thanks to ``eps``). Box statistics
+    use only the voxels inside the volume (the official code counted the zero padding as data, so even
+    y = a·x + b scored badly along the borders).
     """
     if x.shape != y.shape:
         raise ValueError(f"local_ncc_loss needs equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -35,7 +48,7 @@ def local_ncc_loss(x: torch.Tensor, y: torch.Tensor, window: int = 9, eps: float
         channels = x.shape[1]
         sums = _box_sum(torch.cat([x, y, x * x, y * y, x * y], dim=1), window)
         sum_x, sum_y, sum_xx, sum_yy, sum_xy = sums.split(channels, dim=1)
-        n = float(window**3)
+        n = _window_counts(tuple(x.shape[2:]), window, x.device)
         cross = sum_xy - sum_x * sum_y / n
         var_x = (sum_xx - sum_x * sum_x / n).clamp_min(0)
         var_y = (sum_yy - sum_y * sum_y / n).clamp_min(0)

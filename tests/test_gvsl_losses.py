@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from mssl.losses.gvsl import local_ncc_loss, restoration_loss, smoothness_loss
+
+
+def test_ncc_of_an_affine_intensity_map_is_zero():
+    x = torch.rand(2, 1, 20, 16, 12)
+    assert local_ncc_loss(x, 3.0 * x + 2.0).item() == pytest.approx(0.0, abs=1e-4)
+    assert local_ncc_loss(x, -0.5 * x + 1.0).item() == pytest.approx(0.0, abs=1e-4)  # squared NCC
+
+
+def test_ncc_of_independent_noise_is_near_one():
+    x, y = torch.rand(2, 1, 24, 24, 24), torch.rand(2, 1, 24, 24, 24)
+    assert local_ncc_loss(x, y).item() > 0.98
+
+
+def test_ncc_is_finite_on_constant_regions_with_finite_gradients():
+    x = torch.full((1, 1, 12, 12, 12), 0.5, requires_grad=True)
+    y = torch.rand(1, 1, 12, 12, 12)
+    loss = local_ncc_loss(x, y)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(1.0, abs=1e-4)
+    assert torch.isfinite(x.grad).all()
+
+
+def test_ncc_runs_in_fp32_under_bf16_autocast():
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = local_ncc_loss(x.bfloat16(), (2 * x + 1).bfloat16())
+    assert loss.dtype == torch.float32 and loss.item() < 0.02
+
+
+def test_ncc_window_changes_the_result_and_shapes_must_match():
+    x = torch.rand(1, 1, 16, 16, 16)
+    y = x + 0.3 * torch.rand_like(x)
+    assert local_ncc_loss(x, y, window=3).item() != pytest.approx(local_ncc_loss(x, y, window=9).item(), abs=1e-3)
+    with pytest.raises(ValueError, match="equal shapes"):
+        local_ncc_loss(x, y[..., :8])
+
+
+def test_smoothness_is_zero_for_a_constant_flow_and_exact_for_a_ramp():
+    constant = torch.tensor([1.5, -2.0, 0.25]).view(1, 3, 1, 1, 1).expand(2, 3, 8, 6, 5)
+    assert smoothness_loss(constant).item() == 0.0
+    ramp = torch.zeros(1, 3, 8, 6, 5)
+    ramp[:, 0] = 0.5 * torch.arange(8.0).view(8, 1, 1)  # d u_x / dx = 0.5 only
+    # mean over all channels of the x-differences is 0.25 / 3; the three axes are averaged
+    assert smoothness_loss(ramp).item() == pytest.approx(0.25 / 9, rel=1e-6)
+
+
+def test_restoration_loss_is_mse():
+    a, b = torch.rand(2, 1, 4, 4, 4), torch.rand(2, 1, 4, 4, 4)
+    assert restoration_loss(a, b).item() == pytest.approx((a - b).square().mean().item(), rel=1e-6)
+    assert restoration_loss(a, a).item() == 0.0
