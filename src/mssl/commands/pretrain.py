@@ -63,6 +63,7 @@ def command(
     warmup_steps: Optional[int] = typer.Option(None, help="Linear warm-up steps before the cosine. (default: the method's recipe)"),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value. (default: off)"),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (last.ckpt is refreshed with each). (default: 1000)"),
+    max_nonfinite: Optional[int] = typer.Option(None, help="Stop after this many non-finite losses in a row (each one skips its step). (default: 10)"),
     log_every: Optional[int] = typer.Option(None, help="Log scalars every n steps. (default: 10)"),
     seed: Optional[int] = typer.Option(None, help="Seed of every random draw (crops, views, init). (default: 0)"),
     resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue the run in --out exactly from checkpoints/last.ckpt."),
@@ -84,7 +85,7 @@ def command(
         "batch_size": batch_size, "accumulate": accumulate, "workers": workers, "accelerator": accelerator,
         "devices": _devices(devices), "num_nodes": num_nodes, "strategy": strategy, "precision": precision,
         "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
-        "grad_clip": grad_clip, "checkpoint_every": checkpoint_every, "log_every": log_every, "seed": seed,
+        "grad_clip": grad_clip, "checkpoint_every": checkpoint_every, "max_nonfinite": max_nonfinite, "log_every": log_every, "seed": seed,
         "resume": resume, "progress_bar": progress_bar,
     }
     flags = {key: value.value if isinstance(value, Enum) else value for key, value in flags.items() if value is not None}

@@ -1,8 +1,9 @@
-"""Small callbacks Lightning does not ship: crops per second, a progress bar labelled in steps."""
+"""Small callbacks Lightning does not ship: crops per second, a step-labelled progress bar, the final last.ckpt."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -38,3 +39,19 @@ class StepProgressBar(RichProgressBar):
 
     def _get_train_description(self, current_epoch: int) -> str:
         return "pre-training"
+
+
+class FinalLastCheckpoint(pl.Callback):
+    """Writes ``last.ckpt`` at the final step when that step is not a periodic one.
+
+    ``ModelCheckpoint(save_last=True)`` refreshes last.ckpt only together with a periodic save, so a
+    run of 1500 steps with checkpoints every 1000 would otherwise end with last.ckpt at step 1000.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int) -> None:
+        self.path = path
+        self.every_n_steps = every_n_steps
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step % self.every_n_steps:
+            trainer.save_checkpoint(self.path)

@@ -52,8 +52,7 @@ class PretrainModule(pl.LightningModule):
         output = self.method(batch)
         finite = self._finite_on_every_rank(output.loss)
         self._window_finite &= finite
-        if finite:
-            self._log_output(output, batch_size=self.config.data.batch_size)
+        self._log_output(output, finite, batch_size=self.config.data.batch_size)  # a skipped step logs its NaN
         # Always back-propagate, even a NaN: under DDP every rank must run backward to stay in step.
         # The gradients of a non-finite step are dropped in on_before_optimizer_step.
         return output.loss
@@ -62,10 +61,12 @@ class PretrainModule(pl.LightningModule):
         finite = torch.isfinite(loss.detach()).to(torch.float32)
         return bool(self.all_gather(finite).min() > 0)
 
-    def _log_output(self, output: MethodOutput, batch_size: int) -> None:
-        self.last_losses = {"loss": output.loss.detach(), **{name: v.detach() for name, v in output.terms.items()}}
-        self.last_metrics = {name: v.detach() for name, v in output.metrics.items()}
-        values = {f"train/{name}": value for name, value in {**self.last_losses, **self.last_metrics}.items()}
+    def _log_output(self, output: MethodOutput, finite: bool, batch_size: int) -> None:
+        losses = {"loss": output.loss.detach(), **{name: v.detach() for name, v in output.terms.items()}}
+        metrics = {name: v.detach() for name, v in output.metrics.items()}
+        if finite:
+            self.last_losses, self.last_metrics = losses, metrics
+        values = {f"train/{name}": value for name, value in {**losses, **metrics}.items()}
         values["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
         self.log("loss", output.loss.detach(), prog_bar=True, logger=False, batch_size=batch_size)
         self.log_dict(values, batch_size=batch_size)

@@ -45,6 +45,7 @@ FLAGS: dict[str, str] = {
     "grad_clip": "trainer.grad_clip",
     "accumulate": "trainer.accumulate",
     "checkpoint_every": "trainer.checkpoint_every",
+    "max_nonfinite": "trainer.max_nonfinite",
     "optimizer": "optim.optimizer",
     "lr": "optim.lr",
     "weight_decay": "optim.weight_decay",
@@ -101,7 +102,7 @@ def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = No
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.utilities import rank_zero_only
 
-    from mssl.train.callbacks import CropThroughput, StepProgressBar
+    from mssl.train.callbacks import CropThroughput, FinalLastCheckpoint, StepProgressBar
     from mssl.train.checkpoint import PERIODIC_FORMAT, AtomicCheckpointIO, checkpoint_dir, last_checkpoint
     from mssl.train.datamodule import CropDataModule
     from mssl.train.loggers import LOG_DIR, METRICS_FILE, build_loggers, drop_rows_after
@@ -136,6 +137,7 @@ def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = No
             save_last=True,
             enable_version_counter=False,  # resuming overwrites last.ckpt instead of writing last-v1.ckpt
         ),
+        FinalLastCheckpoint(last_checkpoint(run_dir), cfg.trainer.checkpoint_every),
         CropThroughput(crops_per_sample * cfg.data.batch_size),
     ]
     if cfg.logging.progress_bar:

@@ -38,7 +38,7 @@ class RunSummary:
         """A panel: time, steps, final losses, where the weights are, what to do next."""
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
-        table.add_column()
+        table.add_column(overflow="fold")  # paths are shown whole, wrapped, never cut
         table.add_row("method", f"{self.method} on {self.backbone}")
         skipped = f" ({self.skipped_steps} skipped: non-finite loss)" if self.skipped_steps else ""
         table.add_row("steps", f"{self.steps} / {self.max_steps}{skipped}" + (f" (resumed at step {self.resumed_from_step})" if self.resumed_from_step is not None else ""))
