@@ -4,7 +4,7 @@
 MONAI's ``NibabelReader``; NRRD, MetaImage and DICOM series with SimpleITK (MONAI's own reader for those
 needs the ``itk`` package; SimpleITK is already a dependency). Why not MONAI's reader fallback chain: on
 failure it silently tries every other reader (ITK happily decodes a truncated ``.nii.gz`` as zeros) and
-buries the real cause in a multi-reader traceback. Here a failure is a :class:`DataError` with one line:
+buries the real cause in a multi-reader traceback; and nibabel never reaches a gzip stream's CRC. Here a failure is a :class:`DataError` with one line:
 corrupt gzip, truncated file, unreadable DICOM series, or the reader's own message.
 """
 
@@ -26,6 +26,7 @@ from mssl.data.errors import DataError
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = (".nrrd", ".mha", ".mhd", ".dcm", ".ima")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+GZIP_CHUNK = 1 << 24
 
 
 class VolumeReader(ImageReader):
@@ -45,6 +46,8 @@ class VolumeReader(ImageReader):
         names = [str(n) for n in ensure_tuple(data)]
         if len(names) == 1 and names[0].lower().endswith(NIFTI_SUFFIXES):
             with reading(names[0]):
+                if names[0].lower().endswith(".gz"):
+                    verify_gzip(names[0])
                 return self.nibabel.read(names[0])
         if len(names) == 1 and Path(names[0]).is_dir():
             names = _single_series(Path(names[0]))
@@ -79,6 +82,15 @@ def reading(path: str | Path) -> Iterator[None]:
         raise
     except Exception as error:
         raise DataError(path, describe_read_error(error)) from error
+
+
+def verify_gzip(path: str | Path) -> None:
+    """Decompress to the end so gzip checks its CRC: nibabel stops after the voxels it needs, so a
+    damaged block can otherwise decode into silently wrong voxels. Costs one extra inflate pass
+    (about 0.3 s per 100 MB of voxels), small next to decoding and resampling."""
+    with gzip.open(path, "rb") as stream:
+        while stream.read(GZIP_CHUNK):
+            pass
 
 
 def describe_read_error(error: BaseException) -> str:
