@@ -39,14 +39,23 @@ def write_sitk(path: Path, array: np.ndarray, spacing=(1.5, 1.5, 3.0)) -> Path:
     return path
 
 
-def write_dicom_series(folder: Path, array: np.ndarray, spacing=(1.5, 1.5, 3.0), series_uid: str = "1.2.826.0.1.3680043.2.1125.1", origin=(0.0, 0.0, 0.0)) -> Path:
-    """Write an int16 (X, Y, Z) volume as a CT DICOM series (one file per slice) with SimpleITK."""
+def write_dicom_series(
+    folder: Path,
+    array: np.ndarray,
+    spacing=(1.5, 1.5, 3.0),
+    series_uid: str = "1.2.826.0.1.3680043.2.1125.1",
+    origin=(0.0, 0.0, 0.0),
+    direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+) -> Path:
+    """Write an int16 (X, Y, Z) volume as a CT DICOM series (one file per slice) with SimpleITK;
+    ``origin``/``direction`` are ITK's (LPS)."""
     import SimpleITK as sitk
 
     folder.mkdir(parents=True, exist_ok=True)
     volume = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array.astype(np.int16), (2, 1, 0))))
     volume.SetSpacing(spacing)
     volume.SetOrigin(origin)
+    volume.SetDirection(direction)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     for z in range(array.shape[2]):
@@ -57,7 +66,7 @@ def write_dicom_series(folder: Path, array: np.ndarray, spacing=(1.5, 1.5, 3.0),
             "0020|000d": series_uid + ".0",  # study
             "0020|000e": series_uid,  # series
             "0020|0032": "\\".join(f"{v:.6f}" for v in position),
-            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0037": "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])),
             "0020|0013": str(z + 1),
             "0018|0050": f"{spacing[2]:.6f}",
             "0008|0018": f"{series_uid}.{z + 1}",  # SOP instance
