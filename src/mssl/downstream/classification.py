@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -107,6 +108,7 @@ def _loss(outputs: torch.Tensor, targets: torch.Tensor, encoding: dict[str, Any]
 def finetune_classification(config: FinetuneConfig, console: Console | None = None) -> Path:
     """Train a pooled-encoder classifier/regressor on k labelled cases; returns the run folder."""
     console = console or Console()
+    start = time.perf_counter()
     setup = resolve_setup(config, config.weights, config.backbone)
     stride = network_stride(setup.backbone)
     if any(r % stride for r in config.roi):
@@ -185,6 +187,6 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
                 "config": config.model_dump(mode="json"),
             },
         )
-        write_json(out / RESULT_FILE, {"best_step": best_step, "validation": best_scores, "steps": config.steps})
+        write_json(out / RESULT_FILE, {"best_step": best_step, "validation": best_scores, "steps": config.steps, "seconds": round(time.perf_counter() - start, 1)})
     console.print(f"[green]done[/] {out} · best validation {best_scores} at step {best_step}")
     return out

@@ -102,6 +102,7 @@ class BenchmarkConfig(DataConfig):
     pretrain_overrides: dict[str, object] = Field(default_factory=dict, description="extra mssl.pretrain arguments")
     finetune: dict[str, object] = Field(default_factory=dict, description="FinetuneConfig overrides (roi, steps, ...)")
     probe: bool = True
+    probe_options: dict[str, object] = Field(default_factory=dict, description="ProbeConfig overrides (train_cases, ...)")
     classes: list[str] | None = Field(None, description="classes in the table; default all")
     max_test_cases: int | None = Field(None, ge=1, description="score on the first N test cases (CPU budgets)")
 

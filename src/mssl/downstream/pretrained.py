@@ -47,9 +47,8 @@ def _preset(meta: dict[str, Any]) -> PresetConfig | None:
     preset = meta.get("preset")
     if preset is None:
         return None
-    fields = dict(preset) if isinstance(preset, dict) else {"name": preset}
-    if fields.get("spacing") is None and meta.get("spacing"):
-        fields["spacing"] = meta["spacing"]
+    # a full preset dump says itself whether it resampled (spacing None = native); a bare name borrows ``spacing``
+    fields = dict(preset) if isinstance(preset, dict) else {"name": preset, "spacing": meta.get("spacing")}
     return PresetConfig(**{k: v for k, v in fields.items() if k in PresetConfig.model_fields})
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -56,6 +57,7 @@ def validation_dice(network: torch.nn.Module, cases: list[dict[str, Any]], roi: 
 def finetune_segmentation(config: FinetuneConfig, console: Console | None = None) -> Path:
     """Train, validate every ``val_every`` steps, keep the best; returns the run folder."""
     console = console or Console()
+    start = time.perf_counter()
     setup = resolve_setup(config, config.weights, config.backbone)
     dataset = setup.dataset
     stride = network_stride(setup.backbone)
@@ -140,6 +142,6 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
     }
     if fabric.is_global_zero:
         write_json(out / MODEL_FILE, description)
-        write_json(out / RESULT_FILE, {"best_step": best_step, "best_val_dice": best_dice if val_cases else None, "steps": config.steps})
+        write_json(out / RESULT_FILE, {"best_step": best_step, "best_val_dice": best_dice if val_cases else None, "steps": config.steps, "seconds": round(time.perf_counter() - start, 1)})
     console.print(f"[green]done[/] {out} · best validation Dice {best_dice:.4f} at step {best_step}")
     return out
