@@ -31,6 +31,23 @@ def last_checkpoint(run_dir: Path) -> Path:
     return checkpoint_dir(run_dir) / f"{LAST_NAME}.ckpt"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The global step a checkpoint was taken at (read through a memory map, without loading the tensors)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: last.ckpt, or a periodic one written after it (a crash can land
+    between the periodic write and the last.ckpt refresh)."""
+    last = last_checkpoint(run_dir)
+    periodic = sorted(checkpoint_dir(run_dir).glob(PERIODIC_FORMAT.split("{")[0] + "*.ckpt"))
+    if not last.is_file():
+        return periodic[-1] if periodic else None
+    if periodic and checkpoint_step(periodic[-1]) > checkpoint_step(last):
+        return periodic[-1]
+    return last
+
+
 def atomic_torch_save(obj: Any, path: Path, save: Callable[[Any, Any], None] = torch.save) -> None:
     """``save(obj, file)`` to ``path`` through a same-folder temporary file and an atomic rename."""
     path = Path(path)

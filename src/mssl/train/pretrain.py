@@ -103,19 +103,20 @@ def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = No
     from lightning.pytorch.utilities import rank_zero_only
 
     from mssl.train.callbacks import CropThroughput, FinalLastCheckpoint, StepProgressBar
-    from mssl.train.checkpoint import PERIODIC_FORMAT, AtomicCheckpointIO, checkpoint_dir, last_checkpoint
+    from mssl.train.checkpoint import PERIODIC_FORMAT, AtomicCheckpointIO, checkpoint_dir, checkpoint_step, last_checkpoint
     from mssl.train.datamodule import CropDataModule
     from mssl.train.loggers import LOG_DIR, METRICS_FILE, build_loggers, drop_rows_after
     from mssl.train.module import PretrainModule
+    from mssl.train.seeding import seed_init
     from mssl.train.summary import RunSummary
 
     cfg = resolve_config(config, **overrides)
     run_dir = Path(cfg.out)
-    resume_from = _checkpoint_to_resume(cfg, last_checkpoint(run_dir))
+    resume_from = _checkpoint_to_resume(cfg, run_dir)
     is_rank_zero = rank_zero_only.rank == 0
     resumed_step = 0
     if resume_from is not None:
-        resumed_step = torch.load(resume_from, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        resumed_step = checkpoint_step(resume_from)
         if is_rank_zero:
             _check_resume_matches(cfg, run_dir / CONFIG_FILE)
             drop_rows_after(run_dir / LOG_DIR / METRICS_FILE, resumed_step)
@@ -123,6 +124,7 @@ def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = No
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
+    seed_init(cfg.seed)
     module = PretrainModule(cfg)
     requests = module.method.crop_requests()
     datamodule = CropDataModule(cfg, requests)
@@ -195,14 +197,17 @@ def _strategy(name: str) -> str:
     return {"ddp": "ddp_find_unused_parameters_true", "ddp_spawn": "ddp_spawn_find_unused_parameters_true"}.get(name, name)
 
 
-def _checkpoint_to_resume(cfg: PretrainConfig, last: Path) -> Path | None:
+def _checkpoint_to_resume(cfg: PretrainConfig, run_dir: Path) -> Path | None:
+    from mssl.train.checkpoint import checkpoint_dir, newest_checkpoint
+
+    newest = newest_checkpoint(run_dir)
     if cfg.resume:
-        if not last.is_file():
-            raise ConfigError(f"resume: no checkpoint to continue from at {last}")
-        return last
-    if last.is_file():
+        if newest is None:
+            raise ConfigError(f"resume: no checkpoint to continue from in {checkpoint_dir(run_dir)}")
+        return newest
+    if newest is not None:
         raise ConfigError(
-            f"run folder {cfg.out} already holds a run ({last}); pass --resume to continue it or choose another --out"
+            f"run folder {cfg.out} already holds a run ({newest}); pass --resume to continue it or choose another --out"
         )
     return None
 

@@ -16,6 +16,13 @@ def step_seed(seed: int, step: int, micro_batch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, micro_batch, rank]).generate_state(1, np.uint64)[0] >> (64 - _SEED_BITS))
 
 
+def seed_init(seed: int) -> None:
+    """Seed torch, NumPy and ``random`` before the model is built: the same seed gives the same initial weights."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def seed_step(seed: int, step: int, micro_batch: int, rank: int) -> None:
     """Seed torch (CPU and every CUDA device), NumPy and ``random`` for this micro-batch."""
     value = step_seed(seed, step, micro_batch, rank)

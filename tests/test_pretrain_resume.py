@@ -1,0 +1,85 @@
+"""Exact resume after a real crash: `kill -9` a CPU run mid-way, resume it, compare with an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mssl.train.checkpoint import checkpoint_step
+from tests.conftest import SHARED_DATA
+
+MSSL = str(Path(sys.executable).with_name("mssl"))
+STEPS, EVERY = 10, 2
+# S²DC exercises everything a checkpoint must carry: EMA teacher, key queue, AdamW moments, warm-up + cosine.
+TINY_S2DC = [
+    "--method", "s2dc", "--backbone", "unet", "--steps", str(STEPS), "--checkpoint-every", str(EVERY),
+    "--warmup-steps", "3", "--workers", "1", "--log-every", "1", "--no-progress", "--seed", "7",
+    "--set", "backbone.unet_channels=[8, 16, 32]", "--set", "s2dc.field_size=[64, 64, 32]", "--set", "s2dc.roi=32",
+    "--set", "s2dc.head_hidden=32", "--set", "s2dc.head_out=16", "--set", "s2dc.queue_size=8", "--set", "s2dc.sinkhorn_iters=10",
+]
+# One intra-op thread in every run, so that float reductions are ordered identically.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mssl.data.prepare import prepare
+    from mssl.data.preprocess import PresetConfig
+
+    images = SHARED_DATA / "openkbp" / "imagesTr"
+    if not images.is_dir():
+        pytest.skip(f"real data not available: {images}")
+    out = tmp_path_factory.mktemp("cache")
+    prepare(str(images / "pt_1[0-3].nii.gz"), out, PresetConfig(name="ct", spacing=(6.0, 6.0, 4.0)))
+    return out
+
+
+def _start(cache: Path, out: Path, *extra: str) -> subprocess.Popen:
+    command = [MSSL, "pretrain", *TINY_S2DC, "--data", str(cache), "--out", str(out), *extra]
+    return subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _kill_after_checkpoint(process: subprocess.Popen, checkpoint: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not checkpoint.exists():
+        assert process.poll() is None, f"run ended before {checkpoint.name}: {process.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, f"no {checkpoint.name} after {timeout} s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_resume_after_kill_9_matches_an_uninterrupted_run(cache: Path, tmp_path: Path) -> None:
+    reference = _start(cache, tmp_path / "reference")
+    crashed = tmp_path / "crashed"
+    victim = _start(cache, crashed)
+    _kill_after_checkpoint(victim, crashed / "checkpoints" / "step-0000004.ckpt")
+    assert victim.returncode == -signal.SIGKILL
+    assert not (crashed / "summary.json").exists()  # it really died mid-run
+    killed_at = max(checkpoint_step(p) for p in (crashed / "checkpoints").glob("*.ckpt"))
+    assert 4 <= killed_at < STEPS
+
+    resumed = subprocess.run([MSSL, "pretrain", "--out", str(crashed), "--resume"], env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert reference.wait() == 0, reference.stderr.read()[-3000:]
+
+    expected = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=True)
+    actual = torch.load(crashed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert actual["global_step"] == expected["global_step"] == STEPS
+    assert actual["state_dict"].keys() == expected["state_dict"].keys()
+    for key, value in expected["state_dict"].items():  # student, EMA teacher, queue, dustbin
+        torch.testing.assert_close(actual["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
+    for (_, a), (_, e) in zip(sorted(actual["optimizer_states"][0]["state"].items()), sorted(expected["optimizer_states"][0]["state"].items())):
+        torch.testing.assert_close(a["exp_avg_sq"], e["exp_avg_sq"], rtol=0, atol=1e-6)
+    assert actual["lr_schedulers"][0]["_last_lr"] == expected["lr_schedulers"][0]["_last_lr"]
+    summary = (crashed / "summary.json").read_text()
+    assert f'"resumed_from_step": {killed_at}' in summary
