@@ -8,6 +8,7 @@ equal to the volume's diagonal in millimetres (the worst possible value, stated 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -52,9 +53,11 @@ def segmentation_metrics(
     predicted = pred_1h[0, 1:].flatten(1).any(1)
     both = reference_present & predicted
     if with_hd95 and both.any():
-        distances = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(
-            pred_1h, label_1h, spacing=[float(s) for s in spacing]
-        )[0]
+        with warnings.catch_warnings():  # empty classes are handled below, MONAI's warning about them is noise
+            warnings.filterwarnings("ignore", message=".* is all 0, this may result in nan/inf distance")
+            distances = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(
+                pred_1h, label_1h, spacing=[float(s) for s in spacing]
+            )[0]
         hd95[both] = distances[both].float()
     diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(label.shape[2:], spacing)))
     if with_hd95:

@@ -1,0 +1,83 @@
+"""Partial labels: an organ a case does not contour contributes nothing to its loss or Dice."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from monai.losses import DiceCELoss
+
+from mssl.downstream.metrics import segmentation_metrics
+from mssl.downstream.partial_labels import PartialDiceCELoss, marginal_log_probs, present_mask
+
+CLASSES = ["background", "Brainstem", "SpinalCord", "Mandible"]
+
+
+def _batch(num_classes: int = 4, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = torch.randn(2, num_classes, size, size, size)
+    labels = torch.randint(0, num_classes, (2, 1, size, size, size))
+    return logits, labels
+
+
+def test_all_present_equals_monai_dice_ce() -> None:
+    logits, labels = _batch()
+    present = torch.ones(2, 4, dtype=torch.bool)
+    expected = DiceCELoss(to_onehot_y=True, softmax=True)(logits, labels)
+    assert torch.allclose(PartialDiceCELoss()(logits, labels, present), expected, atol=1e-5)
+
+
+def test_absent_class_equals_loss_without_that_class() -> None:
+    """With class 2 absent in case 0, the loss equals that of a network without class 2 whose
+    background absorbs its probability: nothing about class 2 is ever taught for that case."""
+    logits, labels = _batch()
+    labels[0][labels[0] == 2] = 0  # nobody drew SpinalCord in case 0: its voxels read as 0
+    present = torch.ones(2, 4, dtype=torch.bool)
+    present[0, 2] = False
+    loss = PartialDiceCELoss()(logits[:1], labels[:1], present[:1])
+
+    merged = torch.cat([torch.logsumexp(logits[:1, [0, 2]], dim=1, keepdim=True), logits[:1, [1, 3]]], dim=1)
+    relabelled = labels[:1].clone()
+    relabelled[relabelled == 3] = 2
+    reference = DiceCELoss(to_onehot_y=True, softmax=True)(merged, relabelled)
+    assert torch.allclose(loss, reference, atol=1e-5)
+
+
+def test_absent_class_mass_can_move_freely_to_background() -> None:
+    logits, labels = _batch()
+    labels[labels == 3] = 0
+    present = torch.ones(2, 4, dtype=torch.bool)
+    present[:, 3] = False
+    loss_fn = PartialDiceCELoss()
+    swapped = logits.clone()
+    swapped[:, [0, 3]] = logits[:, [3, 0]]  # background ↔ absent organ, everywhere
+    assert torch.allclose(loss_fn(logits, labels, present), loss_fn(swapped, labels, present), atol=1e-5)
+    # treating the absent organ as background (plain DiceCE) is not invariant: the test can fail
+    plain = DiceCELoss(to_onehot_y=True, softmax=True)
+    assert not torch.allclose(plain(logits, labels), plain(swapped, labels), atol=1e-3)
+
+
+def test_marginal_log_probs_sum_to_one() -> None:
+    logits, _ = _batch()
+    present = torch.tensor([[True, False, True, False], [True, True, True, True]])
+    probs = marginal_log_probs(logits, present).exp()
+    assert torch.allclose(probs.sum(1), torch.ones_like(probs[:, 0]), atol=1e-5)
+    assert probs[0, 1].max() == 0 and probs[0, 3].max() == 0
+
+
+def test_absent_class_is_nan_in_dice_not_zero() -> None:
+    label = torch.zeros(10, 10, 10, dtype=torch.long)
+    label[2:5, 2:5, 2:5] = 1
+    prediction = label.clone()
+    prediction[6:9, 6:9, 6:9] = 2  # predicts an organ the case does not contour
+    present = present_mask(["Brainstem"], CLASSES)
+    metrics = segmentation_metrics(prediction, label, 4, (1.0, 1.0, 1.0), present)
+    assert metrics.dice[0] == pytest.approx(1.0)
+    assert math.isnan(metrics.dice[1]) and math.isnan(metrics.hd95[1])
+
+
+def test_present_mask_names_unknown_labels() -> None:
+    assert present_mask(None, CLASSES).all()
+    assert present_mask(["Mandible"], CLASSES).tolist() == [True, False, False, True]
+    with pytest.raises(ValueError, match="Parotid"):
+        present_mask(["Parotid"], CLASSES)
