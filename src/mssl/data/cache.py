@@ -245,14 +245,11 @@ def read_index(root: Path) -> dict | None:
 
 
 def write_index(root: Path, preset: PresetConfig, records: Iterable[dict]) -> None:
-    """Atomically replace ``root/index.json`` (cases sorted by id)."""
-    document = {
-        "format": CACHE_FORMAT,
-        "version": CACHE_VERSION,
-        "preset": preset.model_dump(mode="json"),
-        "cases": sorted(records, key=lambda r: r["case_id"]),
-    }
-    _atomic_write(Path(root) / INDEX_NAME, lambda handle: handle.write(json.dumps(document, indent=1).encode()))
+    """Atomically replace ``root/index.json`` (cases sorted by id, one per line)."""
+    header = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "preset": preset.model_dump(mode="json")}
+    cases = ",\n".join(json.dumps(r) for r in sorted(records, key=lambda r: r["case_id"]))
+    text = json.dumps(header)[:-1] + ', "cases": [\n' + cases + "\n]}\n"  # one case per line: compact, greppable
+    _atomic_write(Path(root) / INDEX_NAME, lambda handle: handle.write(text.encode()))
 
 
 def write_array(path: Path, array: np.ndarray) -> None:

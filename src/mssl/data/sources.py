@@ -220,16 +220,15 @@ def _series_cases(folder: Path) -> list[tuple[str, Path, None, dict]]:
 
 
 def _from_glob(pattern: str) -> list[Case]:
-    found: list[tuple[str, Path, Path | None, dict]] = []
-    cases: list[Case] = []
-    for match in sorted(glob.glob(pattern, recursive=True)):
-        path = Path(match)
-        if path.is_file() and is_image_file(path):
-            found.append((strip_image_suffix(path.name), path.resolve(), None, {}))
-        elif path.is_dir():
-            cases += _from_folder(path)
-    root = Path(os.path.commonpath([str(p) for _, p, _, _ in found])) if found else Path(".")
-    return _deduplicate(cases + _with_unique_ids(found, root if root.is_dir() else root.parent))
+    """Matched image files are cases (ids unique relative to their common folder); matched folders are
+    searched like a folder source."""
+    matches = [Path(m).resolve() for m in sorted(glob.glob(pattern, recursive=True))]
+    files = [(strip_image_suffix(p.name), p, None, {}) for p in matches if p.is_file() and is_image_file(p)]
+    root = Path(os.path.commonpath([str(p.parent) for _, p, _, _ in files])) if files else Path.cwd()
+    cases = _with_unique_ids(files, root)
+    for folder in (p for p in matches if p.is_dir()):
+        cases += _from_folder(folder)
+    return _deduplicate(cases)
 
 
 def _with_unique_ids(found: Iterable[tuple[str, Path, Path | None, dict]], root: Path) -> list[Case]:
