@@ -1,9 +1,12 @@
 """Token correspondences between a field and its warped copy, by the exact inverse of the warp.
 
 Tokens tile the field on a regular 3-D grid of cells of ``token_stride`` voxels (the grid crops'
-token maps put side by side). A student token (unwarped field) and a teacher token (warped field)
-correspond when each one's centre, mapped into the other view, lands in the other's cell (mutual
-nearest neighbours). Tokens whose centre leaves the field stay unmatched (they belong to the dustbin).
+token maps put side by side). Each token cell is mapped into the other view
+through the warp (or its exact inverse) at a few sub-cell sample points; the cell receiving most of
+them is the token's nearest neighbour there. A student token (unwarped field) and a teacher token
+(warped field) correspond when they are each other's nearest neighbours (mutual). Tokens mostly
+mapped outside the field stay unmatched (they belong to the dustbin). Majority over sub-cell points
+rather than the centre alone keeps labels right when a rotated cell straddles a cell boundary.
 Token index order is the row-major order of the (X, Y, Z) token grid, as ``tokens_to_field`` builds it.
 """
 
@@ -14,6 +17,7 @@ import torch
 from mssl.views.similarity_warp import apply_affine, voxel_grid
 
 UNMATCHED = -1
+SAMPLES_PER_AXIS = 6  # sub-cell points per axis used to find the cell a token's content lands in
 
 
 def token_grid_shape(field_size: tuple[int, int, int], token_stride: int) -> tuple[int, int, int]:
@@ -23,10 +27,11 @@ def token_grid_shape(field_size: tuple[int, int, int], token_stride: int) -> tup
     return tuple(s // token_stride for s in field_size)  # type: ignore[return-value]
 
 
-def token_centres(grid: tuple[int, int, int], token_stride: int, device: torch.device) -> torch.Tensor:
-    """(N, 3) float64 voxel coordinates of the token cell centres, row-major over the token grid."""
-    cells = voxel_grid(grid, device, torch.float64).reshape(-1, 3)
-    return cells * token_stride + (token_stride - 1) / 2
+def cell_samples(grid: tuple[int, int, int], token_stride: int, device: torch.device) -> torch.Tensor:
+    """(N, S, 3) float64 voxel coordinates of S regularly spread points inside each token cell, row-major over the grid."""
+    cells = voxel_grid(grid, device, torch.float64).reshape(-1, 1, 3) * token_stride - 0.5
+    offsets = (voxel_grid((SAMPLES_PER_AXIS,) * 3, device, torch.float64).reshape(1, -1, 3) + 0.5) * (token_stride / SAMPLES_PER_AXIS)
+    return cells + offsets
 
 
 def _cell_index(points: torch.Tensor, grid: tuple[int, int, int], token_stride: int) -> torch.Tensor:
@@ -38,21 +43,26 @@ def _cell_index(points: torch.Tensor, grid: tuple[int, int, int], token_stride: 
     return torch.where(inside, flat, torch.full_like(flat, UNMATCHED))
 
 
+def _majority_cell(warp: torch.Tensor, samples: torch.Tensor, grid: tuple[int, int, int], token_stride: int) -> torch.Tensor:
+    """(B, N) cell receiving most of each token's mapped sample points (``UNMATCHED`` if mostly outside)."""
+    batch = warp.shape[0]
+    mapped = apply_affine(warp, samples.expand(batch, *samples.shape))  # (B, N, S, 3)
+    return _cell_index(mapped, grid, token_stride).mode(-1).values
+
+
 def token_correspondence(warp: torch.Tensor, field_size: tuple[int, int, int], token_stride: int) -> torch.Tensor:
     """(B, N) index of the teacher token matching each student token, or ``UNMATCHED``.
 
     ``warp`` is the (B, 4, 4) matrix with ``teacher_field(p) = student_field(warp p)``.
     """
     grid = token_grid_shape(field_size, token_stride)
-    centres = token_centres(grid, token_stride, warp.device)  # (N, 3)
-    batch = warp.shape[0]
+    samples = cell_samples(grid, token_stride, warp.device)  # (N, S, 3)
     warp = warp.to(torch.float64)
-    centres_b = centres.expand(batch, *centres.shape)
-    # student token content lands at warp⁻¹ c in the teacher field; a teacher token samples warp d
-    forward = _cell_index(apply_affine(torch.linalg.inv(warp), centres_b), grid, token_stride)  # (B, N)
-    backward = _cell_index(apply_affine(warp, centres_b), grid, token_stride)  # (B, N)
+    # student content at q lands at warp⁻¹ q in the teacher field; a teacher voxel p shows student warp p
+    forward = _majority_cell(torch.linalg.inv(warp), samples, grid, token_stride)  # (B, N) student → teacher
+    backward = _majority_cell(warp, samples, grid, token_stride)  # (B, N) teacher → student
     back_of_forward = torch.gather(backward, 1, forward.clamp(min=0))
-    own = torch.arange(centres.shape[0], device=warp.device).expand(batch, -1)
+    own = torch.arange(samples.shape[0], device=warp.device).expand(warp.shape[0], -1)
     mutual = (forward != UNMATCHED) & (back_of_forward == own)
     return torch.where(mutual, forward, torch.full_like(forward, UNMATCHED))
 
