@@ -78,6 +78,16 @@ def test_another_preset_needs_another_cache(tmp_path: Path) -> None:
         prepare(source, tmp_path / "cache", PresetConfig(name="ct", spacing=(1.0, 1.0, 1.0)))
 
 
+def test_a_second_source_never_overwrites_a_case_with_the_same_id(tmp_path: Path) -> None:
+    first, second = _source(tmp_path / "one", 1), tmp_path / "two"
+    write_nifti(second / "case00.nii.gz", synthetic_ct((30, 28, 20), seed=5)[0])
+    prepare(first, tmp_path / "cache", PRESET)
+    before = CacheIndex.open(tmp_path / "cache").case("case00").record
+    report = prepare(second, tmp_path / "cache", PRESET, on_error="stop")
+    assert report.stopped and report.written == [] and "already cached from" in report.failed[0][1]
+    assert CacheIndex.open(tmp_path / "cache").case("case00").record == before
+
+
 def test_stale_temporaries_are_removed(tmp_path: Path) -> None:
     source, cache = _source(tmp_path / "src", 1), tmp_path / "cache"
     (cache / "images").mkdir(parents=True)

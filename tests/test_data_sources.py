@@ -30,6 +30,12 @@ def test_folder_is_searched_recursively_for_every_format(tmp_path: Path, volume:
     assert all(c.label is None and c.image.is_file() for c in cases)
 
 
+def test_single_image_file_is_one_case(tmp_path: Path, volume: np.ndarray) -> None:
+    path = write_nifti(tmp_path / "scan 1.nii.gz", volume)
+    [case] = find_cases(path)
+    assert case.case_id == "scan_1" and case.image == path and case.label is None
+
+
 def test_colliding_names_get_their_relative_path(tmp_path: Path, volume: np.ndarray) -> None:
     write_nifti(tmp_path / "site1" / "scan.nii.gz", volume)
     write_nifti(tmp_path / "site2" / "scan.nii.gz", volume)

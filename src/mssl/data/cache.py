@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from torch.utils.data import Dataset
 
 from mssl.data.errors import DataError
 from mssl.data.preprocess import PresetConfig
+
+if TYPE_CHECKING:  # importing methods.base at runtime would pull in the backbones
+    from mssl.methods.base import CropRequest
 
 INDEX_NAME = "index.json"
 CACHE_FORMAT = "mssl-cache"
@@ -158,7 +161,7 @@ class CropDataset(Dataset):
     def __init__(
         self,
         index: CacheIndex,
-        requests: Mapping[str, Any],
+        requests: Mapping[str, CropRequest],
         length: int,
         seed: int,
         foreground_bias: float = 0.0,

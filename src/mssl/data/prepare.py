@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from mssl.data.cache import FOREGROUND, IMAGES, LABELS, read_index, remove_stale_temporaries, write_array, write_index
+from mssl.data.cache import FOREGROUND, IMAGES, INDEX_NAME, LABELS, read_index, remove_stale_temporaries, write_array, write_index
 from mssl.data.errors import DataError
 from mssl.data.preprocess import PresetConfig, load_case
 from mssl.data.sources import Case, dicom_series, find_cases, is_dicom_file
@@ -50,7 +50,7 @@ class PrepareReport:
         return not self.stopped and bool(self.written or self.unchanged)
 
     def summary(self) -> str:
-        text = f"{len(self.written)} written, {len(self.unchanged)} unchanged, {len(self.failed)} failed → {self.out / 'index.json'}"
+        text = f"{len(self.written)} written, {len(self.unchanged)} unchanged, {len(self.failed)} failed → {self.out / INDEX_NAME}"
         return text + (" (stopped at the first error)" if self.stopped else "")
 
 
@@ -80,22 +80,30 @@ def prepare(
     remove_stale_temporaries(out)
     records = _existing_records(out, preset)
     report = PrepareReport(out)
-    todo = []
+    todo, conflicts = [], []
     for case in cases:
         previous = records.get(case.case_id)
         if previous is not None and _is_current(previous, case, out):
             report.unchanged.append(case.case_id)
+        elif previous is not None and _is_other_source(previous, case):
+            conflicts.append((str(case.image), f"case id {case.case_id!r} is already cached from {previous['image_source']}; prepare this source into another --out"))
         else:
             todo.append(case)
 
     with _Display(progress, total=len(cases), done=len(report.unchanged)) as display:
-        for case, outcome in _run(todo, preset, out, records, workers, report):
+
+        def fail(path: str, problem: str) -> None:
+            report.failed.append((path, problem))
+            display.error(path, problem)
+            display.advance()
+            report.stopped = report.stopped or on_error == "stop"
+
+        for conflict in conflicts:
+            fail(*conflict)
+        for case, outcome in _run([] if report.stopped else todo, preset, out, records, workers, report):
             status, payload = outcome
             if status == "failed":
-                report.failed.append(payload)
-                display.error(*payload)
-                if on_error == "stop":
-                    report.stopped = True
+                fail(*payload)
             else:
                 stale = _replaced_files(records.get(case.case_id), payload)
                 records[case.case_id] = payload
@@ -103,8 +111,8 @@ def prepare(
                 for path in stale:
                     (out / path).unlink(missing_ok=True)
                 (report.written if status == "written" else report.unchanged).append(case.case_id)
-            display.advance()
-    if not records and not (out / "index.json").exists():
+                display.advance()
+    if not records and not (out / INDEX_NAME).exists():
         write_index(out, preset, [])  # an empty but valid cache, so the next run finds a preset
     return report
 
@@ -249,7 +257,7 @@ def _existing_records(out: Path, preset: PresetConfig) -> dict[str, dict]:
     if document is None:
         return {}
     cached = PresetConfig(**document["preset"])
-    if cached != preset:
+    if cached != preset and document["cases"]:
         changed = {k: (v, getattr(preset, k)) for k, v in cached.model_dump().items() if getattr(preset, k) != v}
         raise DataError(out, f"cache was prepared with another preset ({', '.join(f'{k}: {a} → {b}' for k, (a, b) in changed.items())}); use a new --out")
     return {r["case_id"]: r for r in document["cases"]}
@@ -264,6 +272,11 @@ def _is_current(record: dict, case: Case, out: Path) -> bool:
     except (DataError, OSError):
         return False
     return stat == record.get("source_stat") and record.get("extra") == case.extra and _arrays_exist(record, out)
+
+
+def _is_other_source(record: dict, case: Case) -> bool:
+    """The id is taken by a different volume that still exists (two sources, one cache): never overwrite it."""
+    return record.get("image_source") != str(case.image) and Path(record["image_source"]).exists()
 
 
 def _arrays_exist(record: dict, out: Path) -> bool:

@@ -1,6 +1,6 @@
 """Where volumes come from: one list of :class:`Case` from any of five source kinds.
 
-``find_cases`` detects the kind from what it is given:
+``find_cases`` detects the kind from what it is given (a single image file is a one-case source):
 
 - an MSD-style datalist JSON (a file, or a folder holding ``dataset.json`` with a ``training`` /
   ``validation`` / ``test`` list) — entries ``{"image", "label", ...}`` or plain path strings, paths
@@ -67,8 +67,12 @@ def find_cases(
     An empty source raises :class:`DataError`.
     """
     path = Path(source).expanduser()
+    if path.exists():
+        path = path.resolve()  # cache records keep absolute source paths, whatever the working folder
     if path.is_file() and path.suffix.lower() == ".json":
         cases = _from_datalist(path, base_dir, sections, missing)
+    elif path.is_file() and is_image_file(path):
+        cases = [Case(_safe_id(strip_image_suffix(path.name)), path)]
     elif path.is_dir() and _is_nnunet_raw(path):
         cases = _from_nnunet_raw(path)
     elif path.is_dir() and _has_datalist(path / DATALIST_NAME, sections):
@@ -76,7 +80,7 @@ def find_cases(
     elif path.is_dir():
         cases = _from_folder(path)
     elif path.exists():
-        raise DataError(path, f"not a folder, datalist JSON or glob; images are read from folders ({', '.join(IMAGE_SUFFIXES)})")
+        raise DataError(path, f"not an image ({', '.join(IMAGE_SUFFIXES)}), folder, datalist JSON or glob")
     elif _GLOB_CHARS.search(str(source)):
         cases = _from_glob(str(Path(str(source)).expanduser()))
     else:
