@@ -58,8 +58,8 @@ class PretrainModule(pl.LightningModule):
         return output.loss
 
     def _finite_on_every_rank(self, loss: torch.Tensor) -> bool:
-        finite = torch.isfinite(loss.detach()).to(torch.float32)
-        return bool(self.all_gather(finite).min() > 0)
+        # all ranks must agree, or one would skip the step while the others apply it
+        return self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss.detach())), all=True)
 
     def _log_output(self, output: MethodOutput, finite: bool, batch_size: int) -> None:
         losses = {"loss": output.loss.detach(), **{name: v.detach() for name, v in output.terms.items()}}
