@@ -32,6 +32,7 @@ def _bad_inputs(root: Path) -> dict[str, str]:
     (root / "truncated.nii").write_bytes((root / "plain.nii").read_bytes()[:-500])
     (root / "plain.nii").unlink()
     write_nifti(root / "flat2d.nii.gz", hu[:, :, 0])
+    write_nifti(root / "oneslice.nii.gz", hu[:, :, :1])
     write_nifti(root / "fourd.nii.gz", np.stack([hu, hu], axis=-1))
     nan = hu.astype(np.float32)
     nan[3, 4, 5], nan[6, 7, 8] = np.nan, np.inf
@@ -42,7 +43,7 @@ def _bad_inputs(root: Path) -> dict[str, str]:
     (root / "dicom").mkdir()
     for number in range(3):
         (root / "dicom" / f"slice{number}.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage" * 20)
-    datalist = [{"image": name} for name in ("good.nii.gz", "corrupt.nii.gz", "truncated.nii.gz", "truncated.nii", "flat2d.nii.gz", "fourd.nii.gz", "nan.nii.gz", "constant.nii.gz")]
+    datalist = [{"image": name} for name in ("good.nii.gz", "corrupt.nii.gz", "truncated.nii.gz", "truncated.nii", "flat2d.nii.gz", "oneslice.nii.gz", "fourd.nii.gz", "nan.nii.gz", "constant.nii.gz")]
     datalist += [
         {"image": "good.nii.gz", "label": "labels/good.nii.gz"},
         {"image": "good.nii.gz", "label": "labels/short.nii.gz"},
@@ -56,6 +57,7 @@ def _bad_inputs(root: Path) -> dict[str, str]:
         "truncated.nii.gz": "truncated file",
         "truncated.nii": "truncated file",
         "flat2d.nii.gz": "expected a 3D volume, got 2D",
+        "oneslice.nii.gz": "a 2D image stored as 3D",
         "fourd.nii.gz": "expected a 3D volume, got 4D",
         "nan.nii.gz": "2 NaN/inf voxels",
         "constant.nii.gz": "constant volume",
@@ -75,7 +77,7 @@ def test_skip_reports_every_bad_input_by_file_and_goes_on(tmp_path: Path) -> Non
     for path, problem in failures.items():
         assert expected[path] in problem, (path, problem)
         assert "\n" not in problem
-    assert report.ok and "2 written, 0 unchanged, 11 failed" in report.summary()
+    assert report.ok and "2 written, 0 unchanged, 12 failed" in report.summary()
     assert len(CacheIndex.open(tmp_path / "cache")) == 2
 
 

@@ -93,6 +93,8 @@ class ValidateVolumed:
         if image.ndim != expected:
             hint = "" if self.channel_axis is not None else " (pass a channel axis for multi-channel images)"
             raise DataError(path, f"expected a {expected}D volume, got {image.ndim}D of shape {tuple(image.shape)}{hint}")
+        if min(self._spatial_shape(image)) < 2:
+            raise DataError(path, f"a 2D image stored as 3D (shape {tuple(image.shape)} has a single slice)")
         if not bool(image.isfinite().all()):
             raise DataError(path, f"{int((~image.isfinite()).sum())} NaN/inf voxels")
         if bool(image.min() == image.max()):
@@ -101,9 +103,12 @@ class ValidateVolumed:
             self._check_label(image, data["label"])
         return data
 
+    def _spatial_shape(self, image) -> tuple[int, ...]:
+        return tuple(s for axis, s in enumerate(image.shape) if self.channel_axis is None or axis != self.channel_axis % image.ndim)
+
     def _check_label(self, image, label) -> None:
         path = label.meta.get("filename_or_obj", "label")
-        spatial = tuple(s for axis, s in enumerate(image.shape) if self.channel_axis is None or axis != self.channel_axis % image.ndim)
+        spatial = self._spatial_shape(image)
         if tuple(label.shape) != spatial:
             raise DataError(path, f"label shape {tuple(label.shape)} does not match image shape {spatial}")
         if not np.allclose(np.asarray(label.affine), np.asarray(image.affine), atol=AFFINE_TOLERANCE_MM):
