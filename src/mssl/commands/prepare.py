@@ -41,11 +41,13 @@ def command(
 ) -> None:
     """Preprocess every volume of SOURCE once into a cache that training reads random crops from.
 
-    Each volume is reoriented to RAS, cropped to the body, resampled to --spacing and intensity-normalised
-    by --preset (labels follow with nearest interpolation), then stored as an uncompressed float32 .npy
-    (C, X, Y, Z) plus CACHE/index.json (source path and hash, original and new spacing/shape/affine, preset,
-    datalist keys such as split). Bad files are reported one line each; the run ends with a count and
-    exits non-zero if --on-error stop hit an error or the cache holds no case from SOURCE.
+    Each volume is reoriented to RAS, cropped to the body, resampled to --spacing and normalised by --preset.
+
+    Labels follow with nearest interpolation. Images are stored as uncompressed float32 .npy (C, X, Y, Z).
+
+    CACHE/index.json records source path and hash, original and new spacing/shape/affine, preset, split.
+
+    Bad files get one line each; exit code 1 if --on-error stop hit one or no case of SOURCE is cached.
 
     Example: mssl prepare data/ --preset ct --spacing 1.5 1.5 1.5 --out cache/ --workers 2
     """
