@@ -86,7 +86,7 @@ def pretrained_weights(method: str, config: BenchmarkConfig, dataset: Dataset, c
         backbone=config.backbone.model_dump(),
         steps=config.pretrain_steps,
         resume=resume or None,
-        **config.pretrain_overrides,
+        **{**config.pretrain_overrides, **config.method_overrides.get(method, {})},
     )
     return export(run), True
 

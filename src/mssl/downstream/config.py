@@ -99,7 +99,10 @@ class BenchmarkConfig(DataConfig):
     seeds: int = Field(3, ge=1)
     backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig(), description="backbone of pre-training and scratch")
     pretrain_steps: int = Field(1000, ge=1)
-    pretrain_overrides: dict[str, object] = Field(default_factory=dict, description="extra mssl.pretrain arguments")
+    pretrain_overrides: dict[str, object] = Field(default_factory=dict, description="extra mssl.pretrain arguments, every method")
+    method_overrides: dict[str, dict[str, object]] = Field(
+        default_factory=dict, description="method → extra mssl.pretrain arguments for that method only (e.g. s2dc.field_size)"
+    )
     finetune: dict[str, object] = Field(default_factory=dict, description="FinetuneConfig overrides (roi, steps, ...)")
     probe: bool = True
     probe_options: dict[str, object] = Field(default_factory=dict, description="ProbeConfig overrides (train_cases, ...)")
