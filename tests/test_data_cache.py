@@ -149,7 +149,7 @@ def test_dataset_pickles_without_memory_maps_and_works_in_workers(cache: CacheIn
     dataset = CropDataset(cache, {"x": CropRequest((8, 8, 8))}, length=8, seed=2)
     dataset[0]  # opens memory maps in this process
     clone = pickle.loads(pickle.dumps(dataset))
-    assert clone.index._maps == {}
+    assert len(clone.index._maps) == 0
     assert torch.equal(clone[3]["x"], dataset[3]["x"])
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2, multiprocessing_context="fork")
     batches = list(loader)
@@ -161,6 +161,15 @@ def test_spawned_dataloader_worker_matches(cache: CacheIndex) -> None:
     dataset = CropDataset(cache, {"x": CropRequest((8, 8, 8), volumes=2)}, length=4, seed=5)
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=1, multiprocessing_context="spawn")
     assert torch.equal(next(iter(loader))["x"], torch.stack([dataset[i]["x"] for i in range(4)]))
+
+
+def test_open_memory_maps_are_bounded(cache: CacheIndex, monkeypatch) -> None:
+    monkeypatch.setattr("mssl.data.cache.MAX_OPEN_MAPS", 2)
+    index = CacheIndex.open(cache.root)
+    for case in cache.cases:
+        index.image(case.case_id)
+    assert list(index._maps) == [("c1", "image_file"), ("c2", "image_file")]
+    np.testing.assert_array_equal(index.image("c0"), cache.image("c0"))  # reopened on demand
 
 
 def test_bad_arguments(cache: CacheIndex, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ CACHE_FORMAT = "mssl-cache"
 CACHE_VERSION = 1
 TMP_SUFFIX = ".tmp"
 IMAGES, LABELS, FOREGROUND = "images", "labels", "foreground"
+MAX_OPEN_MAPS = 128  # memory maps kept open per process (one file descriptor each)
 HASHED_FIELDS = ("case_id", "source_hash", "channels", "shape", "spacing")  # what a model trained on depends on
 
 
@@ -80,7 +82,7 @@ class CacheIndex:
         self.preset = preset
         self.cases = [CachedCase.from_record(r) for r in records]
         self._by_id = {c.case_id: c for c in self.cases}
-        self._maps: dict[tuple[str, str], np.ndarray] = {}
+        self._maps: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
     @classmethod
     def open(cls, root: str | Path) -> "CacheIndex":
@@ -137,14 +139,20 @@ class CacheIndex:
         return self._map(case_id, "foreground_file")
 
     def _map(self, case_id: str, field: str) -> np.ndarray:
+        """Least-recently-used memory maps: each holds a file descriptor, and a cache of thousands of
+        cases would otherwise exhaust the usual 1024-descriptor limit hours into a run."""
         key = (case_id, field)
-        if key not in self._maps:
+        if key in self._maps:
+            self._maps.move_to_end(key)
+        else:
             self._maps[key] = np.load(self.root / self.case(case_id).record[field], mmap_mode="r")
+            if len(self._maps) > MAX_OPEN_MAPS:
+                self._maps.popitem(last=False)
         return self._maps[key]
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_maps"] = {}  # memory maps are per process
+        state["_maps"] = OrderedDict()  # memory maps are per process
         return state
 
 
