@@ -189,3 +189,20 @@ def test_cli_run_with_yaml_flags_and_set(cache: Path, tmp_path: Path) -> None:
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["trainer"]["max_steps"] == 2 and saved["gvsl"]["roi"] == [32, 32, 32] and saved["gvsl"]["w_smooth"] == 0.5
     assert "pre-training finished" in result.output and "last.ckpt" in result.output
+
+
+def test_cli_reports_a_missing_or_empty_cache_before_training(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["pretrain", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "nowhere/index.json: no cache index here" in result.output
+    result = CliRunner().invoke(app, ["pretrain", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "'data.cache' is required" in result.output
+    assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
+
+
+@pytest.mark.realdata
+def test_empty_selection_is_named(cache: Path, tmp_path: Path) -> None:
+    import mssl
+    from mssl.data.errors import DataError
+
+    with pytest.raises(DataError, match="no cases to train on.*'validation'"):
+        mssl.pretrain(method="gvsl", data=cache, split="validation", out=tmp_path / "run", **TINY)

@@ -78,6 +78,8 @@ def command(
     Example: mssl pretrain --method s2dc --data cache/ --out runs/s2dc --devices 8 --strategy ddp --precision bf16-mixed
     """
     from mssl.config import ConfigError, parse_assignment
+    from mssl.data.errors import DataError
+    from mssl.train.module import NonFiniteLossError
     from mssl.train.pretrain import pretrain
 
     flags = {
@@ -92,9 +94,12 @@ def command(
     try:
         dotted = dict(parse_assignment(item) for item in set_ or [])
         pretrain(config, **flags, **dotted)
-    except ConfigError as error:
+    except (ConfigError, DataError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    except NonFiniteLossError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
 
 
 def _devices(value: str | None) -> int | str | None:

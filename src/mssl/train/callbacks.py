@@ -35,7 +35,15 @@ class CropThroughput(pl.Callback):
 
 
 class StepProgressBar(RichProgressBar):
-    """Rich progress bar titled for one endless epoch bounded by ``max_steps`` (not "Epoch 0/-2")."""
+    """Rich progress bar over the whole run: one endless epoch of ``max_steps × accumulate`` micro-batches.
+
+    Lightning's default titles it "Epoch 0/-2" and sizes it in optimiser steps while counting
+    micro-batches, which overflows with accumulation and after a resume.
+    """
+
+    @property
+    def total_train_batches(self) -> int:
+        return self.trainer.max_steps * self.trainer.accumulate_grad_batches
 
     def _get_train_description(self, current_epoch: int) -> str:
         return "pre-training"

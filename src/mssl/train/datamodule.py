@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mssl.config import PretrainConfig
+from mssl.config import ConfigError, DataConfig, PretrainConfig
 from mssl.methods.base import CropRequest
+
+if TYPE_CHECKING:
+    from mssl.data.cache import CacheIndex
 
 
 class StepSampler(Sampler[int]):
@@ -35,15 +38,33 @@ class StepSampler(Sampler[int]):
             yield from range(first, first + self.batch_size)
 
 
+def open_cache(data: DataConfig) -> CacheIndex:
+    """The cache's index restricted to ``data.split`` / ``data.case_ids``; a one-line error when unusable."""
+    from mssl.data.cache import CacheIndex
+    from mssl.data.errors import DataError
+
+    if data.cache is None:
+        raise ConfigError("config key 'data.cache' is required: the folder written by `mssl prepare` (--data)")
+    index = CacheIndex.open(data.cache)
+    try:
+        index = index.select(split=data.split, case_ids=data.case_ids)
+    except KeyError as error:
+        raise DataError(data.cache, error.args[0]) from None
+    if not index.cases:
+        raise DataError(data.cache, f"no cases to train on (split {data.split!r}, case_ids {data.case_ids!r})")
+    return index
+
+
 class CropDataModule(pl.LightningDataModule):
     """Random crops from a ``mssl prepare`` cache as the method's ``crop_requests()`` ask for them."""
 
-    def __init__(self, config: PretrainConfig, requests: dict[str, CropRequest]) -> None:
+    def __init__(self, config: PretrainConfig, requests: dict[str, CropRequest], index: CacheIndex) -> None:
         super().__init__()
         self.config = config
         self.requests = requests
+        self.index = index
+        self.index_hash = index.hash()
         self.dataset: Dataset | None = None
-        self.index_hash: str | None = None
 
     @property
     def micro_batches(self) -> int:
@@ -53,22 +74,15 @@ class CropDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.dataset is not None:
             return
-        from mssl.data.cache import CacheIndex, CropDataset
+        from mssl.data.cache import CropDataset
 
         data = self.config.data
-        if data.cache is None:
-            raise ValueError("config key 'data.cache' is required: the folder written by `mssl prepare` (--data)")
-        index = CacheIndex.open(data.cache)
-        if data.split is not None:
-            index = index.select(split=data.split)
-        self.index_hash = index.hash()
         self.dataset = CropDataset(
-            index,
+            self.index,
             self.requests,
             length=self.micro_batches * data.batch_size * self.trainer.world_size,
             seed=self.config.seed,
             foreground_bias=data.foreground_bias,
-            case_ids=data.case_ids,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -104,13 +104,14 @@ def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = No
 
     from mssl.train.callbacks import CropThroughput, FinalLastCheckpoint, StepProgressBar
     from mssl.train.checkpoint import PERIODIC_FORMAT, AtomicCheckpointIO, checkpoint_dir, checkpoint_step, last_checkpoint
-    from mssl.train.datamodule import CropDataModule
+    from mssl.train.datamodule import CropDataModule, open_cache
     from mssl.train.loggers import LOG_DIR, METRICS_FILE, build_loggers, drop_rows_after
     from mssl.train.module import PretrainModule
     from mssl.train.seeding import seed_init
     from mssl.train.summary import RunSummary
 
     cfg = resolve_config(config, **overrides)
+    index = open_cache(cfg.data)  # fail on a bad cache now, not inside the trainer
     run_dir = Path(cfg.out)
     resume_from = _checkpoint_to_resume(cfg, run_dir)
     is_rank_zero = rank_zero_only.rank == 0
@@ -127,7 +128,7 @@ def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = No
     seed_init(cfg.seed)
     module = PretrainModule(cfg)
     requests = module.method.crop_requests()
-    datamodule = CropDataModule(cfg, requests)
+    datamodule = CropDataModule(cfg, requests, index)
     crops_per_sample = sum(request.volumes for request in requests.values())
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(
