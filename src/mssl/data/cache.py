@@ -41,7 +41,7 @@ CACHE_FORMAT = "mssl-cache"
 CACHE_VERSION = 1
 TMP_SUFFIX = ".tmp"
 IMAGES, LABELS, FOREGROUND = "images", "labels", "foreground"
-MAX_OPEN_MAPS = 128  # memory maps kept open per process (one file descriptor each)
+MAX_OPEN_MAPS = 512  # memory maps kept open per process (one file descriptor each)
 HASHED_FIELDS = ("case_id", "source_hash", "channels", "shape", "spacing")  # what a model trained on depends on
 
 
