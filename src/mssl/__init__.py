@@ -21,6 +21,8 @@ _API: dict[str, str] = {
     "load_pretrained": "mssl.export.loading:load_pretrained",
     "export": "mssl.export.exporter:export",
     "inspect_weights": "mssl.export.inspect:inspect_weights",
+    "visualize": "mssl.viz.visualize:visualize",
+    "demo": "mssl.demo:run_demo",
     "pretrain": "mssl.train.pretrain:pretrain",
     "finetune": "mssl.downstream.finetune:finetune",
     "evaluate": "mssl.downstream.evaluate:evaluate",

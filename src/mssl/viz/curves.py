@@ -1,0 +1,68 @@
+"""Loss curves from RUN/logs/metrics.csv: one panel per logged term, raw and smoothed."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+METRICS_FILE = Path("logs") / "metrics.csv"
+PREFIX = "train/"
+SKIPPED = ("train/lr", "train/crops_per_s")  # schedule and throughput, not losses
+SMOOTHING_WINDOW = 10
+PANEL_COLUMNS = 3
+FIGURE_DPI = 110
+
+
+def read_metrics(run: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{name: (steps, values)}`` for every ``train/*`` column of the run's metrics.csv (empty cells skipped)."""
+    path = Path(run) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no training log; was this run written by `mssl pretrain`?")
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if not row.get("step"):
+                continue
+            for name, value in row.items():
+                if name and name.startswith(PREFIX) and name not in SKIPPED and value not in ("", None):
+                    steps, values = series.setdefault(name[len(PREFIX) :], ([], []))
+                    steps.append(float(row["step"]))
+                    values.append(float(value))
+    return {name: (np.asarray(s), np.asarray(v)) for name, (s, v) in series.items()}
+
+
+def moving_average(values: np.ndarray, window: int = SMOOTHING_WINDOW) -> np.ndarray:
+    """Trailing mean over up to ``window`` points (same length as ``values``)."""
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    return (sums[1:] - sums[np.arange(1, len(values) + 1) - counts]) / counts
+
+
+def plot_curves(run: str | Path, path: str | Path, title: str = "") -> Path:
+    """One panel per term (loss first), raw values faint and the moving average bold."""
+    series = read_metrics(run)
+    if not series:
+        raise ValueError(f"{Path(run) / METRICS_FILE}: no train/* values logged yet")
+    names = sorted(series, key=lambda n: (n != "loss", n))
+    rows = math.ceil(len(names) / PANEL_COLUMNS)
+    figure = Figure(figsize=(4 * PANEL_COLUMNS, 2.8 * rows), dpi=FIGURE_DPI, layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, PANEL_COLUMNS)).ravel()
+    for axis, name in zip(axes, names):
+        steps, values = series[name]
+        axis.plot(steps, values, color="tab:blue", alpha=0.3, linewidth=0.8)
+        axis.plot(steps, moving_average(values), color="tab:blue", linewidth=1.6)
+        axis.set_title(name)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    for axis in axes[len(names) :]:
+        axis.set_visible(False)
+    if title:
+        figure.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path

@@ -1,0 +1,85 @@
+"""The embedded demo end to end (fast sizes), and `mssl visualize` on the runs it leaves behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mssl.cli import app
+from mssl.data.demo import demo_dataset
+
+runner = CliRunner()
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DEMO_BYTES_LIMIT = 5_000_000
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    import mssl
+
+    out = tmp_path_factory.mktemp("demo")
+    report = mssl.demo(out, fast=True)
+    return out, report
+
+
+def test_embedded_sample_is_small_real_and_attributed():
+    folder = demo_dataset()
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size <= DEMO_BYTES_LIMIT
+    datalist = json.loads((folder / "dataset.json").read_text())
+    entries = datalist["training"]
+    assert {e["split"] for e in entries} == {"train", "test"}
+    assert all((folder / e["image"]).is_file() and (folder / e["label"]).is_file() for e in entries)
+    notice = (folder / "NOTICE.md").read_text()
+    assert "MIT License" in notice and "Babier" in notice and "TCIA" in notice
+
+
+def test_fast_demo_writes_report_exports_probes_and_figures(demo_run):
+    from mssl.export.inspect import inspect_weights
+
+    out, report = demo_run
+    assert report == out / "report.md"
+    text = report.read_text()
+    for heading in ("## Stages", "## Frozen-feature probes", "S²DC on Swin-UNETR", "GVSL on the 3D U-Net", "## Data notice"):
+        assert heading in text
+    assert text.count("| pretrained |") == 2 and text.count("| random |") == 2
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["total_s"] > 0 and "pre-train s2dc" in timings["stages_s"]
+    for method, target in (("s2dc", "swinunetr"), ("gvsl", "unet")):
+        weights = out / "runs" / method / "export" / "encoder.safetensors"
+        loaded = inspect_weights(weights, into=target)
+        assert loaded.ok and not loaded.mismatched
+        sidecar = json.loads(weights.with_suffix(".json").read_text())
+        assert sidecar["data"]["cases"] == 2 and sidecar["spacing"] == [8.0, 8.0, 8.0]  # the train split only
+        assert (out / "probes" / method / "probe.json").is_file()
+    figures = sorted(p.relative_to(out).as_posix() for p in (out / "figures").rglob("*.png"))
+    assert figures == [
+        "figures/gvsl/curves.png", "figures/gvsl/features.png", "figures/gvsl/registration.png",
+        "figures/s2dc/curves.png", "figures/s2dc/features.png",
+    ]
+    for figure in figures:
+        assert (out / figure).read_bytes()[:8] == PNG_MAGIC
+        assert f"]({figure})" in text
+
+
+def test_cli_visualize_on_a_gvsl_run(demo_run, tmp_path):
+    out, _ = demo_run
+    volume = demo_dataset() / "imagesTr" / "pt_22.nii.gz"
+    moving = demo_dataset() / "imagesTr" / "pt_31.nii.gz"
+    result = runner.invoke(app, ["visualize", str(out / "runs" / "gvsl"), "--volume", str(volume), "--moving", str(moving),
+                                 "--out", str(tmp_path), "--stride", "2", "--clusters", "3"])
+    assert result.exit_code == 0, result.output
+    for name in ("features.png", "registration.png", "curves.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 10_000
+    result = runner.invoke(app, ["visualize", str(out / "runs" / "gvsl"), "--volume", str(volume), "--stride", "3"])
+    assert result.exit_code == 2 and "strides" in result.output
+
+
+@pytest.mark.parametrize("name", ["demo", "visualize"])
+def test_cli_help(name):
+    result = runner.invoke(app, [name, "--help"])
+    assert result.exit_code == 0
+    assert "Example: mssl " + name in result.output
