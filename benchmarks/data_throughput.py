@@ -25,6 +25,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mssl.data.cache import CacheIndex, CropDataset
@@ -125,11 +126,12 @@ def write_report(args: argparse.Namespace, rows: list, load_before: tuple, load_
         "memory-mapped `.npy` (page cache warm). *decode + resample*: `build_transforms` (NIfTI load, RAS, foreground crop, "
         "resample, intensity) then one random 96³ crop, per crop.",
         "",
-        "| dataset | preset | cases | cached shapes (voxels) | cache crops/s/core | decode + resample crops/s/core | speed-up |",
+        "| dataset | preset | cases | cached shape range (voxels) | cache crops/s/core | decode + resample crops/s/core | speed-up |",
         "|---|---|---|---|---|---|---|",
     ]
     for dataset, preset, count, shapes, cached, decoded in rows:
-        shape_text = ", ".join("×".join(map(str, s)) for s in shapes)
+        low, high = np.min(shapes, axis=0), np.max(shapes, axis=0)
+        shape_text = "×".join(f"{a}–{b}" for a, b in zip(low, high))
         lines.append(f"| {dataset} | {preset} | {count} | {shape_text} | {cached:.0f} | {decoded:.2f} | ×{cached / decoded:.0f} |")
     lines += ["", f"Targets: ≥ {TARGET_CROPS_PER_S:.0f} crops/s per core from the cache and ≥ {TARGET_SPEEDUP:.0f}× faster than decode + resample."]
     for dataset, _, _, _, cached, decoded in rows:
