@@ -60,6 +60,17 @@ def test_second_run_skips_unchanged_and_redoes_changed(tmp_path: Path) -> None:
     assert sorted(p.name for p in (cache / "images").iterdir()) == sorted(Path(r.record["image_file"]).name for r in CacheIndex.open(cache).cases)
 
 
+def test_dicom_reruns_check_file_stats_not_series_headers(tmp_path: Path, monkeypatch) -> None:
+    from test_data_helpers import write_dicom_series
+
+    hu = synthetic_ct((30, 28, 20))[0]
+    write_dicom_series(tmp_path / "src" / "a", hu, series_uid="1.2.3.1")
+    write_dicom_series(tmp_path / "src" / "a", hu[::-1].copy(), series_uid="1.2.3.2")
+    assert sorted(prepare(tmp_path / "src", tmp_path / "cache", PRESET).written) == ["a_1", "a_2"]
+    monkeypatch.setattr("mssl.data.prepare.dicom_series", lambda folder: pytest.fail("the rerun re-read series headers to check for changes"))
+    assert sorted(prepare(tmp_path / "src", tmp_path / "cache", PRESET).unchanged) == ["a_1", "a_2"]
+
+
 def test_datalist_keys_update_without_reprocessing(tmp_path: Path) -> None:
     _source(tmp_path / "src", 1)
     datalist = tmp_path / "list.json"

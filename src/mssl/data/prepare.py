@@ -117,16 +117,20 @@ def prepare(
     return report
 
 
-def source_files(case: Case) -> list[Path]:
-    """Every file whose bytes define the case: the image (with a MetaImage's data file, or every file of
-    the DICOM series) and the label. Raises :class:`DataError` for a missing one."""
+def source_files(case: Case, watched: bool = False) -> list[Path]:
+    """Every file whose bytes define the case: the image (with a MetaImage's data file, or the files of
+    its DICOM series) and the label. With ``watched``, a DICOM folder contributes all its files instead:
+    listing them is cheap, while finding one series' files parses every header (GDCM). Raises
+    :class:`DataError` for a missing path."""
     files = []
     for path in (case.image, case.label):
         if path is None:
             continue
         if not path.exists():
             raise DataError(path, "does not exist")
-        if path.is_dir():
+        if path.is_dir() and watched:
+            files += sorted(p for p in path.iterdir() if p.is_file())
+        elif path.is_dir():
             uid = case.extra.get("series_uid")
             series = [f for u, fs in dicom_series(path) for f in fs if uid is None or u == uid]
             files += series or sorted(p for p in path.iterdir() if p.is_file() and is_dicom_file(p))
@@ -153,6 +157,7 @@ def source_hash(files: list[Path]) -> str:
 
 
 def source_stat(files: list[Path]) -> list[list]:
+    """``[path, size, mtime_ns]`` per file: the cheap first check of a rerun."""
     return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
@@ -160,9 +165,8 @@ def process_case(case: Case, preset: PresetConfig, out: Path, previous: dict | N
     """Preprocess one case and write its arrays; ``("written" | "unchanged", record)`` or
     ``("failed", (path, problem))``. Runs in pool workers, so it never raises."""
     try:
-        files = source_files(case)
-        stat = source_stat(files)
-        digest = source_hash(files)
+        stat = source_stat(source_files(case, watched=True))
+        digest = source_hash(source_files(case))
         if previous is not None and previous.get("source_hash") == digest and _arrays_exist(previous, out):
             return "unchanged", {**previous, **_source_fields(case), "source_stat": stat}
         loaded = load_case(case, preset)
@@ -268,7 +272,7 @@ def _is_current(record: dict, case: Case, out: Path) -> bool:
     if record.get("image_source") != str(case.image) or record.get("label_source") != (str(case.label) if case.label else None):
         return False
     try:
-        stat = source_stat(source_files(case))
+        stat = source_stat(source_files(case, watched=True))
     except (DataError, OSError):
         return False
     return stat == record.get("source_stat") and record.get("extra") == case.extra and _arrays_exist(record, out)
