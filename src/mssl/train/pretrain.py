@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import yaml
 
@@ -145,33 +146,31 @@ def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = No
     ]
     if cfg.logging.progress_bar:
         callbacks.append(StepProgressBar())
-    trainer = pl.Trainer(
-        default_root_dir=run_dir,
-        max_steps=cfg.trainer.max_steps,
-        max_epochs=-1,
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        num_nodes=cfg.trainer.num_nodes,
-        strategy=_strategy(cfg.trainer.strategy),
-        precision=cfg.trainer.precision,
-        gradient_clip_val=cfg.trainer.grad_clip,
-        accumulate_grad_batches=cfg.trainer.accumulate,
-        logger=build_loggers(run_dir),
-        log_every_n_steps=cfg.logging.every_n_steps,
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,  # StepSampler splits the data by rank and restarts at the restored step
-        enable_progress_bar=cfg.logging.progress_bar,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        # the data stream is endless by design (StepSampler) and there is no validation loop
-        warnings.filterwarnings("ignore", message=".*(does not have many workers|val_dataloader|infinite).*")
+    with _quiet_lightning():
+        trainer = pl.Trainer(
+            default_root_dir=run_dir,
+            max_steps=cfg.trainer.max_steps,
+            max_epochs=-1,
+            accelerator=cfg.trainer.accelerator,
+            devices=cfg.trainer.devices,
+            num_nodes=cfg.trainer.num_nodes,
+            strategy=_strategy(cfg.trainer.strategy),
+            precision=cfg.trainer.precision,
+            gradient_clip_val=cfg.trainer.grad_clip,
+            accumulate_grad_batches=cfg.trainer.accumulate,
+            logger=build_loggers(run_dir),
+            log_every_n_steps=cfg.logging.every_n_steps,
+            callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
+            use_distributed_sampler=False,  # StepSampler splits the data by rank and restarts at the restored step
+            enable_progress_bar=cfg.logging.progress_bar,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+        )
+        start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-    wall_time = time.perf_counter() - start
+        wall_time = time.perf_counter() - start
 
     if trainer.is_global_zero:
         summary = RunSummary(
@@ -190,6 +189,33 @@ def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = No
         summary.write(run_dir)
         summary.render(run_dir)
     return run_dir
+
+
+# Lightning messages that say nothing about this run: expected by design (endless epoch, no validation,
+# resuming into an existing checkpoint folder, workers=0 in small runs), an advert, an internal deprecation.
+_EXPECTED_WARNINGS = (
+    "does not have many workers", "val_dataloader", "Checkpoint directory .* exists and is not empty", "LeafSpec",
+)
+_ADVERT = "litlogger"
+
+
+class _DropAdvert(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _ADVERT not in record.getMessage()
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    advert = _DropAdvert()
+    rank_zero_log.addFilter(advert)
+    try:
+        with warnings.catch_warnings():
+            for message in _EXPECTED_WARNINGS:
+                warnings.filterwarnings("ignore", message=f".*{message}")
+            yield
+    finally:
+        rank_zero_log.removeFilter(advert)
 
 
 def _strategy(name: str) -> str:
