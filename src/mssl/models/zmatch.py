@@ -59,14 +59,16 @@ class AffineBranch(nn.Module):
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, spatial_size: tuple[int, ...]) -> torch.Tensor:
         """moving, fixed: (B, C_g, *S/stride) global features; spatial_size: image size (X, Y, Z) in voxels."""
-        hidden = self.conv(torch.cat([moving, fixed], dim=1)).mean(dim=(2, 3, 4)).float()  # (B, 256)
-        half_extent = torch.tensor([(n - 1) / 2 for n in spatial_size], device=hidden.device, dtype=hidden.dtype)
-        return affine_matrix(
-            rotation=self.max_rotation * torch.tanh(self.rotation(hidden)),
-            scale=1 + self.max_scale_delta * torch.tanh(self.scale(hidden)),
-            shear=self.max_shear * torch.tanh(self.shear(hidden)),
-            translation=self.max_shift_fraction * half_extent * torch.tanh(self.shift(hidden)),
-        )
+        hidden = self.conv(torch.cat([moving, fixed], dim=1)).mean(dim=(2, 3, 4))  # (B, 256)
+        half_extent = torch.tensor([(n - 1) / 2 for n in spatial_size], device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):  # the matrix needs float32 precision
+            hidden = hidden.float()
+            return affine_matrix(
+                rotation=self.max_rotation * torch.tanh(self.rotation(hidden)),
+                scale=1 + self.max_scale_delta * torch.tanh(self.scale(hidden)),
+                shear=self.max_shear * torch.tanh(self.shear(hidden)),
+                translation=self.max_shift_fraction * half_extent * torch.tanh(self.shift(hidden)),
+            )
 
 
 class DeformableBranch(nn.Module):

@@ -13,6 +13,8 @@ Inputs are expected in [0, 1] (the intensity presets' range); outputs stay in [0
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 SHUFFLE_BLOCKS = 5000
@@ -28,8 +30,13 @@ def _rand(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator
     return torch.rand(shape, generator=generator, device=like.device, dtype=torch.float32)
 
 
-def _randint(low: torch.Tensor | int, high: torch.Tensor | int, shape: tuple[int, ...], like: torch.Tensor,
-             generator: torch.Generator | None) -> torch.Tensor:
+def _randint(
+    low: torch.Tensor | int,
+    high: torch.Tensor | int,
+    shape: tuple[int, ...],
+    like: torch.Tensor,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
     """Uniform integers in [low, high) (broadcast tensors allowed)."""
     return (low + _rand(shape, like, generator) * (high - low)).floor().long()
 
@@ -103,7 +110,10 @@ def inpaint(images: torch.Tensor, generator: torch.Generator | None = None) -> t
     return torch.where(covered.unsqueeze(1), noise, images)
 
 
-def _gate(stage, images: torch.Tensor, prob: float, generator: torch.Generator | None) -> torch.Tensor:
+Stage = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
+
+
+def _gate(stage: Stage, images: torch.Tensor, prob: float, generator: torch.Generator | None) -> torch.Tensor:
     """Apply ``stage`` to the samples that win a ``prob`` draw (only those are computed)."""
     chosen = _rand((images.shape[0],), images, generator) < prob
     if not chosen.any():
