@@ -109,7 +109,7 @@ def test_stale_temporaries_are_removed(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_parallel_workers_write_the_same_cache(tmp_path: Path) -> None:
-    source = _source(tmp_path / "src", 4)
+    source = _source(tmp_path / "src", 3)
     serial = prepare(source, tmp_path / "serial", PRESET, workers=1)
     parallel = prepare(source, tmp_path / "parallel", PRESET, workers=2)
     assert sorted(parallel.written) == sorted(serial.written)
@@ -121,8 +121,8 @@ def test_parallel_workers_write_the_same_cache(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path: Path) -> None:
-    count = 16
-    source = _source(tmp_path / "src", count, shape=(64, 60, 40))
+    count = 10
+    source = _source(tmp_path / "src", count, shape=(48, 44, 32))
     preset = PresetConfig(name="ct", spacing=(1.0, 1.0, 1.0))
     cache = tmp_path / "killed"
     command = [sys.executable, "-c", "from mssl.cli import main; main()", "prepare", str(source), "--out", str(cache), "--spacing", "1", "1", "1"]
