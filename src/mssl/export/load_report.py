@@ -11,8 +11,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from io import StringIO
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 Shape = tuple[int, ...]
 COLUMNS = ("loaded", "adapted", "missing", "unexpected", "mismatched")
@@ -56,8 +57,7 @@ class LoadReport:
         return dict(sorted(groups.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])))
 
     def table(self, depth: int = 1) -> Table:
-        title = f"weights: {self.source}" + (f"\ninto:    {self.target}" if self.target else "")
-        table = Table(title=title, title_justify="left")
+        table = Table()
         table.add_column("module")
         for column in COLUMNS:
             table.add_column(column, justify="right")
@@ -78,13 +78,14 @@ class LoadReport:
         lines += [f"mismatched {k}: weights {tuple(s)} vs network {tuple(t)}" for k, (s, t) in self.mismatched.items()]
         return lines
 
-    def __rich__(self) -> Table:
-        return self.table()
+    def __rich__(self) -> Group:
+        header = [Text(f"weights: {self.source}")] + ([Text(f"into:    {self.target}")] if self.target else [])
+        return Group(*header, self.table())
 
     def __str__(self) -> str:
         buffer = StringIO()
         console = Console(file=buffer, width=100, force_terminal=False, color_system=None)
-        console.print(self.table())
+        console.print(self)
         for line in self.details():
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         return buffer.getvalue()
