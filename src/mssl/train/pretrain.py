@@ -99,7 +99,6 @@ def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = No
     With ``resume=True`` the run in ``out`` continues exactly from ``checkpoints/last.ckpt``.
     """
     import lightning.pytorch as pl
-    import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.utilities import rank_zero_only
 
