@@ -20,11 +20,12 @@ def _batch(num_classes: int = 4, size: int = 8) -> tuple[torch.Tensor, torch.Ten
     return logits, labels
 
 
-def test_all_present_equals_monai_dice_ce() -> None:
+@pytest.mark.parametrize("include_background", [False, True])
+def test_all_present_equals_monai_dice_ce(include_background: bool) -> None:
     logits, labels = _batch()
     present = torch.ones(2, 4, dtype=torch.bool)
-    expected = DiceCELoss(to_onehot_y=True, softmax=True)(logits, labels)
-    assert torch.allclose(PartialDiceCELoss()(logits, labels, present), expected, atol=1e-5)
+    expected = DiceCELoss(include_background=include_background, to_onehot_y=True, softmax=True)(logits, labels)
+    assert torch.allclose(PartialDiceCELoss(include_background)(logits, labels, present), expected, atol=1e-5)
 
 
 def test_absent_class_equals_loss_without_that_class() -> None:
@@ -34,13 +35,16 @@ def test_absent_class_equals_loss_without_that_class() -> None:
     labels[0][labels[0] == 2] = 0  # nobody drew SpinalCord in case 0: its voxels read as 0
     present = torch.ones(2, 4, dtype=torch.bool)
     present[0, 2] = False
-    loss = PartialDiceCELoss()(logits[:1], labels[:1], present[:1])
+    loss = PartialDiceCELoss(include_background=True)(logits[:1], labels[:1], present[:1])
 
     merged = torch.cat([torch.logsumexp(logits[:1, [0, 2]], dim=1, keepdim=True), logits[:1, [1, 3]]], dim=1)
     relabelled = labels[:1].clone()
     relabelled[relabelled == 3] = 2
     reference = DiceCELoss(to_onehot_y=True, softmax=True)(merged, relabelled)
     assert torch.allclose(loss, reference, atol=1e-5)
+    without_background = PartialDiceCELoss()(logits[:1], labels[:1], present[:1])
+    reference = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)(merged, relabelled)
+    assert torch.allclose(without_background, reference, atol=1e-5)
 
 
 def test_absent_class_mass_can_move_freely_to_background() -> None:
@@ -48,7 +52,7 @@ def test_absent_class_mass_can_move_freely_to_background() -> None:
     labels[labels == 3] = 0
     present = torch.ones(2, 4, dtype=torch.bool)
     present[:, 3] = False
-    loss_fn = PartialDiceCELoss()
+    loss_fn = PartialDiceCELoss(include_background=True)
     swapped = logits.clone()
     swapped[:, [0, 3]] = logits[:, [3, 0]]  # background ↔ absent organ, everywhere
     assert torch.allclose(loss_fn(logits, labels, present), loss_fn(swapped, labels, present), atol=1e-5)

@@ -51,11 +51,14 @@ class PartialDiceCELoss(nn.Module):
     """Dice + cross-entropy that ignores each case's absent classes (the marginal loss).
 
     Call with logits (B, C, *S), integer labels (B, 1, *S) and present (B, C) bool. Dice is averaged over
-    the present channels only (background included, as MONAI's DiceCELoss does by default).
+    the present channels only; by default without background (as nnU-Net does), because with organs
+    of a few hundred voxels in a million the background term dominates and the foreground emerges
+    late. With every class present this equals ``DiceCELoss(include_background=...)`` of MONAI.
     """
 
-    def __init__(self, lambda_dice: float = 1.0, lambda_ce: float = 1.0, smooth: float = 1e-5) -> None:
+    def __init__(self, include_background: bool = False, lambda_dice: float = 1.0, lambda_ce: float = 1.0, smooth: float = 1e-5) -> None:
         super().__init__()
+        self.include_background = include_background
         self.lambda_dice = lambda_dice
         self.lambda_ce = lambda_ce
         # MONAI's DiceLoss on probabilities we compute, per (case, channel), so absent channels can be dropped
@@ -72,5 +75,7 @@ class PartialDiceCELoss(nn.Module):
         # NLL picks one channel per voxel; labels of absent classes cannot occur (they were never drawn)
         ce = F.nll_loss(log_probs.clamp_min(torch.finfo(log_probs.dtype).min), target)
         dice_per_channel = self.dice(log_probs.exp(), target.unsqueeze(1)).reshape(present.shape)  # (B, C)
-        dice = dice_per_channel[present].mean()
+        scored = present.clone()
+        scored[:, 0] = self.include_background
+        dice = dice_per_channel[scored].mean() if scored.any() else dice_per_channel.new_zeros(())
         return self.lambda_dice * dice + self.lambda_ce * ce

@@ -115,7 +115,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
             if val_cases and (step % config.val_every == 0 or step == config.steps):
                 with fabric.autocast():
                     val_dice = validation_dice(network, list(val_data), config.roi, config.sw_overlap, dataset.num_classes)
-                if val_dice > best_dice:
+                if val_dice >= best_dice:  # ties go to the later, longer-trained weights
                     best_dice, best_step = val_dice, step
                     if fabric.is_global_zero:
                         save_weights(network, out)
