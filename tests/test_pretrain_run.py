@@ -105,6 +105,24 @@ def test_existing_run_is_never_overwritten_without_resume(cache: Path, tmp_path:
         mssl.pretrain(method="gvsl", data=cache, out=tmp_path / "fresh", resume=True, **TINY)
 
 
+@pytest.mark.realdata
+def test_resume_with_more_steps_continues_logs_and_schedule(cache: Path, tmp_path: Path) -> None:
+    import mssl
+
+    run = mssl.pretrain(method="gvsl", data=cache, out=tmp_path / "run", steps=4, checkpoint_every=2, **TINY)
+    # a crash after the step-2 checkpoint: steps 2-3 were logged but their checkpoints are gone
+    for name in ("last.ckpt", "step-0000004.ckpt"):
+        (run / "checkpoints" / name).unlink()
+    mssl.pretrain(out=run, resume=True, steps=5)  # everything else comes from RUN/config.yaml
+
+    assert [int(r["step"]) for r in _metrics(run) if r.get("train/loss")] == [0, 1, 2, 3, 4]  # each step once
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 5
+    assert checkpoint["lr_schedulers"][0]["lr_lambdas"][0]["max_steps"] == 5  # the schedule follows the new length
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_steps"] == 5
+    assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == 2
+
+
 class NonFiniteAt(PretrainMethod):
     """Wraps a method; its loss is NaN on the listed forward calls (0-based)."""
 
