@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +16,7 @@ from mssl.config import BackboneConfig, OptimConfig
 from mssl.methods.base import CropRequest, MethodOutput, PretrainMethod
 from mssl.methods.combined import CombinedMethod
 from mssl.models.backbones import build_backbone
-from mssl.train.checkpoint import AtomicCheckpointIO, atomic_torch_save
+from mssl.train.checkpoint import AtomicCheckpointIO, atomic_torch_save, remove_partial_writes
 from mssl.train.datamodule import StepSampler
 from mssl.train.optimizer import build_optimizer
 from mssl.train.schedules import WarmupCosine, warmup_cosine
@@ -121,6 +125,31 @@ def test_crash_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path: P
     assert path.read_bytes() == before
     assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.arange(10.0))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
+
+
+WRITER = """
+import sys, torch
+from mssl.train.checkpoint import atomic_torch_save
+for i in range(10**6):
+    atomic_torch_save({"i": torch.tensor(i), "w": torch.full((4_000_000,), float(i))}, sys.argv[1])  # 16 MB
+    print(i, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_during_checkpoint_writes_leaves_a_whole_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    for _ in range(3):  # a few complete writes, then the kill lands while the next one is in flight
+        assert writer.stdout.readline(), "writer died"
+    time.sleep(0.01)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    checkpoint = torch.load(path, weights_only=True)
+    assert int(checkpoint["i"]) >= 2
+    assert torch.equal(checkpoint["w"], torch.full((4_000_000,), float(checkpoint["i"])))  # never a torn file
+    remove_partial_writes(tmp_path)
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
 
 def test_optimizer_exempts_norms_and_skips_frozen_parameters() -> None:

@@ -20,6 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 CHECKPOINT_DIR = "checkpoints"
 LAST_NAME = "last"
 PERIODIC_FORMAT = "step-{step:07d}"
+PARTIAL_SUFFIX = ".partial"  # hidden ``.{name}.XXXX.partial`` files hold a write in progress
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -48,11 +49,19 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     return last
 
 
+def remove_partial_writes(run_dir: Path) -> int:
+    """Delete temporary files of checkpoint writes a killed process never finished; returns how many."""
+    partial = list(checkpoint_dir(run_dir).glob(f".*{PARTIAL_SUFFIX}"))
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return len(partial)
+
+
 def atomic_torch_save(obj: Any, path: Path, save: Callable[[Any, Any], None] = torch.save) -> None:
     """``save(obj, file)`` to ``path`` through a same-folder temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
             save(obj, file)

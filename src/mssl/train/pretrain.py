@@ -103,7 +103,14 @@ def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = No
     from lightning.pytorch.utilities import rank_zero_only
 
     from mssl.train.callbacks import CropThroughput, FinalLastCheckpoint, StepProgressBar
-    from mssl.train.checkpoint import PERIODIC_FORMAT, AtomicCheckpointIO, checkpoint_dir, checkpoint_step, last_checkpoint
+    from mssl.train.checkpoint import (
+        PERIODIC_FORMAT,
+        AtomicCheckpointIO,
+        checkpoint_dir,
+        checkpoint_step,
+        last_checkpoint,
+        remove_partial_writes,
+    )
     from mssl.train.datamodule import CropDataModule, open_cache
     from mssl.train.loggers import LOG_DIR, METRICS_FILE, build_loggers, drop_rows_after
     from mssl.train.module import PretrainModule
@@ -119,6 +126,7 @@ def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = No
     if resume_from is not None:
         resumed_step = checkpoint_step(resume_from)
         if is_rank_zero:
+            remove_partial_writes(run_dir)
             _check_resume_matches(cfg, run_dir / CONFIG_FILE)
             drop_rows_after(run_dir / LOG_DIR / METRICS_FILE, resumed_step)
     if is_rank_zero:
