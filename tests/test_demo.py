@@ -37,6 +37,7 @@ def test_embedded_sample_is_small_real_and_attributed():
 
 
 def test_fast_demo_writes_report_exports_probes_and_figures(demo_run):
+    from mssl.data.cache import CacheIndex
     from mssl.export.inspect import inspect_weights
 
     out, report = demo_run
@@ -53,6 +54,8 @@ def test_fast_demo_writes_report_exports_probes_and_figures(demo_run):
         assert loaded.ok and not loaded.mismatched
         sidecar = json.loads(weights.with_suffix(".json").read_text())
         assert sidecar["data"]["cases"] == 2 and sidecar["spacing"] == [8.0, 8.0, 8.0]  # the train split only
+        assert sidecar["data_index_hash"] == CacheIndex.open(out / "cache").select(split="train").hash()
+        assert sidecar["preset"]["name"] == "ct" and sidecar["steps"] == 2
         assert (out / "probes" / method / "probe.json").is_file()
     figures = sorted(p.relative_to(out).as_posix() for p in (out / "figures").rglob("*.png"))
     assert figures == [

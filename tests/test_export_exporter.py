@@ -103,3 +103,19 @@ def test_export_errors_name_the_file_and_the_problem(tmp_path):
         export(run)
     with pytest.raises(ValueError, match="unknown export format"):
         export(run, format="onnx")
+
+
+def test_cli_export(tmp_path):
+    from typer.testing import CliRunner
+
+    from mssl.cli import app
+
+    run, _, _ = make_run(tmp_path, UNET, method="gvsl")
+    result = CliRunner().invoke(app, ["export", str(run), "--format", "torch", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "loads into mssl.models.backbones.UNetBackbone(in_channels=1, channels=[8, 16, 32])" in result.output
+    assert (tmp_path / "out" / "encoder.pt").is_file() and (tmp_path / "out" / "encoder.json").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(app, ["export", str(empty)])
+    assert result.exit_code == 2 and "no checkpoints/last.ckpt" in result.output

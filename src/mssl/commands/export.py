@@ -41,6 +41,6 @@ def command(
         raise typer.Exit(2) from None
     sidecar = read_sidecar(weights) or {}
     backbone = sidecar.get("backbone", {})
-    console.print(f"[bold]exported[/bold] {weights}  ({sidecar.get('parameters', 0):,} parameters, step {sidecar.get('steps')})")
-    console.print(f"sidecar  {sidecar_path(weights)}")
-    console.print(f"loads into {backbone.get('class')}({', '.join(f'{k}={v}' for k, v in backbone.get('args', {}).items())})")
+    console.print(f"[bold]exported[/bold] {weights}  ({sidecar.get('parameters', 0):,} parameters, step {sidecar.get('steps')})", soft_wrap=True)
+    console.print(f"sidecar  {sidecar_path(weights)}", soft_wrap=True)
+    console.print(f"loads into {backbone.get('class')}({', '.join(f'{k}={v}' for k, v in backbone.get('args', {}).items())})", soft_wrap=True, markup=False)

@@ -96,17 +96,18 @@ def data_provenance(data: DataConfig) -> dict[str, Any]:
 
 def build_sidecar(config: PretrainConfig, checkpoint: dict[str, Any], run: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     data = data_provenance(config.data)
+    preset, spacing, index_hash = data.pop("preset"), data.pop("spacing"), data.pop("index_hash", None)
     return {
         "format": SIDECAR_FORMAT,
         "method": config.method,
         "backbone": backbone_spec(config.backbone),
         "in_channels": config.backbone.in_channels,
-        "spacing": data["spacing"],
-        "preset": data["preset"],
+        "spacing": spacing,
+        "preset": preset,
         "roi": crop_sizes(config),
         "steps": int(checkpoint.get("global_step", 0)),
-        "data_index_hash": data.get("index_hash"),
-        "data": data,
+        "data_index_hash": index_hash,
+        "data": data,  # cache folder, whether it was found, number of cases
         "tensors": len(tensors),
         "parameters": int(sum(t.numel() for t in tensors.values())),
         "source": {"run": str(run.resolve()), "checkpoint": str((run / LAST_CHECKPOINT).resolve())},
