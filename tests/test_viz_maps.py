@@ -83,3 +83,15 @@ def test_curves_from_metrics_csv(tmp_path):
     assert_png(plot_curves(tmp_path, tmp_path / "curves.png"))
     with pytest.raises(FileNotFoundError, match="no training log"):
         read_metrics(tmp_path / "absent")
+
+
+def test_volumes_are_fitted_to_the_encoder_grid_around_the_body():
+    from mssl.viz.visualize import fit_to_grid, stride_size
+
+    assert stride_size((67, 110, 80), 32) == (96, 128, 96)
+    assert stride_size((300, 40, 33), 16, max_side=192) == (192, 48, 48)
+    image = torch.arange(10.0).view(1, 10, 1, 1).expand(1, 10, 4, 2) + 1
+    fitted = fit_to_grid(image, (4, 8, 2), centre=(8, 2, 1))
+    assert fitted.shape == (1, 4, 8, 2)
+    assert fitted[0, :, 2, 0].tolist() == [7.0, 8.0, 9.0, 10.0]  # cut around the centre, kept inside the volume
+    assert fitted[0, 0, :2, 0].tolist() == [1.0, 1.0] and fitted[0, 0, 2, 0] == 7.0  # padded with the minimum
