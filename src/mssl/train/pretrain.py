@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
-from mssl.config import ConfigError, PretrainConfig, build_config, load_yaml, merge_overrides
+from mssl.config import ConfigError, PretrainConfig, TrainerConfig, build_config, load_yaml, merge_overrides
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = No
             accelerator=cfg.trainer.accelerator,
             devices=cfg.trainer.devices,
             num_nodes=cfg.trainer.num_nodes,
-            strategy=_strategy(cfg.trainer.strategy),
+            strategy=lightning_strategy(cfg.trainer),
             precision=cfg.trainer.precision,
             gradient_clip_val=cfg.trainer.grad_clip,
             accumulate_grad_batches=cfg.trainer.accumulate,
@@ -225,9 +225,13 @@ def _quiet_lightning() -> Iterator[None]:
         rank_zero_log.removeFilter(advert)
 
 
-def _strategy(name: str) -> str:
-    # Both objectives leave part of the backbone unused in a step (S²DC skips the decoder), which plain
-    # DDP rejects; finding unused parameters costs one graph walk per step.
+def lightning_strategy(trainer: TrainerConfig) -> str:
+    """Lightning's strategy name. S²DC leaves the decoder unused in a step, which plain DDP rejects:
+    every DDP variant here finds unused parameters (one graph walk per step)."""
+    name = trainer.strategy
+    several = (isinstance(trainer.devices, int) and trainer.devices > 1) or trainer.num_nodes > 1
+    if name == "auto" and several:
+        name = "ddp"  # what Lightning would pick for several devices, with unused parameters allowed
     return {"ddp": "ddp_find_unused_parameters_true", "ddp_spawn": "ddp_spawn_find_unused_parameters_true"}.get(name, name)
 
 
