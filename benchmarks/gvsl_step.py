@@ -1,0 +1,187 @@
+"""GVSL step cost against the bare backbone, full-width U-Net (32..512), batch of 2 pairs, CPU.
+
+For each crop size it measures, each in a fresh subprocess (honest peak RSS) started with the glibc
+allocator settings of DESIGN §10:
+  - backbone: forward + backward + Adam step of the U-Net alone on the stacked batch [damaged A; B] (4 volumes);
+  - gvsl: the full GVSLMethod step (damage, spatial augmentation, one backbone pass, Z-matching, warp,
+    NCC + restoration + smoothness, backward, Adam step);
+  - damage: appearance damage of A per sample (no gradient).
+Results go to benchmarks/results/gvsl_step.md.
+
+    python benchmarks/gvsl_step.py [--sizes 64 96] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "OMP_WAIT_POLICY": "PASSIVE"}
+PAIRS = 2
+RESULTS = Path(__file__).resolve().parent / "results" / "gvsl_step.md"
+DAMAGE_REPEATS = 10
+MEMORY_SHARE = 0.8  # run a size only if its estimated peak RSS fits in this share of the available memory
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
+
+
+def _worker(mode: str, size: int, steps: int) -> dict:
+    """Run one configuration in this process and return its figures."""
+    import torch
+
+    from mssl.config import BackboneConfig, GVSLConfig
+    from mssl.methods.gvsl import GVSLMethod
+    from mssl.models.backbones import build_backbone
+    from mssl.views.appearance import damage_appearance
+
+    torch.manual_seed(0)
+    pair = torch.rand(PAIRS, 2, 1, size, size, size)
+    if mode == "damage":
+        fixed = pair[:, 0]
+        damage_appearance(fixed)
+        times, cpu_times = [], []
+        for _ in range(DAMAGE_REPEATS):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            damage_appearance(fixed)
+            times.append((time.perf_counter() - start) / PAIRS)
+            cpu_times.append((time.process_time() - cpu_start) / PAIRS)
+        return {"median_s": statistics.median(times), "median_cpu_s": statistics.median(cpu_times), "peak_rss_gb": _peak_rss_gb()}
+
+    backbone = build_backbone(BackboneConfig(name="unet"))
+    if mode == "gvsl":
+        model = GVSLMethod(backbone, GVSLConfig(roi=(size,) * 3))
+
+        def loss_fn() -> torch.Tensor:
+            return model({"pair": pair}).loss
+    else:
+        model = backbone
+        stacked = pair.transpose(0, 1).reshape(2 * PAIRS, 1, size, size, size)  # [A...; B...]
+
+        def loss_fn() -> torch.Tensor:
+            features = model(stacked)
+            return features.local.mean() + features.bottleneck.mean()
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    baseline = _peak_rss_gb()
+    times, cpu_times = [], []
+    for step in range(steps + 1):  # the first step warms up allocator and kernels
+        start, cpu_start = time.perf_counter(), time.process_time()
+        loss = loss_fn()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step:
+            times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
+    return {
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "median_cpu_s": statistics.median(cpu_times),
+        "peak_rss_gb": _peak_rss_gb(),
+        "rss_before_steps_gb": baseline,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def _run(mode: str, size: int, steps: int) -> dict:
+    env = {**os.environ, **ALLOCATOR_ENV}
+    command = [sys.executable, __file__, "--worker", mode, "--sizes", str(size), "--steps", str(steps)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{mode:8s} {size}³: {result}", flush=True)
+    return result
+
+
+def _available_gb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024**2
+    return float("inf")
+
+
+def _report(figures: dict, sizes: list[int], steps: int, command: str) -> str:
+    lines = [
+        "# GVSL step vs backbone-only step (CPU)",
+        "",
+        f"Command: `{command}` (each configuration in a fresh subprocess with "
+        + " ".join(f"{k}={v}" for k, v in ALLOCATOR_ENV.items())
+        + ").",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
+        f"{figures['torch']}, float32. Other engineers' jobs shared the 2 cores (and memory) while this ran, "
+        "so absolute wall times are noisy.",
+        f"Full-width U-Net (32-64-128-256-512), batch of {PAIRS} pairs: the backbone sees {2 * PAIRS} volumes per "
+        f"step. Median of {steps} steps after one warm-up step; a step = forward + backward + Adam step.",
+        "",
+        "| crop | backbone-only step: wall / CPU (s) | GVSL step: wall / CPU (s) | ratio wall / CPU (target ≤ 1.25) | "
+        "backbone peak RSS (GB) | GVSL peak RSS (GB) | appearance damage per sample: wall / CPU (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for size in sizes:
+        bb, gv, dm = figures[size]["backbone"], figures[size]["gvsl"], figures[size]["damage"]
+        lines.append(
+            f"| {size}³ | {bb['median_s']:.2f} / {bb['median_cpu_s']:.2f} | {gv['median_s']:.2f} / {gv['median_cpu_s']:.2f} | "
+            f"{gv['median_s'] / bb['median_s']:.2f} / {gv['median_cpu_s'] / bb['median_cpu_s']:.2f} | "
+            f"{bb['peak_rss_gb']:.2f} | {gv['peak_rss_gb']:.2f} | {dm['median_s']:.3f} / {dm['median_cpu_s']:.3f} |"
+        )
+    lines += [
+        "",
+        "Individual step times (s): "
+        + "; ".join(
+            f"{size}³ backbone {[round(t, 2) for t in figures[size]['backbone']['times_s']]}, "
+            f"GVSL {[round(t, 2) for t in figures[size]['gvsl']['times_s']]}"
+            for size in sizes
+        ),
+        f"Parameters: backbone {figures[sizes[0]]['backbone']['parameters']:,}, "
+        f"GVSL method {figures[sizes[0]]['gvsl']['parameters']:,}.",
+        "CPU time = process CPU seconds (all threads) per step: less sensitive than wall time to other jobs "
+        "competing for the cores, so its ratio is the steadier comparison.",
+    ]
+    if figures["skipped"]:
+        lines.append("Not measured, to keep the shared machine out of swap: " + "; ".join(figures["skipped"]) + ".")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96], help="cubic crop sides to measure")
+    parser.add_argument("--steps", type=int, default=3, help="measured steps per configuration")
+    parser.add_argument("--worker", choices=["backbone", "gvsl", "damage"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(_worker(args.worker, args.sizes[0], args.steps)))
+        return
+    import torch
+
+    figures: dict = {"torch": torch.__version__}
+    measured, skipped = [], []
+    for size in sorted(args.sizes):
+        if measured:  # activations scale with the voxel count: do not push a shared machine into swap/OOM
+            smaller = measured[-1]
+            estimate = figures[smaller]["gvsl"]["peak_rss_gb"] * (size / smaller) ** 3
+            available = _available_gb()
+            if estimate > MEMORY_SHARE * available:
+                skipped.append(f"{size}³ (estimated peak {estimate:.1f} GB, {available:.1f} GB available)")
+                print(f"skip {size}³: {skipped[-1]}", flush=True)
+                continue
+        figures[size] = {mode: _run(mode, size, args.steps) for mode in ("backbone", "gvsl", "damage")}
+        measured.append(size)
+    figures["skipped"] = skipped
+    command = "python benchmarks/gvsl_step.py " + " ".join(sys.argv[1:])
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(_report(figures, measured, args.steps, command.strip()))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
