@@ -176,7 +176,8 @@ class TrainerConfig(StrictModel):
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | Literal["auto"] = Field(1, description="devices per node (int ≥ 1 or 'auto')")
     num_nodes: int = Field(1, ge=1)
-    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    # no ddp_spawn: its workers' state (final losses, skipped steps) never returns to the launching process
+    strategy: Literal["auto", "ddp"] = Field("auto", description="ddp: one process per device (torchrun/SLURM for several nodes)")
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value (off when unset)")
     accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step")

@@ -23,7 +23,6 @@ class BackboneName(str, Enum):
 class Strategy(str, Enum):
     auto = "auto"
     ddp = "ddp"
-    ddp_spawn = "ddp_spawn"
 
 
 class Precision(str, Enum):

@@ -232,7 +232,7 @@ def lightning_strategy(trainer: TrainerConfig) -> str:
     several = (isinstance(trainer.devices, int) and trainer.devices > 1) or trainer.num_nodes > 1
     if name == "auto" and several:
         name = "ddp"  # what Lightning would pick for several devices, with unused parameters allowed
-    return {"ddp": "ddp_find_unused_parameters_true", "ddp_spawn": "ddp_spawn_find_unused_parameters_true"}.get(name, name)
+    return "ddp_find_unused_parameters_true" if name == "ddp" else name
 
 
 def _checkpoint_to_resume(cfg: PretrainConfig, run_dir: Path) -> Path | None:
