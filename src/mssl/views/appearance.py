@@ -58,10 +58,10 @@ def local_pixel_shuffle(images: torch.Tensor, generator: torch.Generator | None 
     # Later blocks win where blocks overlap: keep, per voxel, only the write of the highest block number.
     index, source = index.flatten(1), source.flatten(1)  # (B, N·V)
     order = torch.arange(index.shape[1], device=images.device).expand_as(index)
-    winner = torch.full((batch, shape[0] * shape[1] * shape[2]), -1, device=images.device, dtype=torch.long)
+    volume = shape[0] * shape[1] * shape[2]
+    winner = torch.full((batch, volume), -1, device=images.device, dtype=torch.long)
     winner.scatter_reduce_(1, index, order, reduce="amax")
     keep = winner.gather(1, index) == order
-    volume = shape[0] * shape[1] * shape[2]
     shift = torch.arange(batch, device=images.device).view(batch, 1) * volume  # into the (B·V_total,) layout
     target, source = (index + shift)[keep], (source + shift)[keep]
     flat = images.transpose(0, 1).reshape(channels, batch * volume)  # (C, B·V_total)
