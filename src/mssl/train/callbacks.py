@@ -26,7 +26,7 @@ class CropThroughput(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._crops += self.crops_per_micro_batch * trainer.world_size
-        if pl_module._micro_batch:  # still accumulating: the step is not over
+        if pl_module.micro_batch:  # still accumulating: the step is not over
             return
         now = time.perf_counter()
         if self._last_time is not None:

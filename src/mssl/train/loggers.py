@@ -44,7 +44,8 @@ def build_loggers(run_dir: Path) -> list:
 
 
 def drop_rows_after(metrics_csv: Path, step: int) -> None:
-    """Remove rows logged after ``step`` (by a run that crashed after its last checkpoint) before resuming."""
+    """Keep only the rows of steps before ``step``: a run that crashed after its last checkpoint (at
+    ``step``) logged steps that the resumed run will log again."""
     if not metrics_csv.is_file():
         return
     with metrics_csv.open(newline="") as file:

@@ -44,6 +44,11 @@ class PretrainModule(pl.LightningModule):
         self._micro_batch = 0
         self._step_applied = False
 
+    @property
+    def micro_batch(self) -> int:
+        """Micro-batches already run in the current optimiser step (0 right after a step)."""
+        return self._micro_batch
+
     # ---------------------------------------------------------------------------------------- step
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # Randomness is a function of (seed, step, micro-batch, rank): a resumed run draws the same views.
