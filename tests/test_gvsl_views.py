@@ -32,6 +32,14 @@ def test_damage_changes_the_image_without_touching_the_input_and_stays_in_range(
         assert not torch.equal(damaged[b], images[b])
 
 
+def test_z_scored_images_are_damaged_within_their_own_range():
+    images = torch.randn(2, 1, 24, 24, 24, generator=_gen(9))
+    damaged = damage_appearance(images, generator=_gen(0))
+    assert torch.isfinite(damaged).all() and not torch.equal(damaged, images)
+    assert damaged.min() >= images.min() - 1e-5 and damaged.max() <= images.max() + 1e-5
+    assert (damaged < 0).float().mean() > 0.1  # negative intensities survive (no clamp to [0, 1])
+
+
 def test_zero_probabilities_leave_the_image_untouched():
     images = _images()
     assert torch.equal(damage_appearance(images, 0.0, 0.0, 0.0, generator=_gen(0)), images)

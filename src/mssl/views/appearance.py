@@ -8,7 +8,8 @@ Three stages, in this order, each drawn independently per sample:
 3. in-painting (``inpaint_prob``, always on officially): 1 to ``INPAINT_MAX_BOXES`` boxes (another one
    with probability ``INPAINT_CONTINUE``), sides in [S/10, S/5), filled with U[0, 1) noise.
 
-Inputs are expected in [0, 1] (the intensity presets' range); outputs stay in [0, 1].
+Inputs in [0, 1] (the CT preset) are damaged as they are and stay in [0, 1]; other ranges are mapped
+to [0, 1] and back (see ``damage_appearance``).
 """
 
 from __future__ import annotations
@@ -133,7 +134,15 @@ def damage_appearance(
     inpaint_prob: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Appearance-damaged copy of ``images`` (B, C, X, Y, Z); deterministic for a seeded ``generator``."""
-    images = _gate(local_pixel_shuffle, images, shuffle_prob, generator)
-    images = _gate(bezier_intensity, images, bezier_prob, generator)
-    return _gate(inpaint, images, inpaint_prob, generator)
+    """Appearance-damaged copy of ``images`` (B, C, X, Y, Z); deterministic for a seeded ``generator``.
+
+    The stages work on [0, 1]; a sample with values outside it (e.g. z-scored MRI) is mapped linearly from
+    [min(its min, 0), max(its max, 1)] to [0, 1] and back, so the output stays within that range.
+    """
+    low = images.amin(dim=(1, 2, 3, 4), keepdim=True).clamp(max=0)
+    span = images.amax(dim=(1, 2, 3, 4), keepdim=True).clamp(min=1) - low
+    damaged = (images - low) / span
+    damaged = _gate(local_pixel_shuffle, damaged, shuffle_prob, generator)
+    damaged = _gate(bezier_intensity, damaged, bezier_prob, generator)
+    damaged = _gate(inpaint, damaged, inpaint_prob, generator)
+    return damaged * span + low
