@@ -114,3 +114,6 @@ def test_bad_inputs_are_clear_errors():
     method = _method()
     with pytest.raises(ValueError, match=r"batch\['field'\] must be"):
         method({"field": torch.rand(1, 1, 32, 32, 16)})
+    single_crop = _method(field_size=(16, 16, 16))
+    with pytest.raises(ValueError, match="at least 2 grid crops"):
+        single_crop(_field(single_crop, batch=1))

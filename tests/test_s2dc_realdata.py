@@ -50,7 +50,9 @@ def test_short_training_improves_token_matching_on_held_out_volumes(openkbp_dir)
     held_out = [_random_field(volume, torch.Generator().manual_seed(5)) for volume in held_out]
     method = S2DCMethod(
         build_backbone(BackboneConfig(name="swin", feature_size=12, window_size=4)),
-        S2DCConfig(field_size=FIELD, roi=32, token_stage=-2, head_hidden=128, head_out=64, queue_size=8, ema_start=0.99, ema_end=0.99),
+        S2DCConfig(
+            field_size=FIELD, roi=32, token_stage=-2, head_hidden=128, head_out=64, queue_size=8, ema_start=0.99, ema_end=0.99
+        ),
     )
     before = _student_matching_accuracy(method, held_out)
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)

@@ -65,7 +65,9 @@ def p2s_loss(cosine: torch.Tensor, correspondence: torch.Tensor) -> torch.Tensor
     similarity = ((1 + cosine.float()) / 2).clamp(PROBABILITY_EPS, 1 - PROBABILITY_EPS)
     row_weights, col_weights = neighbourhood_weights(similarity, correspondence)
     positive_nll = -similarity.log() * correspondence  # (B, M, N), non-zero on positives only
-    positive = 0.5 * ((positive_nll * row_weights.unsqueeze(2)).sum((1, 2)) + (positive_nll * col_weights.unsqueeze(1)).sum((1, 2)))
+    by_student = (positive_nll * row_weights.unsqueeze(2)).sum((1, 2))
+    by_teacher = (positive_nll * col_weights.unsqueeze(1)).sum((1, 2))
+    positive = 0.5 * (by_student + by_teacher)
     negative = _masked_mean(-torch.log1p(-similarity), 1 - correspondence)
     return (positive + negative).mean()
 

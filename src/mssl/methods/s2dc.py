@@ -74,6 +74,11 @@ class S2DCMethod(PretrainMethod):
         config, stage = self.config, self.config.token_stage
         crops = crop_grid_shape(field.shape[2:], config.roi)
         num_crops = field.shape[0] * math.prod(crops)
+        if num_crops < 2:
+            raise ValueError(
+                f"S²DC needs at least 2 grid crops per batch (global head BatchNorm, contrast); "
+                f"field {tuple(field.shape[2:])} with roi {config.roi} and batch {field.shape[0]} gives 1"
+            )
         views = make_s2dc_views(field, config, self.token_stride)
 
         features = self.backbone(views.student, decode=False)

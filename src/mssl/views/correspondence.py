@@ -30,8 +30,8 @@ def token_grid_shape(field_size: tuple[int, int, int], token_stride: int) -> tup
 def cell_samples(grid: tuple[int, int, int], token_stride: int, device: torch.device) -> torch.Tensor:
     """(N, S, 3) float64 voxel coordinates of S regularly spread points inside each token cell, row-major over the grid."""
     cells = voxel_grid(grid, device, torch.float64).reshape(-1, 1, 3) * token_stride - 0.5
-    offsets = (voxel_grid((SAMPLES_PER_AXIS,) * 3, device, torch.float64).reshape(1, -1, 3) + 0.5) * (token_stride / SAMPLES_PER_AXIS)
-    return cells + offsets
+    offsets = voxel_grid((SAMPLES_PER_AXIS,) * 3, device, torch.float64).reshape(1, -1, 3) + 0.5
+    return cells + offsets * (token_stride / SAMPLES_PER_AXIS)
 
 
 def _cell_index(points: torch.Tensor, grid: tuple[int, int, int], token_stride: int) -> torch.Tensor:
