@@ -15,7 +15,8 @@ SUMMARY_FILE = "summary.json"
 
 @dataclass
 class RunSummary:
-    """What a finished run reports; ``weights`` is relative to the run folder."""
+    """What a finished run reports. ``final_losses``/``final_metrics``: the last finite step as rank 0
+    saw it; ``weights``: the full training checkpoint, relative to the run folder."""
 
     method: str
     backbone: str
