@@ -84,10 +84,11 @@ class S2DCMethod(PretrainMethod):
         features = self.backbone(views.student, decode=False)
         student_tokens = self.token_head(tokens_to_field(features.pyramid[stage], crops))  # (B, N, D)
         student_global = self.global_head(features.bottleneck.mean((2, 3, 4)))  # (B·K, D)
-        with torch.no_grad():  # one teacher pass over both teacher views
-            teacher_features = self.teacher.backbone(torch.cat([views.teacher_tokens, views.teacher_global]), decode=False)
-            teacher_tokens = self.teacher.token_head(tokens_to_field(teacher_features.pyramid[stage][:num_crops], crops))
-            teacher_global = self.teacher.global_head(teacher_features.bottleneck[num_crops:].mean((2, 3, 4)))
+        with torch.no_grad():  # teacher: one pass per view (peak memory of a student-sized batch), only what is used
+            token_maps = self.teacher.backbone(views.teacher_tokens, decode=False).pyramid[stage]
+            teacher_tokens = self.teacher.token_head(tokens_to_field(token_maps, crops))
+            global_maps = self.teacher.backbone(views.teacher_global, decode=False).bottleneck
+            teacher_global = self.teacher.global_head(global_maps.mean((2, 3, 4)))
 
         cosine = student_tokens.float() @ teacher_tokens.float().transpose(1, 2)  # (B, N_s, N_t)
         correspondence = correspondence_matrix(views.match, cosine.shape[2])
