@@ -9,7 +9,7 @@ import torch
 from monai.losses import DiceCELoss
 
 from mssl.downstream.metrics import segmentation_metrics
-from mssl.downstream.partial_labels import PartialDiceCELoss, marginal_log_probs, present_mask
+from mssl.downstream.partial_labels import PartialDiceCELoss, contoured_classes, marginal_log_probs, present_mask, restrict_to
 
 CLASSES = ["background", "Brainstem", "SpinalCord", "Mandible"]
 
@@ -85,3 +85,14 @@ def test_present_mask_names_unknown_labels() -> None:
     assert present_mask(["Mandible"], CLASSES).tolist() == [True, False, False, True]
     with pytest.raises(ValueError, match="Parotid"):
         present_mask(["Parotid"], CLASSES)
+
+
+def test_prediction_never_returns_a_class_no_training_case_contoured() -> None:
+    logits, _ = _batch()
+    logits[:, 2] += 10.0  # the uncontoured class would win everywhere
+    allowed = contoured_classes([present_mask(["Brainstem"], CLASSES), present_mask(["Mandible"], CLASSES)])
+    assert allowed.tolist() == [True, True, False, True]
+    restricted = restrict_to(logits, allowed)
+    assert not (restricted.argmax(1) == 2).any()
+    assert torch.allclose(restricted[:, 0], torch.logsumexp(logits[:, [0, 2]], dim=1))
+    assert torch.equal(restricted[:, [1, 3]], logits[:, [1, 3]])

@@ -27,6 +27,7 @@ from mssl.data.sources import Case
 from mssl.downstream.datasets import case_dict, load_dataset, preprocessing
 from mssl.downstream.inference import predict_logits
 from mssl.downstream.metrics import format_mean_std, mean_std, segmentation_metrics
+from mssl.downstream.partial_labels import restrict_to
 from mssl.downstream.run_files import load_finetuned, write_json
 
 HD95_NOTE = "HD95 in mm; a contoured organ the prediction misses entirely counts as the volume diagonal."
@@ -52,14 +53,16 @@ def _class_selection(class_names: list[str], classes: list[str] | None) -> list[
 
 
 def predict_case(network: torch.nn.Module, case: Case, description: dict[str, Any], class_names: list[str], overlap: float) -> tuple[np.ndarray, dict[str, Any]]:
-    """Label map on the input's own grid and the preprocessed item (for its present mask)."""
+    """Label map on the input's own grid (only classes the training contoured) and the preprocessed item."""
+    allowed = torch.tensor(description["trained_classes"])
     preprocess = preprocessing(PresetConfig(**description["preset"]), with_label=True)
     item = preprocess(case_dict(case, class_names, with_label=True))
     device = next(network.parameters()).device
     logits = predict_logits(network, item["image"].unsqueeze(0).to(device), description["roi"], overlap)[0].cpu()
     logits = MetaTensor(logits, meta=item["image"].meta, applied_operations=item["image"].applied_operations)
     inverted = Invertd(keys="pred", transform=preprocess, orig_keys="image", nearest_interp=False)({"image": item["image"], "pred": logits})
-    return torch.as_tensor(inverted["pred"]).argmax(0).numpy().astype(np.uint8), item
+    logits = restrict_to(torch.as_tensor(inverted["pred"]).unsqueeze(0), allowed)[0]
+    return logits.argmax(0).numpy().astype(np.uint8), item
 
 
 def evaluate_segmentation(network: torch.nn.Module, description: dict[str, Any], cases: list[Case], config: EvaluateConfig, out: Path, console: Console) -> EvaluationResult:

@@ -29,6 +29,31 @@ def present_mask(present_labels: Sequence[str] | None, class_names: Sequence[str
     return mask
 
 
+def contoured_classes(presents: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(C,) bool: classes contoured in at least one of the cases (background always).
+
+    Under the marginal loss a class no training case contours is never told apart from background, so
+    its channel may soak up background; predictions must be restricted to the contoured classes.
+    """
+    return torch.stack([p.bool() for p in presents]).any(0)
+
+
+def restrict_to(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Logits (B, C, *S) for prediction among the ``allowed`` (C,) classes only.
+
+    The channels of the other classes are merged into background (log-sum-exp), as the marginal loss
+    trained them, and set to -inf, so an argmax never returns a class no training case contoured.
+    """
+    allowed = allowed.to(logits.device).bool().clone()
+    allowed[0] = True
+    view = (1, -1, *([1] * (logits.ndim - 2)))
+    into_background = ~allowed
+    into_background[0] = True
+    background = torch.logsumexp(logits.masked_fill(~into_background.view(view), float("-inf")), dim=1, keepdim=True)
+    restricted = logits.masked_fill(~allowed.view(view), float("-inf"))
+    return torch.cat([background, restricted[:, 1:]], dim=1)
+
+
 def marginal_log_probs(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """Log-probabilities with every absent class's mass merged into background.
 

@@ -209,7 +209,8 @@ def probe_encoder(name: str, encoder: Backbone, train_items: list[dict[str, Any]
         patches_x.append(x)
         patches_y.append(y)
     seen = sampled_counts > 0
-    log_prior_ratio = torch.zeros(num_classes)
+    # classes no training case contours are never predicted (-inf), as in fine-tuning
+    log_prior_ratio = torch.full((num_classes,), float("-inf"))
     log_prior_ratio[seen] = (voxel_counts[seen] / voxel_counts.sum()).log() - (sampled_counts[seen] / sampled_counts.sum()).log()
     voxel_probe = VoxelProbe(channels, num_classes)
     torch.manual_seed(config.seed)

@@ -28,7 +28,7 @@ from mssl.downstream.datasets import (
 from mssl.downstream.inference import predict_logits
 from mssl.downstream.metrics import segmentation_metrics
 from mssl.downstream.networks import build_segmentation_network, freeze_encoder, network_stride
-from mssl.downstream.partial_labels import PartialDiceCELoss
+from mssl.downstream.partial_labels import PartialDiceCELoss, contoured_classes, restrict_to
 from mssl.downstream.pretrained import load_encoder
 from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, save_weights, write_json
 from mssl.downstream.setup import make_fabric, resolve_setup
@@ -41,13 +41,15 @@ def _forever(loader: DataLoader) -> Iterator[dict[str, Any]]:
         yield from loader
 
 
-def validation_dice(network: torch.nn.Module, cases: list[dict[str, Any]], roi: tuple[int, ...], overlap: float, num_classes: int) -> float:
+def validation_dice(
+    network: torch.nn.Module, cases: list[dict[str, Any]], roi: tuple[int, ...], overlap: float, num_classes: int, allowed: torch.Tensor
+) -> float:
     """Mean over cases of the mean Dice over their contoured foreground classes (sliding window)."""
     device = next(network.parameters()).device
     scores = []
     for item in cases:
         logits = predict_logits(network, item["image"].unsqueeze(0).to(device), roi, overlap)
-        prediction = logits.argmax(1)[0].cpu()
+        prediction = restrict_to(logits, allowed).argmax(1)[0].cpu()
         dice = segmentation_metrics(prediction, item["label"][0], num_classes, (1.0, 1.0, 1.0), item["present"], with_hd95=False).dice
         if np.isfinite(dice).any():
             scores.append(float(np.nanmean(dice)))
@@ -95,6 +97,10 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         DataLoader(train_data, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers, collate_fn=list_data_collate)
     )
     val_data = CacheDataset([case_dict(c, dataset.class_names, with_label=True) for c in val_cases], transform=preprocess, progress=False)
+    trained_classes = contoured_classes([case_dict(c, dataset.class_names, with_label=True)["present"] for c in train_cases])
+    if not trained_classes.all():
+        skipped = [n for n, t in zip(dataset.class_names, trained_classes.tolist()) if not t]
+        console.print(f"[yellow]no labelled case contours {skipped}: the network will not predict them[/]")
 
     loss_fn = PartialDiceCELoss()
     best_dice, best_step = -1.0, 0
@@ -114,7 +120,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
             val_dice = float("nan")
             if val_cases and (step % config.val_every == 0 or step == config.steps):
                 with fabric.autocast():
-                    val_dice = validation_dice(network, list(val_data), config.roi, config.sw_overlap, dataset.num_classes)
+                    val_dice = validation_dice(network, list(val_data), config.roi, config.sw_overlap, dataset.num_classes, trained_classes)
                 if val_dice >= best_dice:  # ties go to the later, longer-trained weights
                     best_dice, best_step = val_dice, step
                     if fabric.is_global_zero:
@@ -137,6 +143,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         "weights": str(config.weights) if config.weights else None,
         "method": setup.pretrained.method if setup.pretrained else "scratch",
         "labelled_cases": [c.case_id for c in train_cases],
+        "trained_classes": trained_classes.tolist(),
         "validation_cases": [c.case_id for c in val_cases],
         "config": config.model_dump(mode="json"),
     }
