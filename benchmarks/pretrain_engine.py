@@ -4,7 +4,7 @@ For each method, on real OpenKBP crops from a temporary cache, it times
   - bare: the method's step alone (forward, backward, AdamW/Adam step) on batches already in memory;
   - engine: ``mssl.pretrain`` with the same config (1 DataLoader worker, scalars logged every step,
     one checkpoint at the end), per step from the logged ``train/crops_per_s``;
-and reports the median seconds per step and the overhead, plus the run's start-up time (wall time
+and reports the fastest and median seconds per step and the overhead, plus the run's start-up time (wall time
 minus the steps). Test-sized models (DESIGN §10) so it finishes in minutes on 2 CPU cores.
 
     env MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 OMP_WAIT_POLICY=PASSIVE \\
@@ -53,8 +53,8 @@ RUNS: dict[str, dict[str, Any]] = {
 }
 
 
-def bare_seconds_per_step(options: dict[str, Any], cache: Path, steps: int) -> tuple[float, int]:
-    """Median step time of the method alone (batches prepared beforehand) and the crops per step."""
+def bare_step_times(options: dict[str, Any], cache: Path, steps: int) -> tuple[list[float], int]:
+    """Timed step durations of the method alone (batches prepared beforehand) and the crops per step."""
     config = resolve_config(data=cache, out="unused", steps=steps, **options)
     seed_init(config.seed)
     method = build_method(config)
@@ -71,11 +71,11 @@ def bare_seconds_per_step(options: dict[str, Any], cache: Path, steps: int) -> t
         method.after_optimizer_step(step + 1, steps)
         times.append(time.perf_counter() - start)
     crops_per_step = sum(request.volumes for request in method.crop_requests().values())
-    return statistics.median(times[WARMUP_STEPS:]), crops_per_step
+    return times[WARMUP_STEPS:], crops_per_step
 
 
-def engine_seconds_per_step(options: dict[str, Any], cache: Path, steps: int, crops_per_step: int, out: Path) -> tuple[float, float]:
-    """Median step time inside ``mssl.pretrain`` and the run's start-up + teardown time."""
+def engine_step_times(options: dict[str, Any], cache: Path, steps: int, crops_per_step: int, out: Path) -> tuple[list[float], float]:
+    """Timed step durations inside ``mssl.pretrain`` and the run's start-up + teardown time."""
     start = time.perf_counter()
     run = mssl.pretrain(data=cache, out=out, steps=steps, workers=1, log_every=1, checkpoint_every=steps,
                         progress_bar=False, **options)
@@ -83,7 +83,7 @@ def engine_seconds_per_step(options: dict[str, Any], cache: Path, steps: int, cr
     with (run / "logs" / "metrics.csv").open(newline="") as file:
         rates = {int(r["step"]): float(r["train/crops_per_s"]) for r in csv.DictReader(file) if r.get("train/crops_per_s")}
     per_step = [crops_per_step / rates[s] for s in sorted(rates) if s >= WARMUP_STEPS]
-    return statistics.median(per_step), wall - statistics.median(per_step) * steps
+    return per_step, wall - sum(per_step) - statistics.median(per_step) * WARMUP_STEPS
 
 
 def main() -> None:
@@ -95,31 +95,35 @@ def main() -> None:
         cache = Path(folder) / "cache"
         prepare(str(SHARED_DATA / "openkbp" / "imagesTr" / CASES), cache, PresetConfig(name="ct", spacing=SPACING))
         for name, options in RUNS.items():
-            bare, crops_per_step = bare_seconds_per_step(options, cache, args.steps)
-            engine, startup = engine_seconds_per_step(options, cache, args.steps, crops_per_step, Path(folder) / name.split()[0])
+            bare, crops_per_step = bare_step_times(options, cache, args.steps)
+            engine, startup = engine_step_times(options, cache, args.steps, crops_per_step, Path(folder) / name.split()[0])
             rows.append((name, bare, engine, startup))
-            print(f"{name}: bare {bare:.3f} s/step, engine {engine:.3f} s/step, start-up {startup:.1f} s", flush=True)
+            print(f"{name}: bare {min(bare):.3f}/{statistics.median(bare):.3f} s/step (min/median), "
+                  f"engine {min(engine):.3f}/{statistics.median(engine):.3f}, start-up {startup:.1f} s", flush=True)
     write_results(rows, args.steps)
 
 
-def write_results(rows: list[tuple[str, float, float, float]], steps: int) -> None:
+def write_results(rows: list[tuple[str, list[float], list[float], float]], steps: int) -> None:
     lines = [
         "# Training engine overhead per step",
         "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()} "
         f"({os.cpu_count()} CPU cores, CPU only, torch {torch.__version__}, {torch.get_num_threads()} intra-op threads).",
         f"Other engineers' jobs were running on the same 2 cores (load average {os.getloadavg()[0]:.1f} when it finished):",
-        "absolute times are noisy and the bare/engine difference is within that noise; both were measured back to",
-        "back in one process.",
+        "medians are noisy; the fastest step of each kind (min) is the better estimate of the uncontended cost.",
+        "Both kinds were measured back to back in one process; a negative overhead is noise, not a speed-up.",
         "",
         f"Command: `env MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 OMP_WAIT_POLICY=PASSIVE python benchmarks/pretrain_engine.py --steps {steps}`",
-        f"(median over steps {WARMUP_STEPS}..{steps - 1}; OpenKBP {CASES} prepared at {SPACING} mm; batch 1; fp32).",
+        f"(steps {WARMUP_STEPS}..{steps - 1} timed; OpenKBP {CASES} prepared at {SPACING} mm; batch 1; fp32).",
         "",
-        "| run | bare step (s) | `mssl.pretrain` step (s) | overhead | start-up + teardown (s) |",
+        "| run | bare step min / median (s) | `mssl.pretrain` step min / median (s) | overhead (min) | start-up + teardown (s) |",
         "|---|---:|---:|---:|---:|",
     ]
     for name, bare, engine, startup in rows:
-        lines.append(f"| {name} | {bare:.3f} | {engine:.3f} | {100 * (engine / bare - 1):+.1f} % | {startup:.1f} |")
+        lines.append(
+            f"| {name} | {min(bare):.3f} / {statistics.median(bare):.3f} | {min(engine):.3f} / {statistics.median(engine):.3f} "
+            f"| {100 * (min(engine) / min(bare) - 1):+.1f} % | {startup:.1f} |"
+        )
     lines += [
         "",
         "bare = the method's forward + backward + optimiser step on batches already in memory;",
