@@ -55,7 +55,7 @@ def command(
             preset=preset,
             probe=probe,
         )
-    except ValueError as error:
+        benchmark(settings, console=console)
+    except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from None
-    benchmark(settings, console=console)

@@ -43,7 +43,7 @@ def command(
             save_predictions=save_predictions,
             max_cases=max_cases,
         )
-    except ValueError as error:
+        evaluate(settings, console=console)
+    except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from None
-    evaluate(settings, console=console)

@@ -91,7 +91,7 @@ def command(
             accelerator=accelerator,
             devices=devices,
         )
-    except ValueError as error:
+        finetune(settings, console=console)
+    except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from None
-    finetune(settings, console=console)

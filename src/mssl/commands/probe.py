@@ -51,7 +51,7 @@ def command(
             seed=seed,
             random_baseline=random_baseline,
         )
-    except ValueError as error:
+        probe(settings, console=console)
+    except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from None
-    probe(settings, console=console)
