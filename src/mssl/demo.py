@@ -205,9 +205,9 @@ def write_report(out: Path, plan: DemoPlan, watch: Stopwatch, probes: dict, figu
         "## Frozen-feature probes",
         "",
         "Per-voxel linear segmentation on frozen, upsampled encoder features (Dice on the test cases) and "
-        "patch classification (kNN and logistic regression). A few dozen CPU steps are far too little for "
-        "pre-training to pay off reliably: read these numbers as a check that the pipeline runs end to end, "
-        "and use `mssl benchmark` for evidence.",
+        "patch classification (kNN and logistic regression), on a handful of cases. A few hundred CPU steps of "
+        "tiny networks are far too little for pre-training to pay off reliably: read these numbers as a check "
+        "that the pipeline runs end to end, and use `mssl benchmark` for evidence.",
         "",
     ]
     for method, result in probes.items():
