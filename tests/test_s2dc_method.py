@@ -55,17 +55,26 @@ def test_swin_step_gradients_reach_student_heads_and_dustbin_never_the_teacher(b
 def test_teacher_is_the_ema_of_the_student():
     method = _method(ema_start=0.5, ema_end=0.9)
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
-    expected = [p.detach().clone() for p in method.teacher.parameters()]
+    expected = {n: p.detach().clone() for n, p in method.teacher.named_parameters()}
     for step in range(1, 4):
         optimizer.zero_grad()
         method(_field(method)).loss.backward()
         optimizer.step()
         method.after_optimizer_step(step, max_steps=6)
         momentum = cosine_momentum(step, 6, 0.5, 0.9)
-        expected = [momentum * e + (1 - momentum) * s.detach() for e, s in zip(expected, method._student().parameters())]
-    teacher = list(method.teacher.parameters())
-    assert max((t - e).abs().max().item() for t, e in zip(teacher, expected)) < 1e-6
-    assert any((t - s).abs().max() > 1e-3 for t, s in zip(teacher, method._student().parameters()))
+        student = dict(method._student().named_parameters())
+        expected = {n: momentum * e + (1 - momentum) * student[n].detach() for n, e in expected.items()}
+    teacher = dict(method.teacher.named_parameters())
+    assert max((teacher[n] - e).abs().max().item() for n, e in expected.items()) < 1e-6
+    assert any((teacher[n] - student[n]).abs().max() > 1e-3 for n in teacher)
+
+
+def test_teacher_backbone_has_no_decoder():
+    method = _method(SWIN)
+    assert not any(n.startswith("backbone.decoder") for n, _ in method.teacher.named_parameters())
+    assert any(n.startswith("backbone.decoder") for n, _ in method._student().named_parameters())
+    with pytest.raises(RuntimeError, match="encoder-only"):
+        method.teacher.backbone(torch.zeros(1, 1, 64, 64, 64))
 
 
 def test_momentum_schedule_runs_from_start_to_end():

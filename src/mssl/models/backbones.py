@@ -7,6 +7,7 @@ the GVSL 3D U-Net. Spatial sizes must be divisible by ``backbone.stride``.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -39,6 +40,8 @@ class Backbone(nn.Module):
     pyramid_channels: tuple[int, ...]
     pyramid_strides: tuple[int, ...]
     local_channels: int
+    decoder_names: tuple[str, ...]  # submodules used only when decoding
+    has_decoder: bool = True
 
     @property
     def bottleneck_channels(self) -> int:
@@ -51,6 +54,22 @@ class Backbone(nn.Module):
                 f"{type(self).__name__} needs every spatial size divisible by {self.stride}, "
                 f"got {tuple(spatial)}; choose crops such as {tuple(max(self.stride, s // self.stride * self.stride) for s in spatial)}"
             )
+
+    def encoder_copy(self) -> "Backbone":
+        """A frozen-ready deep copy without the decoder, for passes that never decode (EMA teachers).
+
+        S²DC's teacher only needs encoder maps; copying the Swin decoder would cost ~54 M idle
+        parameters (feature size 48) in memory and in every EMA update.
+        """
+        clone = copy.deepcopy(self)
+        for name in self.decoder_names:
+            delattr(clone, name)
+        clone.has_decoder = False
+        return clone
+
+    def _check_decode(self, decode: bool) -> None:
+        if decode and not self.has_decoder:
+            raise RuntimeError(f"this {type(self).__name__} is an encoder-only copy; call it with decode=False")
 
     def forward(self, x: torch.Tensor, decode: bool = True) -> Features:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -84,9 +103,13 @@ class SwinBackbone(Backbone, SwinUNETR):
         self.pyramid_channels = tuple(feature_size * m for m in (1, 2, 4, 8, 16))
         self.pyramid_strides = (2, 4, 8, 16, 32)
         self.local_channels = feature_size
+        self.decoder_names = ("encoder1", "encoder2", "encoder3", "encoder4", "encoder10") + tuple(
+            f"decoder{i}" for i in range(1, 6)
+        )
 
     def forward(self, x: torch.Tensor, decode: bool = True) -> Features:
         self.check_size(x.shape[2:])
+        self._check_decode(decode)
         hidden = self.swinViT(x, self.normalize)
         local = None
         if decode:
@@ -156,6 +179,7 @@ class UNetBackbone(Backbone):
         self.pyramid_channels = channels
         self.pyramid_strides = tuple(2**i for i in range(len(channels)))
         self.local_channels = channels[0]
+        self.decoder_names = ("decoders",)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -169,6 +193,7 @@ class UNetBackbone(Backbone):
 
     def forward(self, x: torch.Tensor, decode: bool = True) -> Features:
         self.check_size(x.shape[2:])
+        self._check_decode(decode)
         pyramid = []
         for i, encoder in enumerate(self.encoders):
             x = encoder(F.max_pool3d(x, 2) if i else x)
