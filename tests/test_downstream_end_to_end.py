@@ -143,6 +143,8 @@ def test_benchmark_resumes_without_training(openkbp_small: Path, tiny_export: Pa
     assert second.trained == 0 and second.dice == first.dice
     assert [w.stat().st_mtime_ns for w in weights] == stamps
     assert "| scratch |" in (tmp_path / "benchmark.md").read_text() and (tmp_path / "label_efficiency.png").is_file()
+    with pytest.raises(ValueError, match="other settings"):  # cached runs are never mistaken for another budget
+        benchmark(**{**options, "finetune": {**TINY_TRAINING, "steps": 3}})
 
 
 @pytest.mark.realdata

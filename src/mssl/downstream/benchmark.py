@@ -28,7 +28,7 @@ from rich.console import Console
 from mssl.downstream.config import BenchmarkConfig, FinetuneConfig
 from mssl.downstream.datasets import Dataset, load_dataset
 from mssl.downstream.metrics import mean_std
-from mssl.downstream.run_files import RESULT_FILE, write_json
+from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, read_model_description, write_json
 
 SCRATCH = "scratch"
 EVALUATION = Path("evaluation") / "test" / "summary.json"
@@ -115,6 +115,11 @@ def run_one(config: BenchmarkConfig, method: str, weights: Path | None, k: int, 
 
     settings = _finetune_config(config, method, weights, k, seed)
     summary_file = settings.out / EVALUATION
+    if (settings.out / MODEL_FILE).is_file():
+        saved = read_model_description(settings.out)["config"]
+        if saved != settings.model_dump(mode="json"):
+            changed = sorted(k for k in saved if saved[k] != settings.model_dump(mode="json").get(k))
+            raise ValueError(f"{settings.out} was fine-tuned with other settings ({', '.join(changed)}); use another --out to compare budgets")
     if summary_file.is_file():
         return json.loads(summary_file.read_text()), False
     trained = False
@@ -194,7 +199,7 @@ def benchmark_markdown(result: BenchmarkResult, config: BenchmarkConfig, seconds
     lines = [
         f"# Label efficiency on `{config.data}`",
         "",
-        f"Test mean Dice over classes (mean ± std over {config.seeds} seeds; k labelled training cases):",
+        f"Test mean Dice over classes (mean ± std over {config.seeds} seed{'s' if config.seeds > 1 else ''}; k labelled training cases):",
         "",
         header,
         rule,
