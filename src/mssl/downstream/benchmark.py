@@ -232,9 +232,13 @@ def benchmark_markdown(result: BenchmarkResult, config: BenchmarkConfig, seconds
         "",
         f"![label efficiency]({PLOT_FILE})",
         "",
-        f"Fine-tuning wall time: {len(times)} runs, {np.nansum(times) / 60:.1f} min in total, {np.nanmean(times) if times else float('nan'):.0f} s per run.",
+        f"Fine-tuning wall time: {len(times)} runs, {np.nansum(times) / 60:.1f} min in total, {np.nanmean(times):.0f} s per run."
+        if times
+        else "Fine-tuning wall time: not recorded (no finished run under this folder).",
         "",
-        f"Budgets: pre-training {config.pretrain_steps} steps (or given runs: {dict((k, str(v)) for k, v in config.runs.items()) or 'none'}); "
+        "Budgets: pre-training "
+        + ("; ".join(f"{m}: given `{config.runs[m]}`" if m in config.runs else f"{m}: {config.pretrain_steps} steps" for m in config.methods if m != SCRATCH) or "none")
+        + "; "
         f"fine-tuning overrides {config.finetune or 'defaults'}; test cases: {config.max_test_cases or 'all'}.",
         f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; this call took {seconds / 60:.1f} min (cached stages are not re-run).",
     ]
