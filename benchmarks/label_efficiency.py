@@ -13,6 +13,7 @@ Re-running skips every finished stage (pre-training, fine-tuning, evaluation, pr
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -79,6 +80,10 @@ def main() -> None:
         picture = RESULTS / f"label_efficiency_{tag}.png"
         shutil.copyfile(out / "label_efficiency.png", picture)
         lines += [f"## {title}", "", body.replace("](label_efficiency.png)", f"]({picture.name})"), ""]
+        pretrainings = sorted((out / "pretrain").glob("*/summary.json"))
+        if pretrainings:
+            walls = ", ".join(f"{p.parent.name} {json.loads(p.read_text())['wall_time_s'] / 60:.1f} min" for p in pretrainings)
+            lines += [f"Pre-training wall time: {walls}.", ""]
     REPORT.write_text("\n".join(lines))
     print(f"wrote {REPORT}")
 
