@@ -6,9 +6,9 @@ allocator settings of DESIGN §10:
   - gvsl: the full GVSLMethod step (damage, spatial augmentation, one backbone pass, Z-matching, warp,
     NCC + restoration + smoothness, backward, Adam step);
   - damage: appearance damage of A per sample (no gradient).
-Results go to benchmarks/results/gvsl_step.md.
+Results go to benchmarks/results/gvsl_step.md (raw figures in gvsl_step.json).
 
-    python benchmarks/gvsl_step.py [--sizes 64 96] [--steps 3]
+    python benchmarks/gvsl_step.py [--sizes 64 96] [--steps 3] [--keep]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "OMP_WAIT_POLICY": "PASSIVE"}
 PAIRS = 2
 RESULTS = Path(__file__).resolve().parent / "results" / "gvsl_step.md"
+FIGURES = RESULTS.with_suffix(".json")  # raw measurements, so a later run can add sizes (--keep)
 DAMAGE_REPEATS = 10
 MODES = ("backbone", "gvsl", "damage")
 MEMORY_SHARE = 0.8  # run a size only if its estimated peak RSS fits in this share of the available memory
@@ -131,57 +132,63 @@ def _available_gb() -> float:
     return float("inf")
 
 
-def _report(figures: dict, sizes: list[int], steps: int, command: str) -> str:
+def _report(figures: dict) -> str:
+    runs = {int(size): run for size, run in figures["runs"].items()}
+    sizes = sorted(runs)
+    commands = sorted({run["command"] for run in runs.values()})
     lines = [
         "# GVSL step vs backbone-only step (CPU)",
         "",
-        f"Command: `{command}` (each configuration in a fresh subprocess with "
+        "Command: " + "; ".join(f"`{c}`" for c in commands) + " (each configuration in a fresh subprocess with "
         + " ".join(f"{k}={v}" for k, v in ALLOCATOR_ENV.items())
         + ").",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
         f"{figures['torch']}, float32. Other engineers' jobs shared the 2 cores (and memory) while this ran, "
-        "so absolute wall times are noisy.",
+        "so absolute times are noisy.",
         f"Full-width U-Net (32-64-128-256-512), batch of {PAIRS} pairs: the backbone sees {2 * PAIRS} volumes per "
-        f"step. Median of {steps} steps after one warm-up step; a step = forward + backward + Adam step.",
+        "step. Median of the measured steps (count in the first column) after one warm-up step; a step = forward "
+        "+ backward + Adam step.",
         "",
-        "| crop | backbone-only step (s) | GVSL step (s) | GVSL / backbone (target ≤ 1.25) | backbone peak RSS (GB) | "
+        "| crop (steps) | backbone-only step (s) | GVSL step (s) | GVSL / backbone (target ≤ 1.25) | backbone peak RSS (GB) | "
         "GVSL peak RSS (GB) | appearance damage per sample (s) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for size in sizes:
-        bb, gv, dm, mixed = (figures[size][k] for k in ("backbone", "gvsl", "damage", "interleaved"))
-        for label, b, g in (
-            ("CPU time, separate processes", bb, gv),
-            ("wall time, interleaved in one process", mixed["backbone"], mixed["gvsl"]),
+        run = runs[size]
+        bb, gv, dm, mixed = (run[k] for k in ("backbone", "gvsl", "damage", "interleaved"))
+        for label, b, g, key in (
+            ("CPU time, separate processes", bb, gv, "median_cpu_s"),
+            ("CPU time, interleaved in one process", mixed["backbone"], mixed["gvsl"], "median_cpu_s"),
+            ("wall time, interleaved in one process", mixed["backbone"], mixed["gvsl"], "median_s"),
         ):
-            cpu = "_cpu" if label.startswith("CPU") else ""
             lines.append(
-                f"| {size}³, {label} | {b[f'median{cpu}_s']:.2f} | {g[f'median{cpu}_s']:.2f} | "
-                f"**{g[f'median{cpu}_s'] / b[f'median{cpu}_s']:.2f}** | {bb['peak_rss_gb']:.2f} | {gv['peak_rss_gb']:.2f} | "
-                f"{dm[f'median{cpu}_s']:.3f} |"
+                f"| {size}³ ({run['steps']}), {label} | {b[key]:.2f} | {g[key]:.2f} | **{g[key] / b[key]:.2f}** | "
+                f"{bb['peak_rss_gb']:.2f} | {gv['peak_rss_gb']:.2f} | {dm[key]:.3f} |"
             )
     lines += [
         "",
-        "How to read it: *CPU time* is the process's CPU seconds (both threads) per step, measured in the fresh "
-        "subprocess that also gives the peak RSS; it barely depends on other jobs. *Interleaved wall time* runs "
-        "backbone-only and GVSL steps alternately in one process, so both see the same competing load; the wall "
-        "times of the separate processes are not comparable on a shared machine (they are listed below).",
+        "How to read it: *CPU time* is the process's CPU seconds (both threads) per step; it depends less than wall "
+        "time on other jobs but still moves with them (shared caches and cores), so the two CPU rows of a size "
+        "differ. *Interleaved* runs backbone-only and GVSL steps alternately in one process, so both see the same "
+        "competing load; the wall times of the separate processes are not comparable on a shared machine (they "
+        "are listed below).",
         "",
         "Wall times of every measured step (s): "
         + "; ".join(
-            f"{size}³ separate backbone {_rounded(figures[size]['backbone']['times_s'])}, "
-            f"separate GVSL {_rounded(figures[size]['gvsl']['times_s'])}, "
-            f"interleaved backbone {_rounded(figures[size]['interleaved']['backbone']['times_s'])}, "
-            f"interleaved GVSL {_rounded(figures[size]['interleaved']['gvsl']['times_s'])}"
+            f"{size}³ separate backbone {_rounded(runs[size]['backbone']['times_s'])}, "
+            f"separate GVSL {_rounded(runs[size]['gvsl']['times_s'])}, "
+            f"interleaved backbone {_rounded(runs[size]['interleaved']['backbone']['times_s'])}, "
+            f"interleaved GVSL {_rounded(runs[size]['interleaved']['gvsl']['times_s'])}"
             for size in sizes
         ),
         "",
-        f"Parameters: backbone {figures[sizes[0]]['backbone']['parameters']:,}, "
-        f"GVSL method {figures[sizes[0]]['gvsl']['parameters']:,}. Appearance damage (no gradient) is part of the "
+        f"Parameters: backbone {runs[sizes[0]]['backbone']['parameters']:,}, "
+        f"GVSL method {runs[sizes[0]]['gvsl']['parameters']:,}. Appearance damage (no gradient) is part of the "
         "GVSL step; its column is the cost per sample on its own.",
     ]
-    if figures["skipped"]:
-        lines.append("Not measured, to keep the shared machine out of swap: " + "; ".join(figures["skipped"]) + ".")
+    skipped = {int(k): v for k, v in figures["skipped"].items() if int(k) not in runs}
+    if skipped:
+        lines.append("Not measured, to keep the shared machine out of swap: " + "; ".join(skipped[k] for k in sorted(skipped)) + ".")
     lines.append("")
     return "\n".join(lines)
 
@@ -190,6 +197,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96], help="cubic crop sides to measure")
     parser.add_argument("--steps", type=int, default=3, help="measured steps per configuration")
+    parser.add_argument("--keep", action="store_true", help=f"keep the other sizes already in {FIGURES.name}")
     parser.add_argument("--worker", choices=[*MODES, "interleaved"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -197,24 +205,27 @@ def main() -> None:
         return
     import torch
 
-    figures: dict = {"torch": torch.__version__}
-    measured, skipped = [], []
+    figures: dict = {"torch": torch.__version__, "runs": {}, "skipped": {}}
+    if args.keep and FIGURES.is_file():
+        figures = json.loads(FIGURES.read_text())
+    command = ("python benchmarks/gvsl_step.py " + " ".join(sys.argv[1:])).strip()
     for size in sorted(args.sizes):
-        if measured:  # activations scale with the voxel count: do not push a shared machine into swap/OOM
-            smaller = measured[-1]
-            estimate = figures[smaller]["gvsl"]["peak_rss_gb"] * (size / smaller) ** 3
+        known = sorted(int(k) for k in figures["runs"] if int(k) < size)
+        if known:  # activations scale with the voxel count: do not push a shared machine into swap/OOM
+            smaller = known[-1]
+            estimate = figures["runs"][str(smaller)]["gvsl"]["peak_rss_gb"] * (size / smaller) ** 3
             available = _available_gb()
             if estimate > MEMORY_SHARE * available:
-                skipped.append(f"{size}³ (estimated peak {estimate:.1f} GB, {available:.1f} GB available)")
-                print(f"skip {size}³: {skipped[-1]}", flush=True)
+                figures["skipped"][str(size)] = f"{size}³ (estimated peak {estimate:.1f} GB, {available:.1f} GB available)"
+                print(f"skip {figures['skipped'][str(size)]}", flush=True)
                 continue
-        figures[size] = {mode: _run(mode, size, args.steps) for mode in (*MODES, "interleaved")}
-        measured.append(size)
-    figures["skipped"] = skipped
-    command = "python benchmarks/gvsl_step.py " + " ".join(sys.argv[1:])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(_report(figures, measured, args.steps, command.strip()))
-    print(f"wrote {RESULTS}")
+        run = {mode: _run(mode, size, args.steps) for mode in (*MODES, "interleaved")}
+        figures["runs"][str(size)] = {**run, "steps": args.steps, "command": command}
+        figures["skipped"].pop(str(size), None)
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    FIGURES.write_text(json.dumps(figures, indent=1))
+    RESULTS.write_text(_report(figures))
+    print(f"wrote {RESULTS} and {FIGURES}")
 
 
 if __name__ == "__main__":
