@@ -27,7 +27,7 @@ from mssl.methods.base import CropRequest, MethodOutput, PretrainMethod
 from mssl.models.backbones import Backbone
 from mssl.models.restoration import RestorationHead
 from mssl.models.warp import warp
-from mssl.models.zmatch import ZMatchHead
+from mssl.models.zmatch import AffineBounds, ZMatchHead
 from mssl.views.appearance import damage_appearance
 from mssl.views.spatial_aug import SpatialAugmentation
 
@@ -43,14 +43,7 @@ class GVSLMethod(PretrainMethod):
         super().__init__()
         self.backbone = backbone
         self.config = config
-        self.zmatch = ZMatchHead(
-            global_channels=backbone.bottleneck_channels,
-            local_channels=backbone.local_channels,
-            max_rotation_deg=config.max_rotation_deg,
-            max_scale_delta=config.max_scale_delta,
-            max_shear_deg=config.max_shear_deg,
-            max_shift_fraction=config.max_shift_fraction,
-        )
+        self.zmatch = ZMatchHead(backbone.bottleneck_channels, backbone.local_channels, AffineBounds.from_config(config))
         self.restoration = RestorationHead(backbone.local_channels, out_channels=_image_channels(backbone))
         self.spatial_augmentation = SpatialAugmentation.from_config(config) if config.spatial_aug else None
 

@@ -12,10 +12,12 @@ near zero, so the initial transform is the identity instead of a random constant
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from mssl.config import GVSLConfig
 from mssl.models.backbones import DoubleConv
 from mssl.models.warp import affine_matrix, warp
 
@@ -29,21 +31,25 @@ def _near_zero_(layer: nn.Module) -> None:
     nn.init.zeros_(layer.bias)
 
 
+@dataclass(frozen=True)
+class AffineBounds:
+    """tanh bounds of the predicted transform: rotation ±rotation_deg, scale 1 ± scale_delta, shear ±shear_deg,
+    shift ±shift_fraction of the half extent ``(size - 1) / 2`` per axis (normalised coordinates)."""
+
+    rotation_deg: float = 20.0
+    scale_delta: float = 0.25
+    shear_deg: float = 10.0
+    shift_fraction: float = 0.25
+
+    @classmethod
+    def from_config(cls, config: GVSLConfig) -> "AffineBounds":
+        return cls(config.max_rotation_deg, config.max_scale_delta, config.max_shear_deg, config.max_shift_fraction)
+
+
 class AffineBranch(nn.Module):
-    """cat(f^g_B, f^g_A) → DoubleConv → global average pool → rotation / scale / shear / shift heads → (B, 3, 4).
+    """cat(f^g_B, f^g_A) → DoubleConv → global average pool → rotation / scale / shear / shift heads → (B, 3, 4)."""
 
-    Bounds: rotation ±max_rotation_deg, scale 1 ± max_scale_delta, shear ±max_shear_deg, shift
-    ±max_shift_fraction of the half extent ``(size - 1) / 2`` per axis (normalised coordinates).
-    """
-
-    def __init__(
-        self,
-        global_channels: int,
-        max_rotation_deg: float = 20.0,
-        max_scale_delta: float = 0.25,
-        max_shear_deg: float = 10.0,
-        max_shift_fraction: float = 0.25,
-    ) -> None:
+    def __init__(self, global_channels: int, bounds: AffineBounds = AffineBounds()) -> None:
         super().__init__()
         self.conv = DoubleConv(2 * global_channels, AFFINE_HIDDEN)
         self.rotation = nn.Linear(AFFINE_HIDDEN, 3)
@@ -52,10 +58,10 @@ class AffineBranch(nn.Module):
         self.shift = nn.Linear(AFFINE_HIDDEN, 3)
         for head in (self.rotation, self.scale, self.shear, self.shift):
             _near_zero_(head)
-        self.max_rotation = math.radians(max_rotation_deg)
-        self.max_scale_delta = max_scale_delta
-        self.max_shear = math.radians(max_shear_deg)
-        self.max_shift_fraction = max_shift_fraction
+        self.max_rotation = math.radians(bounds.rotation_deg)
+        self.max_scale_delta = bounds.scale_delta
+        self.max_shear = math.radians(bounds.shear_deg)
+        self.max_shift_fraction = bounds.shift_fraction
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, spatial_size: tuple[int, ...]) -> torch.Tensor:
         """moving, fixed: (B, C_g, *S/stride) global features; spatial_size: image size (X, Y, Z) in voxels."""
@@ -87,17 +93,9 @@ class DeformableBranch(nn.Module):
 class ZMatchHead(nn.Module):
     """Predicts ``(affine (B, 3, 4), flow (B, 3, X, Y, Z))`` that pull B into A's space."""
 
-    def __init__(
-        self,
-        global_channels: int,
-        local_channels: int,
-        max_rotation_deg: float = 20.0,
-        max_scale_delta: float = 0.25,
-        max_shear_deg: float = 10.0,
-        max_shift_fraction: float = 0.25,
-    ) -> None:
+    def __init__(self, global_channels: int, local_channels: int, bounds: AffineBounds = AffineBounds()) -> None:
         super().__init__()
-        self.affine = AffineBranch(global_channels, max_rotation_deg, max_scale_delta, max_shear_deg, max_shift_fraction)
+        self.affine = AffineBranch(global_channels, bounds)
         self.deformable = DeformableBranch(local_channels)
 
     def forward(
