@@ -38,7 +38,7 @@ def test_embedded_sample_is_small_real_and_attributed():
 
 def test_fast_demo_writes_report_exports_probes_and_figures(demo_run):
     from mssl.data.cache import CacheIndex
-    from mssl.export.inspect import inspect_weights
+    from mssl.weights.inspect import inspect_weights
 
     out, report = demo_run
     assert report == out / "report.md"

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from mssl.cli import app
 from mssl.config import BackboneConfig
-from mssl.export.safe_io import write_safetensors
-from mssl.export.sidecar import backbone_spec, write_sidecar
+from mssl.weights.safe_io import write_safetensors
+from mssl.weights.sidecar import backbone_spec, write_sidecar
 from mssl.models.backbones import build_backbone
 
 TINY = {"name": "unet", "unet_channels": (8, 16, 32)}

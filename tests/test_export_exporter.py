@@ -10,9 +10,9 @@ import yaml
 from monai.networks.nets import SwinUNETR
 
 from mssl.config import BackboneConfig, GVSLConfig, PretrainConfig, S2DCConfig
-from mssl.export.exporter import export
-from mssl.export.safe_io import read_metadata, read_weights
-from mssl.export.sidecar import METADATA_KEY, file_sha256, read_sidecar
+from mssl.weights.exporter import export
+from mssl.weights.safe_io import read_metadata, read_weights
+from mssl.weights.sidecar import METADATA_KEY, file_sha256, read_sidecar
 from mssl.models.backbones import UNetBackbone, build_backbone
 
 SWIN = BackboneConfig(name="swin", feature_size=12, window_size=4)

@@ -10,9 +10,9 @@ import torch
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
-from mssl.export.loading import align_keys, load_pretrained
-from mssl.export.safe_io import UnsafeWeightsError, read_metadata, read_weights, write_safetensors
-from mssl.export.stem import adapt_input_channels
+from mssl.weights.loading import align_keys, load_pretrained
+from mssl.weights.safe_io import UnsafeWeightsError, read_metadata, read_weights, write_safetensors
+from mssl.weights.stem import adapt_input_channels
 from mssl.models.backbones import SwinBackbone, UNetBackbone
 
 TINY_UNET = (8, 16, 32)

@@ -7,8 +7,8 @@ import torch
 from typer.testing import CliRunner
 
 from mssl.cli import app
-from mssl.export.inspect import infer_swin_args, infer_unet_args, inspect_weights
-from mssl.export.safe_io import write_safetensors
+from mssl.weights.inspect import infer_swin_args, infer_unet_args, inspect_weights
+from mssl.weights.safe_io import write_safetensors
 from mssl.models.backbones import SwinBackbone, UNetBackbone
 
 runner = CliRunner()
@@ -26,7 +26,7 @@ def unet_file(tmp_path):
 
 
 def test_constructor_arguments_are_read_off_the_shapes(swin_file, unet_file):
-    from mssl.export.safe_io import read_weights
+    from mssl.weights.safe_io import read_weights
 
     assert infer_swin_args(read_weights(swin_file), "f") == {
         "in_channels": 1, "feature_size": 12, "window_size": 4, "use_v2": True, "spatial_dims": 3

@@ -18,11 +18,11 @@ except PackageNotFoundError:  # running from a source tree without installation
 # public name -> "module:attribute"; each command's owner adds its entry here
 _API: dict[str, str] = {
     "prepare": "mssl.data.prepare:prepare",
-    "load_pretrained": "mssl.export.loading:load_pretrained",
-    "export": "mssl.export.exporter:export",
-    "inspect_weights": "mssl.export.inspect:inspect_weights",
+    "load_pretrained": "mssl.weights.loading:load_pretrained",
+    "export": "mssl.weights.exporter:export",
+    "inspect_weights": "mssl.weights.inspect:inspect_weights",
     "visualize": "mssl.viz.visualize:visualize",
-    "demo": "mssl.demo:run_demo",
+    "demo": "mssl.demo_pipeline:run_demo",
     "pretrain": "mssl.train.pretrain:pretrain",
     "finetune": "mssl.downstream.finetune:finetune",
     "evaluate": "mssl.downstream.evaluate:evaluate",

@@ -30,8 +30,8 @@ def command(
     """
     from rich.console import Console
 
-    from mssl.export.exporter import export
-    from mssl.export.sidecar import read_sidecar, sidecar_path
+    from mssl.weights.exporter import export
+    from mssl.weights.sidecar import read_sidecar, sidecar_path
 
     console = Console()
     try:

@@ -31,8 +31,8 @@ def command(
     """
     from rich.console import Console
 
-    from mssl.export.inspect import inspect_weights
-    from mssl.export.sidecar import read_sidecar
+    from mssl.weights.inspect import inspect_weights
+    from mssl.weights.sidecar import read_sidecar
 
     console = Console()
     try:

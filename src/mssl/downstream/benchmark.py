@@ -66,7 +66,7 @@ def pretrained_weights(method: str, config: BenchmarkConfig, dataset: Dataset, c
         return Path(config.runs[method]), False
     from mssl.data.prepare import prepare
     from mssl.data.preprocess import PresetConfig
-    from mssl.export.exporter import export
+    from mssl.weights.exporter import export
     from mssl.train.pretrain import pretrain
 
     run = config.out / "pretrain" / method

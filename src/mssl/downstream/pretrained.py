@@ -16,8 +16,8 @@ from torch import nn
 
 from mssl.config import BackboneConfig
 from mssl.data.preprocess import PresetConfig
-from mssl.export.safe_io import resolve_weights
-from mssl.export.sidecar import read_sidecar
+from mssl.weights.safe_io import resolve_weights
+from mssl.weights.sidecar import read_sidecar
 
 RUN_CONFIG = "config.yaml"
 # the U-Net's constructor calls its widths ``channels``; BackboneConfig calls them ``unet_channels``
@@ -80,7 +80,7 @@ def describe_weights(weights: Path) -> PretrainedInfo:
 
 def load_encoder(network: nn.Module, weights: Path, console: Console | None = None) -> Any:
     """Load pre-trained weights into ``network`` (non-strict) and print the per-module load report."""
-    from mssl.export.loading import load_pretrained
+    from mssl.weights.loading import load_pretrained
 
     report = load_pretrained(network, weights, strict=False)
     (console or Console()).print(report)

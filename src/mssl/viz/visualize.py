@@ -16,8 +16,8 @@ from torch.nn import functional as F
 from mssl.config import PretrainConfig
 from mssl.data.preprocess import PresetConfig, load_case
 from mssl.data.sources import Case
-from mssl.export.exporter import data_provenance, run_config
-from mssl.export.safe_io import LAST_CHECKPOINT, read_checkpoint
+from mssl.weights.exporter import data_provenance, run_config
+from mssl.weights.safe_io import LAST_CHECKPOINT, read_checkpoint
 from mssl.methods import build_method
 from mssl.methods.base import PretrainMethod
 from mssl.viz.curves import plot_curves

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import torch
 
 from mssl.config import DataConfig, PretrainConfig, load_yaml
-from mssl.export.safe_io import EXPORT_DIR, LAST_CHECKPOINT, read_checkpoint, write_safetensors
-from mssl.export.sidecar import (
+from mssl.weights.safe_io import EXPORT_DIR, LAST_CHECKPOINT, read_checkpoint, write_safetensors
+from mssl.weights.sidecar import (
     METADATA_KEY,
     SIDECAR_FORMAT,
     backbone_spec,

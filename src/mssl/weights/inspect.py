@@ -15,10 +15,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from mssl.export.load_report import LoadReport
-from mssl.export.loading import canonical, load_pretrained
-from mssl.export.safe_io import read_weights, resolve_weights
-from mssl.export.sidecar import read_sidecar
+from mssl.weights.load_report import LoadReport
+from mssl.weights.loading import canonical, load_pretrained
+from mssl.weights.safe_io import read_weights, resolve_weights
+from mssl.weights.sidecar import read_sidecar
 
 Target = Literal["swinunetr", "unet"]
 TARGET_OF_BACKBONE: dict[str, Target] = {"swin": "swinunetr", "unet": "unet"}

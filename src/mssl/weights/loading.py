@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mssl.export.load_report import LoadReport
-from mssl.export.safe_io import read_weights, resolve_weights, unwrap_state_dict
-from mssl.export.stem import adapt_input_channels, is_input_channel_mismatch
+from mssl.weights.load_report import LoadReport
+from mssl.weights.safe_io import read_weights, resolve_weights, unwrap_state_dict
+from mssl.weights.stem import adapt_input_channels, is_input_channel_mismatch
 
 # Prefixes that training wrappers put in front of the encoder's own names, tried in this order and
 # repeatedly (``module.student.backbone.x`` → ``x``); a key is only rewritten when that finds a home.
@@ -88,9 +88,9 @@ def load_pretrained(
     """Load ``weights`` into ``network`` in place and report what loaded, per top-level module.
 
     weights: a safetensors / weights-only torch / Lightning checkpoint file, an export or run folder,
-        or a state dict. Files are never unpickled (see :mod:`mssl.export.safe_io`).
+        or a state dict. Files are never unpickled (see :mod:`mssl.weights.safe_io`).
     in_channels: the network's input channels; stem kernels trained with another count are adapted
-        (see :mod:`mssl.export.stem`). Default: read from the network's first convolution.
+        (see :mod:`mssl.weights.stem`). Default: read from the network's first convolution.
     strict: raise instead of loading when any key is missing, unexpected or shape-mismatched.
     Keys that do not load keep the network's own initialisation.
     """

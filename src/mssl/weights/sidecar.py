@@ -65,7 +65,7 @@ def sidecar_path(weights_file: Path) -> Path:
 
 def read_sidecar(weights_file: Path) -> dict[str, Any] | None:
     """The sidecar of ``weights_file``: the JSON next to it, else the copy in the safetensors header."""
-    from mssl.export.safe_io import read_metadata
+    from mssl.weights.safe_io import read_metadata
 
     path = sidecar_path(weights_file)
     if path.is_file():

@@ -5,8 +5,7 @@ each encoder against a randomly initialised one of the same architecture → fig
 The sizes are chosen for a 2-core CPU; they show that everything works and what the outputs look
 like, not what pre-training is worth at scale (that is ``mssl benchmark``).
 
-``mssl.demo(out, fast)`` is the Python twin of ``mssl demo``; since this module is also called
-``demo``, the module itself is callable and forwards to :func:`run_demo`.
+``mssl.demo(out, fast)`` (this module's ``run_demo``) is the Python twin of ``mssl demo``.
 """
 
 from __future__ import annotations
@@ -14,9 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
-import types
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -244,11 +241,3 @@ def _short(backbone: dict[str, Any]) -> str:
     if backbone["name"] == "swin":
         return f"feature size {backbone['feature_size']}, window {backbone['window_size']}"
     return "-".join(str(c) for c in backbone["unet_channels"])
-
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Path:
-        return run_demo(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

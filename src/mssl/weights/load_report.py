@@ -26,7 +26,7 @@ def module_of(key: str, depth: int = 1) -> str:
 
 @dataclass
 class LoadReport:
-    """Outcome of :func:`mssl.export.loading.load_pretrained`; prints as a Rich table."""
+    """Outcome of :func:`mssl.weights.loading.load_pretrained`; prints as a Rich table."""
 
     source: str
     target: str = ""  # the network the weights went into
