@@ -43,10 +43,10 @@ DATASETS = {"openkbp": "ct", "ixi": "mri"}
 
 def subset(dataset: str, cases: int, folder: Path) -> Path:
     """A datalist of the first ``cases`` training entries of a shared dataset."""
-    document = json.loads((SHARED_DATA / dataset / "dataset.json").read_text())
+    document = json.loads((SHARED_DATA / dataset / "dataset.json").read_text(encoding="utf-8"))
     document["training"] = document["training"][:cases]
     path = folder / f"{dataset}.json"
-    path.write_text(json.dumps(document))
+    path.write_text(json.dumps(document), encoding="utf-8")
     return path
 
 
@@ -105,7 +105,7 @@ def main() -> None:
 
 
 def write_report(args: argparse.Namespace, rows: list, load_before: tuple, load_after: tuple) -> None:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines() if line.startswith("model name")), platform.processor())
     allocator = {k: os.environ.get(k, "unset") for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "OMP_WAIT_POLICY")}
     lines = [
         "# Data throughput: random 96³ crops per second per core",
@@ -138,7 +138,7 @@ def write_report(args: argparse.Namespace, rows: list, load_before: tuple, load_
         met = cached >= TARGET_CROPS_PER_S and cached / decoded >= TARGET_SPEEDUP
         lines.append(f"- {dataset}: {'met' if met else 'NOT met'} ({cached:.0f} crops/s, ×{cached / decoded:.0f}).")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
 
 

@@ -115,7 +115,7 @@ class _Step:
 def _run(mode: str, size: int, steps: int) -> dict:
     env = {**os.environ, **ALLOCATOR_ENV}
     command = [sys.executable, __file__, "--worker", mode, "--sizes", str(size), "--steps", str(steps)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, encoding="utf-8", check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"{mode:8s} {size}³: {result}", flush=True)
     return result
@@ -126,7 +126,7 @@ def _rounded(values: list[float]) -> list[float]:
 
 
 def _available_gb() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
+    for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) / 1024**2
     return float("inf")
@@ -207,7 +207,7 @@ def main() -> None:
 
     figures: dict = {"torch": torch.__version__, "runs": {}, "skipped": {}}
     if args.keep and FIGURES.is_file():
-        figures = json.loads(FIGURES.read_text())
+        figures = json.loads(FIGURES.read_text(encoding="utf-8"))
     command = ("python benchmarks/gvsl_step.py " + " ".join(sys.argv[1:])).strip()
     for size in sorted(args.sizes):
         known = sorted(int(k) for k in figures["runs"] if int(k) < size)
@@ -223,8 +223,8 @@ def main() -> None:
         figures["runs"][str(size)] = {**run, "steps": args.steps, "command": command}
         figures["skipped"].pop(str(size), None)
     FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    FIGURES.write_text(json.dumps(figures, indent=1))
-    RESULTS.write_text(_report(figures))
+    FIGURES.write_text(json.dumps(figures, indent=1), encoding="utf-8")
+    RESULTS.write_text(_report(figures), encoding="utf-8")
     print(f"wrote {RESULTS} and {FIGURES}")
 
 

@@ -29,7 +29,7 @@ ALLOCATOR_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "OMP_WAIT_POLICY"
 
 
 def _config(name: str) -> dict:
-    return yaml.safe_load((HERE / f"label_efficiency_{name}.yaml").read_text())
+    return yaml.safe_load((HERE / f"label_efficiency_{name}.yaml").read_text(encoding="utf-8"))
 
 
 def main() -> None:
@@ -76,15 +76,15 @@ def main() -> None:
         "",
     ]
     for title, out, tag in sections:
-        body = (out / "benchmark.md").read_text().split("\n", 1)[1]  # drop its own title
+        body = (out / "benchmark.md").read_text(encoding="utf-8").split("\n", 1)[1]  # drop its own title
         picture = RESULTS / f"label_efficiency_{tag}.png"
         shutil.copyfile(out / "label_efficiency.png", picture)
         lines += [f"## {title}", "", body.replace("](label_efficiency.png)", f"]({picture.name})"), ""]
         pretrainings = sorted((out / "pretrain").glob("*/summary.json"))
         if pretrainings:
-            walls = ", ".join(f"{p.parent.name} {json.loads(p.read_text())['wall_time_s'] / 60:.1f} min" for p in pretrainings)
+            walls = ", ".join(f"{p.parent.name} {json.loads(p.read_text(encoding='utf-8'))['wall_time_s'] / 60:.1f} min" for p in pretrainings)
             lines += [f"Pre-training wall time: {walls}.", ""]
-    REPORT.write_text("\n".join(lines))
+    REPORT.write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {REPORT}")
 
 

@@ -131,7 +131,7 @@ def write_results(rows: list[tuple[str, list[float], list[float], float]], steps
         "per-step seeding, the finite-loss vote, scalar logging every step (TensorBoard + CSV), from `train/crops_per_s`.",
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
+    RESULTS.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS}")
 
 

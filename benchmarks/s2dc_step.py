@@ -102,7 +102,7 @@ def _worker(mode: str, name: str, steps: int) -> dict:
 def _run(mode: str, name: str, steps: int) -> dict:
     env = {**os.environ, **ALLOCATOR_ENV}
     command = [sys.executable, __file__, "--worker", mode, "--configs", name, "--steps", str(steps)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, encoding="utf-8", check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"{mode:8s} {name}: {result}", flush=True)
     return result
@@ -183,7 +183,7 @@ def main() -> None:
         figures[name] = {mode: _run(mode, name, args.steps) for mode in ("backbone", "s2dc")}
     command = "python benchmarks/s2dc_step.py " + " ".join(sys.argv[1:])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(_report(figures, args.configs, args.steps, command.strip()))
+    RESULTS.write_text(_report(figures, args.configs, args.steps, command.strip()), encoding="utf-8")
     print(f"wrote {RESULTS}")
 
 

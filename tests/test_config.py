@@ -61,7 +61,7 @@ def test_roi_flag_sets_only_the_trained_objectives() -> None:
 
 def test_yaml_then_flags_then_dotted_overrides(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"method": "gvsl", "trainer": {"max_steps": 50, "precision": "bf16-mixed"}, "seed": 3}))
+    path.write_text(yaml.safe_dump({"method": "gvsl", "trainer": {"max_steps": 50, "precision": "bf16-mixed"}, "seed": 3}), encoding="utf-8")
     config = resolve_config(path, steps=7, **{"gvsl.w_smooth": 0.5, "backbone": {"name": "unet", "unet_channels": [8, 16]}})
     assert config.method == "gvsl" and config.seed == 3
     assert config.trainer.max_steps == 7 and config.trainer.precision == "bf16-mixed"
@@ -71,7 +71,7 @@ def test_yaml_then_flags_then_dotted_overrides(tmp_path: Path) -> None:
 
 def test_bad_yaml_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("- just\n- a list\n")
+    path.write_text("- just\n- a list\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="bad.yaml: expected a mapping"):
         PretrainConfig.from_yaml(path)
     with pytest.raises(ConfigError, match="not found"):
@@ -94,7 +94,7 @@ def test_dotted_assignment_parsing_and_merging() -> None:
 def test_resolved_config_round_trips_through_yaml(tmp_path: Path) -> None:
     config = resolve_config(method="both", roi=32, **{"s2dc.field_size": [64, 64, 32]}, data="/cache", devices="auto")
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")), encoding="utf-8")
     assert PretrainConfig.from_yaml(path) == config
 
 

@@ -30,7 +30,7 @@ def source(tmp_path_factory) -> Path:
     entries = [
         {"image": f"imagesTr/c{n}.nii.gz", "label": f"labelsTr/c{n}.nii.gz", "split": "train" if n else "test"} for n in range(len(SHAPES))
     ]
-    (root / "dataset.json").write_text(__import__("json").dumps({"training": entries}))
+    (root / "dataset.json").write_text(__import__("json").dumps({"training": entries}), encoding="utf-8")
     return root
 
 
@@ -132,7 +132,7 @@ def test_foreground_bias_centres_crops_on_labelled_voxels(tmp_path: Path) -> Non
     hu[0, 0, 0] = -1000  # not constant
     write_nifti(tmp_path / "src" / "blob.nii.gz", hu)
     write_nifti(tmp_path / "src" / "labels" / "blob.nii.gz", label)
-    (tmp_path / "list.json").write_text('{"training": [{"image": "src/blob.nii.gz", "label": "src/labels/blob.nii.gz"}]}')
+    (tmp_path / "list.json").write_text('{"training": [{"image": "src/blob.nii.gz", "label": "src/labels/blob.nii.gz"}]}', encoding="utf-8")
     prepare(tmp_path / "list.json", tmp_path / "cache", PresetConfig(name="ct", foreground_crop=False))
     index = CacheIndex.open(tmp_path / "cache")
     assert len(index.foreground("blob")) == 64

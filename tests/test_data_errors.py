@@ -51,7 +51,7 @@ def _bad_inputs(root: Path) -> dict[str, str]:
         {"image": "missing.nii.gz"},
         {"image": "dicom"},
     ]
-    (root / "list.json").write_text(json.dumps({"training": datalist}))
+    (root / "list.json").write_text(json.dumps({"training": datalist}), encoding="utf-8")
     return {
         "corrupt.nii.gz": "corrupt gzip",
         "truncated.nii.gz": "truncated file",

@@ -7,6 +7,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from mssl.data.readers import keep_locale
+
 AIR_HU, TISSUE_HU, BONE_HU = -1000.0, 40.0, 700.0
 
 
@@ -73,5 +75,6 @@ def write_dicom_series(
         }.items():
             slice_image.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"{series_uid.rsplit('.', 1)[-1]}_{z:04d}.dcm"))
-        writer.Execute(slice_image)
+        with keep_locale():  # GDCM resets the process locale to "C"
+            writer.Execute(slice_image)
     return folder

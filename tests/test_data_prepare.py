@@ -74,9 +74,9 @@ def test_dicom_reruns_check_file_stats_not_series_headers(tmp_path: Path, monkey
 def test_datalist_keys_update_without_reprocessing(tmp_path: Path) -> None:
     _source(tmp_path / "src", 1)
     datalist = tmp_path / "list.json"
-    datalist.write_text(json.dumps({"training": [{"image": "src/case00.nii.gz", "split": "train"}]}))
+    datalist.write_text(json.dumps({"training": [{"image": "src/case00.nii.gz", "split": "train"}]}), encoding="utf-8")
     prepare(datalist, tmp_path / "cache", PRESET)
-    datalist.write_text(json.dumps({"training": [{"image": "src/case00.nii.gz", "split": "test"}]}))
+    datalist.write_text(json.dumps({"training": [{"image": "src/case00.nii.gz", "split": "test"}]}), encoding="utf-8")
     report = prepare(datalist, tmp_path / "cache", PRESET)
     assert report.unchanged == ["case00"]
     assert CacheIndex.open(tmp_path / "cache").case("case00").extra["split"] == "test"
@@ -132,7 +132,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path: Path) -> 
     while done == 0 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
         if (cache / INDEX_NAME).is_file():
-            done = len(json.loads((cache / INDEX_NAME).read_text())["cases"])
+            done = len(json.loads((cache / INDEX_NAME).read_text(encoding="utf-8"))["cases"])
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert 0 < done < count, f"the kill should land mid-run, after {done} of {count} cases"

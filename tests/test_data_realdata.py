@@ -26,9 +26,9 @@ PROBES = 2000
 
 
 def _first_cases(dataset_dir: Path, tmp_path: Path) -> Path:
-    document = json.loads((dataset_dir / "dataset.json").read_text())
+    document = json.loads((dataset_dir / "dataset.json").read_text(encoding="utf-8"))
     document["training"] = document["training"][:CASES]
-    (tmp_path / "subset.json").write_text(json.dumps(document))
+    (tmp_path / "subset.json").write_text(json.dumps(document), encoding="utf-8")
     return tmp_path / "subset.json"
 
 
@@ -51,7 +51,7 @@ def test_openkbp_ct(openkbp_dir: Path, tmp_path: Path) -> None:
     report = prepare(_first_cases(openkbp_dir, tmp_path), tmp_path / "cache", PresetConfig(name="ct"), base_dir=openkbp_dir)
     assert len(report.written) == CASES and not report.failed
     index = CacheIndex.open(tmp_path / "cache")
-    labels = json.loads((openkbp_dir / "dataset.json").read_text())["labels"]
+    labels = json.loads((openkbp_dir / "dataset.json").read_text(encoding="utf-8"))["labels"]
     for case in index.cases:
         record = case.record
         assert list(case.spacing) == pytest.approx(record["original_spacing"], abs=1e-5)  # native spacing kept
@@ -84,7 +84,7 @@ def test_ixi_mri(ixi_dir: Path, tmp_path: Path) -> None:
 def test_real_ct_as_dicom_series_reads_back_identically(openkbp_dir: Path, tmp_path: Path) -> None:
     import SimpleITK as sitk
 
-    entry = json.loads((openkbp_dir / "dataset.json").read_text())["training"][0]
+    entry = json.loads((openkbp_dir / "dataset.json").read_text(encoding="utf-8"))["training"][0]
     nifti = sitk.ReadImage(str(openkbp_dir / entry["image"]))
     volume = np.transpose(sitk.GetArrayFromImage(nifti), (2, 1, 0))  # (X, Y, Z) int16 HU
     write_dicom_series(tmp_path / "dicom" / "case", volume, nifti.GetSpacing(), origin=nifti.GetOrigin(), direction=nifti.GetDirection())

@@ -24,7 +24,7 @@ def test_folder_is_searched_recursively_for_every_format(tmp_path: Path, volume:
     write_sitk(tmp_path / "sub" / "deeper" / "c.nrrd", volume)
     write_sitk(tmp_path / "d.mha", volume)
     write_sitk(tmp_path / "e.mhd", volume)  # writes e.raw next to it, which is not a case
-    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "notes.txt").write_text("not an image", encoding="utf-8")
     cases = find_cases(tmp_path)
     assert sorted(c.case_id for c in cases) == ["a", "b", "c", "d", "e"]
     assert all(c.label is None and c.image.is_file() for c in cases)
@@ -57,7 +57,7 @@ def test_datalist_relative_paths_extra_keys_and_sections(tmp_path: Path, volume:
         "training": [{"image": "imagesTr/p1.nii.gz", "label": "labelsTr/p1.nii.gz", "split": "train", "age": 41.5}],
         "test": ["imagesTs/p2.nii.gz"],  # MSD test entries are bare paths
     }
-    (tmp_path / "dataset.json").write_text(json.dumps(datalist))
+    (tmp_path / "dataset.json").write_text(json.dumps(datalist), encoding="utf-8")
     by_file = {c.case_id: c for c in find_cases(tmp_path / "dataset.json")}
     by_folder = {c.case_id: c for c in find_cases(tmp_path)}  # a folder holding dataset.json is a datalist
     assert by_file == by_folder
@@ -70,14 +70,14 @@ def test_datalist_relative_paths_extra_keys_and_sections(tmp_path: Path, volume:
 def test_datalist_base_dir(tmp_path: Path, volume: np.ndarray) -> None:
     write_nifti(tmp_path / "data" / "img.nii.gz", volume)
     (tmp_path / "lists").mkdir()
-    (tmp_path / "lists" / "list.json").write_text(json.dumps({"training": [{"image": "img.nii.gz"}]}))
+    (tmp_path / "lists" / "list.json").write_text(json.dumps({"training": [{"image": "img.nii.gz"}]}), encoding="utf-8")
     with pytest.raises(DataError, match="img.nii.gz: does not exist"):
         find_cases(tmp_path / "lists" / "list.json")
     assert find_cases(tmp_path / "lists" / "list.json", base_dir=tmp_path / "data")[0].image.is_file()
 
 
 def test_missing_datalist_path_raises_or_is_kept(tmp_path: Path) -> None:
-    (tmp_path / "list.json").write_text(json.dumps({"training": [{"image": "gone.nii.gz", "label": "gone_label.nii.gz"}]}))
+    (tmp_path / "list.json").write_text(json.dumps({"training": [{"image": "gone.nii.gz", "label": "gone_label.nii.gz"}]}), encoding="utf-8")
     with pytest.raises(DataError) as error:
         find_cases(tmp_path / "list.json")
     assert str(error.value).startswith(str(tmp_path / "gone.nii.gz")) and "list.json" in str(error.value)
@@ -86,10 +86,10 @@ def test_missing_datalist_path_raises_or_is_kept(tmp_path: Path) -> None:
 
 
 def test_malformed_datalist_names_the_entry(tmp_path: Path) -> None:
-    (tmp_path / "list.json").write_text(json.dumps({"training": [{"label": "x.nii.gz"}]}))
+    (tmp_path / "list.json").write_text(json.dumps({"training": [{"label": "x.nii.gz"}]}), encoding="utf-8")
     with pytest.raises(DataError, match="'training' entry 0: needs an 'image' path"):
         find_cases(tmp_path / "list.json")
-    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(DataError, match="broken.json: cannot read datalist JSON"):
         find_cases(tmp_path / "broken.json")
 
@@ -99,7 +99,7 @@ def test_nnunet_raw_layout(tmp_path: Path, volume: np.ndarray) -> None:
         write_nifti(tmp_path / "imagesTr" / f"{case}_0000.nii.gz", volume)
         write_nifti(tmp_path / "imagesTr" / f"{case}_0001.nii.gz", volume)  # a second modality is not a case
     write_nifti(tmp_path / "labelsTr" / "BRATS_001.nii.gz", (volume > 0).astype(np.uint8))
-    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1", "1": "T2"}, "file_ending": ".nii.gz"}))
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1", "1": "T2"}, "file_ending": ".nii.gz"}), encoding="utf-8")
     cases = find_cases(tmp_path)
     assert [c.case_id for c in cases] == ["BRATS_001", "BRATS_002"]
     assert cases[0].image.name == "BRATS_001_0000.nii.gz"
@@ -120,7 +120,7 @@ def test_dicom_series_one_case_per_series_uid(tmp_path: Path, volume: np.ndarray
 def test_empty_source_is_an_error(tmp_path: Path, make: str) -> None:
     source: str | Path = tmp_path
     if make == "only_text":
-        (tmp_path / "readme.txt").write_text("nothing here")
+        (tmp_path / "readme.txt").write_text("nothing here", encoding="utf-8")
     if make == "glob_without_match":
         source = str(tmp_path / "*.nii.gz")
     with pytest.raises(DataError, match="empty source"):

@@ -43,13 +43,13 @@ def test_two_process_cpu_ddp_run(cache: Path, tmp_path: Path, method: str) -> No
     out = tmp_path / "run"
     command = [MSSL, "pretrain", "--method", method, *TINY, "--data", str(cache), "--out", str(out), "--steps", str(STEPS),
                "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
-    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, encoding="utf-8", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MEMBER: 2/2" in result.stderr and "gloo" in result.stderr
 
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == STEPS
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["steps"] == STEPS and summary["skipped_steps"] == 0
     if method == "s2dc":
         state = checkpoint["state_dict"]

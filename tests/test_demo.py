@@ -28,11 +28,11 @@ def test_embedded_sample_is_small_real_and_attributed():
     folder = demo_dataset()
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert size <= DEMO_BYTES_LIMIT
-    datalist = json.loads((folder / "dataset.json").read_text())
+    datalist = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     entries = datalist["training"]
     assert {e["split"] for e in entries} == {"train", "test"}
     assert all((folder / e["image"]).is_file() and (folder / e["label"]).is_file() for e in entries)
-    notice = (folder / "NOTICE.md").read_text()
+    notice = (folder / "NOTICE.md").read_text(encoding="utf-8")
     assert "MIT License" in notice and "Babier" in notice and "TCIA" in notice
 
 
@@ -42,17 +42,17 @@ def test_fast_demo_writes_report_exports_probes_and_figures(demo_run):
 
     out, report = demo_run
     assert report == out / "report.md"
-    text = report.read_text()
+    text = report.read_text(encoding="utf-8")
     for heading in ("## Stages", "## Frozen-feature probes", "S²DC on Swin-UNETR", "GVSL on the 3D U-Net", "## Data notice"):
         assert heading in text
     assert text.count("| pretrained |") == 2 and text.count("| random |") == 2
-    timings = json.loads((out / "timings.json").read_text())
+    timings = json.loads((out / "timings.json").read_text(encoding="utf-8"))
     assert timings["total_s"] > 0 and "pre-train s2dc" in timings["stages_s"]
     for method, target in (("s2dc", "swinunetr"), ("gvsl", "unet")):
         weights = out / "runs" / method / "export" / "encoder.safetensors"
         loaded = inspect_weights(weights, into=target)
         assert loaded.ok and not loaded.mismatched
-        sidecar = json.loads(weights.with_suffix(".json").read_text())
+        sidecar = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
         assert sidecar["data"]["cases"] == 2 and sidecar["spacing"] == [8.0, 8.0, 8.0]  # the train split only
         assert sidecar["data_index_hash"] == CacheIndex.open(out / "cache").select(split="train").hash()
         assert sidecar["preset"]["name"] == "ct" and sidecar["steps"] == 2

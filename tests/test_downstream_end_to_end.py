@@ -25,13 +25,13 @@ TINY_TRAINING = {"roi": (32, 32, 32), "steps": 2, "val_every": 2, "crops_per_cas
 
 def _subset(source: Path, out: Path, per_split: dict[str, int]) -> Path:
     """A dataset.json with the first cases of each split of a real dataset (absolute paths)."""
-    meta = json.loads((source / "dataset.json").read_text())
+    meta = json.loads((source / "dataset.json").read_text(encoding="utf-8"))
     chosen = []
     for split, count in per_split.items():
         entries = [e for e in meta["training"] if e.get("split", split) == split][:count]
         chosen += [{**e, "image": str(source / e["image"]), "label": str(source / e["label"])} for e in entries]
     path = out / "dataset.json"
-    path.write_text(json.dumps({**meta, "training": chosen}))
+    path.write_text(json.dumps({**meta, "training": chosen}), encoding="utf-8")
     return path
 
 
@@ -68,7 +68,7 @@ def test_finetune_writes_a_loadable_run(finetuned: Path, tiny_export: Path) -> N
     network, description = load_finetuned(finetuned)
     assert description["method"] == "test" and len(description["labelled_cases"]) == 2
     assert description["backbone"]["unet_channels"] == [8, 16, 32]
-    assert math.isfinite(json.loads((finetuned / "result.json").read_text())["best_val_dice"])
+    assert math.isfinite(json.loads((finetuned / "result.json").read_text(encoding="utf-8"))["best_val_dice"])
     # the encoder started from the export: two small steps moved it only slightly
     source = load_file(str(tiny_export))
     key = "encoders.0.0.weight"
@@ -80,7 +80,7 @@ def test_evaluate_scores_on_the_input_grid(finetuned: Path, openkbp_small: Path,
     from mssl.downstream.evaluate import evaluate
 
     result = evaluate(run=finetuned, data=openkbp_small, out=tmp_path)
-    case = json.loads(openkbp_small.read_text())["training"][-1]
+    case = json.loads(openkbp_small.read_text(encoding="utf-8"))["training"][-1]
     prediction = nib.load(str(tmp_path / "predictions" / f"{Path(case['image']).name.split('.')[0]}.nii.gz"))
     image = nib.load(case["image"])
     assert prediction.shape == image.shape and np.allclose(prediction.affine, image.affine)
@@ -89,7 +89,7 @@ def test_evaluate_scores_on_the_input_grid(finetuned: Path, openkbp_small: Path,
         assert values["n"] == (1 if name in contoured else 0)
         if name in contoured:
             assert 0.0 <= values["dice"] <= 1.0 and values["hd95"] >= 0.0
-    assert (tmp_path / "per_case.csv").read_text().count("\n") == 1 + len(result.per_class)
+    assert (tmp_path / "per_case.csv").read_text(encoding="utf-8").count("\n") == 1 + len(result.per_class)
 
 
 @pytest.mark.realdata
@@ -100,7 +100,7 @@ def test_probe_compares_with_a_random_encoder(openkbp_small: Path, tiny_export: 
     assert result.pretrained is not None and result.random is not None
     for scores in (result.pretrained, result.random):
         assert 0.0 <= scores.mean_dice <= 1.0
-    assert json.loads((tmp_path / "probe.json").read_text())["test_cases"] == result.test_cases
+    assert json.loads((tmp_path / "probe.json").read_text(encoding="utf-8"))["test_cases"] == result.test_cases
 
 
 @pytest.mark.realdata
@@ -108,10 +108,10 @@ def test_classification_on_ixi_sex(ixi_dir: Path, tmp_path: Path) -> None:
     from mssl.downstream.evaluate import evaluate
     from mssl.downstream.finetune import finetune
 
-    meta = json.loads((ixi_dir / "dataset.json").read_text())
+    meta = json.loads((ixi_dir / "dataset.json").read_text(encoding="utf-8"))
     entries = [{**e, "image": str(ixi_dir / e["image"]), "label": str(ixi_dir / e["label"])} for e in meta["training"][:4]]
     data = tmp_path / "dataset.json"
-    data.write_text(json.dumps({**meta, "training": entries}))
+    data.write_text(json.dumps({**meta, "training": entries}), encoding="utf-8")
     run = finetune(task="cls", target="sex", data=data, backbone=TINY, roi=(32, 32, 32), steps=2, out=tmp_path / "cls")
     result = evaluate(run=run, data=data)
     assert 0.0 <= result.scores["accuracy"] <= 1.0
@@ -142,7 +142,7 @@ def test_benchmark_resumes_without_training(openkbp_small: Path, tiny_export: Pa
     second = benchmark(**options)
     assert second.trained == 0 and second.dice == first.dice
     assert [w.stat().st_mtime_ns for w in weights] == stamps
-    assert "| scratch |" in (tmp_path / "benchmark.md").read_text() and (tmp_path / "label_efficiency.png").is_file()
+    assert "| scratch |" in (tmp_path / "benchmark.md").read_text(encoding="utf-8") and (tmp_path / "label_efficiency.png").is_file()
     with pytest.raises(ValueError, match="other settings"):  # cached runs are never mistaken for another budget
         benchmark(**{**options, "finetune": {**TINY_TRAINING, "steps": 3}})
 
@@ -152,6 +152,6 @@ def test_cli_evaluate_and_clear_errors(finetuned: Path, openkbp_small: Path, tmp
     runner = CliRunner()
     done = runner.invoke(app, ["evaluate", str(finetuned), "--data", str(openkbp_small), "--out", str(tmp_path), "--no-predictions", "--classes", "Brainstem"])
     assert done.exit_code == 0, done.output
-    assert "Brainstem" in (tmp_path / "summary.md").read_text()
+    assert "Brainstem" in (tmp_path / "summary.md").read_text(encoding="utf-8")
     bad = runner.invoke(app, ["finetune", "--data", str(openkbp_small), "--roi", "3,4"])
     assert bad.exit_code == 2 and "size '3,4'" in bad.output

@@ -32,7 +32,7 @@ def make_run(root, backbone: BackboneConfig, method: str = "s2dc", steps: int = 
     run = root / "run"
     (run / "checkpoints").mkdir(parents=True)
     torch.save(checkpoint, run / "checkpoints" / "last.ckpt")
-    (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")), encoding="utf-8")
     return run, config, student
 
 
@@ -51,7 +51,7 @@ def test_swin_export_loads_into_monai_swinunetr_with_no_missing_encoder_keys(tmp
 def test_sidecar_records_provenance_and_is_embedded_in_the_header(tmp_path):
     run, config, student = make_run(tmp_path, SWIN, steps=7)
     weights = export(run)
-    sidecar = json.loads((run / "export" / "encoder.json").read_text())
+    sidecar = json.loads((run / "export" / "encoder.json").read_text(encoding="utf-8"))
     assert sidecar["method"] == "s2dc" and sidecar["steps"] == 7 and sidecar["in_channels"] == 1
     assert sidecar["backbone"] == {
         "name": "swin",
@@ -85,7 +85,7 @@ def test_unet_export_in_both_formats_loads_strictly_into_the_project_unet(tmp_pa
         network = UNetBackbone(1, (8, 16, 32))
         tensors = read_weights(weights) if fmt == "monai" else torch.load(weights, weights_only=True)
         network.load_state_dict(tensors, strict=True)
-        assert json.loads(weights.with_suffix(".json").read_text())["roi"] == {"gvsl": [32, 32, 32]}
+        assert json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))["roi"] == {"gvsl": [32, 32, 32]}
 
 
 def test_export_errors_name_the_file_and_the_problem(tmp_path):

@@ -25,7 +25,7 @@ SMALL_UNET = BackboneConfig(name="unet", unet_channels=(4, 8, 16, 32))
 
 def _crops(root, count: int = 2) -> torch.Tensor:
     """Central CROP³ crops of the first ``count`` cases, HU windowed to [0, 1]: (count, 1, CROP, CROP, CROP)."""
-    entries = json.loads((root / "dataset.json").read_text())["training"][:count]
+    entries = json.loads((root / "dataset.json").read_text(encoding="utf-8"))["training"][:count]
     crops = []
     for entry in entries:
         volume = np.asarray(nib.load(root / entry["image"]).dataobj, dtype=np.float32)

@@ -43,7 +43,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _start(cache: Path, out: Path, *extra: str) -> subprocess.Popen:
     command = [MSSL, "pretrain", *TINY_S2DC, "--data", str(cache), "--out", str(out), *extra]
-    return subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, encoding="utf-8")
 
 
 def _kill_after_checkpoint(process: subprocess.Popen, checkpoint: Path, timeout: float = 300) -> None:
@@ -68,7 +68,7 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(cache: Path, tmp_path:
     killed_at = max(checkpoint_step(p) for p in (crashed / "checkpoints").glob("*.ckpt"))
     assert 4 <= killed_at < STEPS
 
-    resumed = subprocess.run([MSSL, "pretrain", "--out", str(crashed), "--resume"], env=ENV, capture_output=True, text=True)
+    resumed = subprocess.run([MSSL, "pretrain", "--out", str(crashed), "--resume"], env=ENV, capture_output=True, text=True, encoding="utf-8")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert reference.wait() == 0, reference.stderr.read()[-3000:]
 
@@ -81,5 +81,5 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(cache: Path, tmp_path:
     for (_, a), (_, e) in zip(sorted(actual["optimizer_states"][0]["state"].items()), sorted(expected["optimizer_states"][0]["state"].items())):
         torch.testing.assert_close(a["exp_avg_sq"], e["exp_avg_sq"], rtol=0, atol=1e-6)
     assert actual["lr_schedulers"][0]["_last_lr"] == expected["lr_schedulers"][0]["_last_lr"]
-    summary = (crashed / "summary.json").read_text()
+    summary = (crashed / "summary.json").read_text(encoding="utf-8")
     assert f'"resumed_from_step": {killed_at}' in summary

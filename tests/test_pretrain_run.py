@@ -67,7 +67,7 @@ def test_few_step_run_writes_the_run_folder(cache: Path, tmp_path: Path, method:
     steps = 2 if method == "both" else 3
     run = mssl.pretrain(method=method, data=cache, out=tmp_path / "run", steps=steps, checkpoint_every=2, **TINY)
 
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     assert config["method"] == method and config["trainer"]["max_steps"] == steps
     assert config["optim"]["lr"] is not None  # resolved from the method's recipe
 
@@ -87,7 +87,7 @@ def test_few_step_run_writes_the_run_folder(cache: Path, tmp_path: Path, method:
     assert terms | {"loss", "lr"} <= logged and "crops_per_s" in logged
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "logs").iterdir())
 
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert summary["steps"] == steps and summary["skipped_steps"] == 0
     assert summary["weights"] == "checkpoints/last.ckpt" and len(summary["data_index_hash"]) == 64
     assert {"loss"} | {t for t in terms if "match_acc" not in t} <= set(summary["final_losses"])
@@ -119,8 +119,8 @@ def test_resume_with_more_steps_continues_logs_and_schedule(cache: Path, tmp_pat
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 5
     assert checkpoint["lr_schedulers"][0]["lr_lambdas"][0]["max_steps"] == 5  # the schedule follows the new length
-    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_steps"] == 5
-    assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == 2
+    assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["trainer"]["max_steps"] == 5
+    assert json.loads((run / "summary.json").read_text(encoding="utf-8"))["resumed_from_step"] == 2
 
 
 class NonFiniteAt(PretrainMethod):
@@ -155,7 +155,7 @@ def test_nonfinite_loss_skips_the_step_without_touching_the_weights(cache: Path,
 
     _nonfinite_gvsl(monkeypatch, bad_calls={1, 2})
     run = mssl.pretrain(method="gvsl", data=cache, out=tmp_path / "run", steps=4, checkpoint_every=1, **TINY)
-    assert json.loads((run / "summary.json").read_text())["skipped_steps"] == 2
+    assert json.loads((run / "summary.json").read_text(encoding="utf-8"))["skipped_steps"] == 2
     assert sum("non-finite loss, step skipped" in r.message for r in caplog.records) == 2
 
     def state(step: int) -> dict[str, Any]:
@@ -199,12 +199,12 @@ def test_cli_reports_a_bad_option_in_one_line() -> None:
 @pytest.mark.realdata
 def test_cli_run_with_yaml_flags_and_set(cache: Path, tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"method": "gvsl", "backbone": TINY["backbone"], "trainer": {"max_steps": 5}}))
+    config.write_text(yaml.safe_dump({"method": "gvsl", "backbone": TINY["backbone"], "trainer": {"max_steps": 5}}), encoding="utf-8")
     arguments = ["pretrain", "--config", str(config), "--data", str(cache), "--out", str(tmp_path / "run"), "--steps", "2",
                  "--roi", "32", "--workers", "0", "--no-progress", "--set", "gvsl.w_smooth=0.5", "--set", "optim.min_lr_ratio=0.1"]
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
-    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))
     assert saved["trainer"]["max_steps"] == 2 and saved["gvsl"]["roi"] == [32, 32, 32] and saved["gvsl"]["w_smooth"] == 0.5
     assert "pre-training finished" in result.output and "last.ckpt" in result.output
 

@@ -20,7 +20,7 @@ STEPS = 20
 
 
 def _volumes(root, split, count):
-    entries = [e for e in json.loads((root / "dataset.json").read_text())["training"] if e["split"] == split][:count]
+    entries = [e for e in json.loads((root / "dataset.json").read_text(encoding="utf-8"))["training"] if e["split"] == split][:count]
     volumes = []
     for entry in entries:
         hu = torch.from_numpy(np.asarray(nib.load(root / entry["image"]).dataobj, dtype=np.float32))

@@ -139,7 +139,7 @@ for i in range(10**6):
 @pytest.mark.slow
 def test_kill_9_during_checkpoint_writes_leaves_a_whole_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "checkpoints" / "last.ckpt"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True, encoding="utf-8")
     for _ in range(3):  # a few complete writes, then the kill lands while the next one is in flight
         assert writer.stdout.readline(), "writer died"
     time.sleep(0.01)

@@ -75,7 +75,7 @@ def test_curves_from_metrics_csv(tmp_path):
     logs.mkdir()
     rows = ["epoch,step,train/crops_per_s,train/loss,train/lr,train/ncc"]
     rows += [f"0,{s},1.0,{10 - s},0.001,{0.5 if s % 2 else ''}" for s in range(10)]
-    (logs / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (logs / "metrics.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     series = read_metrics(tmp_path)
     assert set(series) == {"loss", "ncc"}  # lr and throughput are not losses
     assert series["ncc"][0].tolist() == [1, 3, 5, 7, 9]

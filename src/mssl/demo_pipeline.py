@@ -131,7 +131,7 @@ def run_demo(out: str | Path = "demo_run", fast: bool = False, console: Console 
     out.mkdir(parents=True, exist_ok=True)
     watch = Stopwatch()
     datalist = demo_datalist(out / DATALIST, plan.cases)
-    test_volume = next(e["image"] for e in json.loads(datalist.read_text())["training"] if e["split"] == "test")
+    test_volume = next(e["image"] for e in json.loads(datalist.read_text(encoding="utf-8"))["training"] if e["split"] == "test")
     common = {"data": out / CACHE, "split": "train", "workers": 0, "log_every": 1, "checkpoint_every": max(plan.s2dc_steps, plan.gvsl_steps) + 1}  # last.ckpt only
 
     with watch.stage("prepare", console):
@@ -169,7 +169,7 @@ def write_report(out: Path, plan: DemoPlan, watch: Stopwatch, probes: dict, figu
 
     timings = {"stages_s": watch.seconds, "total_s": watch.total, "stages_cpu_s": watch.cpu_seconds, "total_cpu_s": watch.cpu_total,
                "load_average_1min": watch.load_average}
-    (out / TIMINGS).write_text(json.dumps(timings, indent=2) + "\n")
+    (out / TIMINGS).write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
     labels = {"s2dc": "S²DC on Swin-UNETR", "gvsl": "GVSL on the 3D U-Net"}
     lines = [
         "# mssl demo report",
@@ -233,7 +233,7 @@ def write_report(out: Path, plan: DemoPlan, watch: Stopwatch, probes: dict, figu
         "",
     ]
     path = out / REPORT
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
 

@@ -245,7 +245,7 @@ def read_index(root: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise DataError(path, f"unreadable cache index ({error})") from error
     if not isinstance(document, dict) or document.get("format") != CACHE_FORMAT or "cases" not in document:

@@ -29,7 +29,7 @@ def demo_datalist(out: Path, per_split: dict[str, int] | None = None) -> Path:
     ``per_split={"train": 2, "test": 2}`` keeps a small subset (fast checks); None keeps every case.
     """
     source = demo_dataset()
-    datalist = json.loads((source / DATALIST).read_text())
+    datalist = json.loads((source / DATALIST).read_text(encoding="utf-8"))
     kept = []
     for entry in datalist["training"]:
         split = entry["split"]
@@ -38,10 +38,10 @@ def demo_datalist(out: Path, per_split: dict[str, int] | None = None) -> Path:
         kept.append({**entry, "image": str(source / entry["image"]), "label": str(source / entry["label"])})
     datalist = {**datalist, "training": kept, "numTraining": len(kept)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(datalist, indent=2) + "\n")
+    out.write_text(json.dumps(datalist, indent=2) + "\n", encoding="utf-8")
     return out
 
 
 def notice() -> str:
     """Attribution and licence text of the demo volumes."""
-    return (demo_dataset() / NOTICE).read_text()
+    return (demo_dataset() / NOTICE).read_text(encoding="utf-8")

@@ -11,6 +11,7 @@ corrupt gzip, truncated file, unreadable DICOM series, or the reader's own messa
 from __future__ import annotations
 
 import gzip
+import locale
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -74,6 +75,20 @@ class LoadVolumed(LoadImaged):
 
 
 @contextmanager
+def keep_locale() -> Iterator[None]:
+    """Undo the ``setlocale(LC_ALL, "C")`` that GDCM performs when it touches DICOM.
+
+    Without this, every later text file or subprocess pipe in the process silently falls back to
+    ASCII, and the first "²" or "±" in a report raises UnicodeEncodeError.
+    """
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+@contextmanager
 def reading(path: str | Path) -> Iterator[None]:
     """Turn any reader exception inside the block into a one-line :class:`DataError` for ``path``."""
     try:
@@ -116,12 +131,13 @@ def _read_sitk(names: list[str]) -> _SitkVolume:
     is_series = len(names) > 1
     where = Path(names[0]).parent if is_series else names[0]
     try:
-        if is_series:
-            series_reader = sitk.ImageSeriesReader()
-            series_reader.SetFileNames(names)
-            img = series_reader.Execute()
-        else:
-            img = sitk.ReadImage(names[0])
+        with keep_locale():
+            if is_series:
+                series_reader = sitk.ImageSeriesReader()
+                series_reader.SetFileNames(names)
+                img = series_reader.Execute()
+            else:
+                img = sitk.ReadImage(names[0])
         array = sitk.GetArrayFromImage(img)  # (Z, Y, X[, C]), or (Y, X[, C]) for 2D
     except RuntimeError as error:
         dicom = is_series or names[0].lower().endswith((".dcm", ".ima"))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from mssl.data.errors import DataError
+from mssl.data.readers import keep_locale
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".ima")
@@ -122,7 +123,8 @@ def dicom_series(folder: Path) -> list[tuple[str, list[Path]]]:
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader
-    return [(uid, [Path(f) for f in reader.GetGDCMSeriesFileNames(str(folder), uid)]) for uid in reader.GetGDCMSeriesIDs(str(folder))]
+    with keep_locale():
+        return [(uid, [Path(f) for f in reader.GetGDCMSeriesFileNames(str(folder), uid)]) for uid in reader.GetGDCMSeriesIDs(str(folder))]
 
 
 # --- datalist -------------------------------------------------------------------------------------
@@ -137,7 +139,7 @@ def _has_datalist(path: Path, sections: Sequence[str]) -> bool:
 
 def _read_json(path: Path) -> object:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DataError(path, f"cannot read datalist JSON: {error}") from error
 

@@ -121,7 +121,7 @@ def run_one(config: BenchmarkConfig, method: str, weights: Path | None, k: int, 
             changed = sorted(k for k in saved if saved[k] != settings.model_dump(mode="json").get(k))
             raise ValueError(f"{settings.out} was fine-tuned with other settings ({', '.join(changed)}); use another --out to compare budgets")
     if summary_file.is_file():
-        return json.loads(summary_file.read_text()), False
+        return json.loads(summary_file.read_text(encoding="utf-8")), False
     trained = False
     if not (settings.out / RESULT_FILE).is_file():
         console.rule(f"{method} · k={k} · seed {seed}")
@@ -138,7 +138,7 @@ def run_one(config: BenchmarkConfig, method: str, weights: Path | None, k: int, 
         validation_fraction=config.validation_fraction,
         console=console,
     )
-    return json.loads(summary_file.read_text()), trained
+    return json.loads(summary_file.read_text(encoding="utf-8")), trained
 
 
 def run_probe(config: BenchmarkConfig, method: str, weights: Path, console: Console) -> dict[str, Any]:
@@ -148,7 +148,7 @@ def run_probe(config: BenchmarkConfig, method: str, weights: Path, console: Cons
     if not (out / PROBE_FILE).is_file():
         options = {"classes": config.classes, "preset": config.preset, "spacing": config.spacing, **config.probe_options}
         probe(data=config.data, weights=weights, out=out, console=console, **options)
-    return json.loads((out / PROBE_FILE).read_text())
+    return json.loads((out / PROBE_FILE).read_text(encoding="utf-8"))
 
 
 def benchmark(config: BenchmarkConfig | None = None, console: Console | None = None, **overrides: Any) -> BenchmarkResult:
@@ -181,8 +181,8 @@ def benchmark(config: BenchmarkConfig | None = None, console: Console | None = N
             result.probes[method] = run_probe(config, method, weights, console)
     write_json(config.out / "benchmark.json", {"config": config.model_dump(mode="json"), "dice": result.dice, "hd95": result.hd95, "per_class": result.per_class, "probes": result.probes})
     plot_curves(result, config.out / PLOT_FILE)
-    (config.out / "benchmark.md").write_text(benchmark_markdown(result, config, time.perf_counter() - start))
-    console.print((config.out / "benchmark.md").read_text())
+    (config.out / "benchmark.md").write_text(benchmark_markdown(result, config, time.perf_counter() - start), encoding="utf-8")
+    console.print((config.out / "benchmark.md").read_text(encoding="utf-8"))
     return result
 
 
@@ -274,5 +274,5 @@ def seconds_of(out: Path) -> dict[str, float]:
     """Wall time of every finished fine-tuning under ``out`` (from its result.json), for budget reports."""
     times = {}
     for result_file in sorted((Path(out) / "finetune").glob(f"*/k*/seed*/{RESULT_FILE}")):
-        times[str(result_file.parent.relative_to(out))] = float(json.loads(result_file.read_text()).get("seconds", np.nan))
+        times[str(result_file.parent.relative_to(out))] = float(json.loads(result_file.read_text(encoding="utf-8")).get("seconds", np.nan))
     return times

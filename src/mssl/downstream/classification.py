@@ -142,7 +142,7 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
 
     best, best_step, best_scores = -math.inf, 0, {}
     step = 0
-    with open(out / LOG_FILE, "w", newline="") as log_file:
+    with open(out / LOG_FILE, "w", newline="", encoding="utf-8") as log_file:
         log = csv.writer(log_file)
         log.writerow(["step", "loss", "validation"])
         while step < config.steps:

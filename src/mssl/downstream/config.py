@@ -127,7 +127,7 @@ def build_config(model: type[StrictModelT], config_file: Path | None, **options:
     """A command's config: YAML file (if given), then every flag the user set (None = not set)."""
     values: dict[str, object] = {}
     if config_file is not None:
-        loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{config_file}: expected a mapping of options at the top level")
         values.update(loaded)

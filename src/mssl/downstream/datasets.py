@@ -44,7 +44,7 @@ def load_dataset(path: Path, test_fraction: float = 0.3, validation_fraction: fl
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: dataset.json not found")
-    meta = json.loads(path.read_text())
+    meta = json.loads(path.read_text(encoding="utf-8"))
     labels = meta.get("labels", {"0": "background"})
     if sorted(int(k) for k in labels) != list(range(len(labels))):
         raise ValueError(f"{path}: 'labels' must be numbered 0..N-1, got {sorted(labels, key=int)}")

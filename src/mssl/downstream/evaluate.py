@@ -87,7 +87,7 @@ def evaluate_segmentation(network: torch.nn.Module, description: dict[str, Any],
             predictions.mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(prediction, image_file.affine), str(predictions / f"{case.case_id}.nii.gz"))
 
-    with open(out / "per_case.csv", "w", newline="") as handle:
+    with open(out / "per_case.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["case", "class", "dice", "hd95"])
         writer.writeheader()
         writer.writerows(rows)
@@ -111,7 +111,7 @@ def evaluate_segmentation(network: torch.nn.Module, description: dict[str, Any],
         "",
         f"Mean ± sample std over the cases that contour the class (n). {HD95_NOTE}",
     ]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     write_json(out / "summary.json", {"per_class": per_class, "scores": scores, "cases": [c.case_id for c in cases]})
     return EvaluationResult(out, per_class, scores)
 
@@ -125,7 +125,7 @@ def evaluate_classification(network: torch.nn.Module, description: dict[str, Any
     data = MonaiDataset(classification_items(cases, description["target"], encoding), transform=volume_transforms(PresetConfig(**description["preset"]), description["roi"]))
     outputs, targets = predict_outputs(network, data)
     scores = classification_scores(outputs, targets, encoding)
-    with open(out / "per_case.csv", "w", newline="") as handle:
+    with open(out / "per_case.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         if encoding["kind"] == "regression":
             writer.writerow(["case", description["target"], "prediction"])
@@ -137,7 +137,7 @@ def evaluate_classification(network: torch.nn.Module, description: dict[str, Any
                 writer.writerow([case.case_id, case.extra[description["target"]], encoding["classes"][int(np.argmax(p))], *p])
     lines = [f"# Evaluation of `{config.run}` on split `{config.split}` ({len(cases)} cases)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {name} | {value:.4f} |" for name, value in scores.items()]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     write_json(out / "summary.json", {"scores": scores, "cases": [c.case_id for c in cases]})
     return EvaluationResult(out, {}, scores)
 
@@ -161,5 +161,5 @@ def evaluate(config: EvaluateConfig | None = None, console: Console | None = Non
         result = evaluate_segmentation(network, description, cases, config, out, console)
     else:
         result = evaluate_classification(network, description, cases, config, out)
-    console.print((out / "summary.md").read_text())
+    console.print((out / "summary.md").read_text(encoding="utf-8"))
     return result

@@ -69,7 +69,7 @@ def describe_weights(weights: Path) -> PretrainedInfo:
         if run_config is None:
             raise FileNotFoundError(f"{weights}: no sidecar or {RUN_CONFIG} says which backbone these weights belong to")
         source = run_config
-        meta = yaml.safe_load(run_config.read_text()) or {}
+        meta = yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}
     if "backbone" not in meta:
         raise ValueError(f"{source}: no 'backbone' entry")
     backbone = meta["backbone"]

@@ -282,5 +282,5 @@ def probe(config: ProbeConfig | None = None, console: Console | None = None, **o
     if config.out is not None:
         out = Path(config.out)
         write_json(out / "probe.json", {**result.to_dict(), "config": config.model_dump(mode="json")})
-        (out / "probe.md").write_text(result.markdown())
+        (out / "probe.md").write_text(result.markdown(), encoding="utf-8")
     return result

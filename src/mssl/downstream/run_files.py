@@ -29,7 +29,7 @@ def save_weights(network: nn.Module, out: Path) -> Path:
 
 def write_json(path: Path, content: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(content, indent=2, default=str) + "\n", encoding="utf-8")
     return path
 
 
@@ -37,7 +37,7 @@ def read_model_description(run: Path) -> dict[str, Any]:
     path = Path(run) / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run}: not a fine-tuned run ({MODEL_FILE} missing)")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def load_finetuned(run: Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -105,7 +105,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
     loss_fn = PartialDiceCELoss()
     best_dice, best_step = -1.0, 0
     batches = _forever(loader)
-    with open(out / LOG_FILE, "w", newline="") as log_file:
+    with open(out / LOG_FILE, "w", newline="", encoding="utf-8") as log_file:
         log = csv.writer(log_file)
         log.writerow(["step", "loss", "lr", "val_dice"])
         for step in range(1, config.steps + 1):

@@ -131,7 +131,7 @@ def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = No
             drop_rows_after(run_dir / LOG_DIR / METRICS_FILE, resumed_step)
     if is_rank_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
 
     seed_init(cfg.seed)
     module = PretrainModule(cfg)

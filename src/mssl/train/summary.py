@@ -32,7 +32,7 @@ class RunSummary:
 
     def write(self, run_dir: Path) -> Path:
         path = run_dir / SUMMARY_FILE
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
         return path
 
     def render(self, run_dir: Path, console: Console | None = None) -> None:

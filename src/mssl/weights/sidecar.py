@@ -70,7 +70,7 @@ def read_sidecar(weights_file: Path) -> dict[str, Any] | None:
     path = sidecar_path(weights_file)
     if path.is_file():
         try:
-            return json.loads(path.read_text())
+            return json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: not valid JSON ({error})") from None
     embedded = read_metadata(weights_file).get(METADATA_KEY)
@@ -79,5 +79,5 @@ def read_sidecar(weights_file: Path) -> dict[str, Any] | None:
 
 def write_sidecar(sidecar: dict[str, Any], weights_file: Path) -> Path:
     path = sidecar_path(weights_file)
-    path.write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(sidecar, indent=2, default=str) + "\n", encoding="utf-8")
     return path
