@@ -15,6 +15,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # docstring paragraphs wrap to the terminal instead of keeping source line breaks
 )
 
 # The order a user meets the commands in: data → pre-training → weights → downstream → pictures.
