@@ -31,6 +31,32 @@ def _dataset(name: str) -> Path:
     return root
 
 
+# Environment for tests that start `mssl` subprocesses: one intra-op thread (float reductions ordered
+# identically run to run) and the allocator settings of DESIGN §10.
+SUBPROCESS_ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": "100000000000",
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_ct_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four OpenKBP CTs through the real `prepare`, resampled coarsely so crops are cheap."""
+    from mssl.data.prepare import prepare
+    from mssl.data.preprocess import PresetConfig
+
+    images = SHARED_DATA / "openkbp" / "imagesTr"
+    if not images.is_dir():
+        pytest.skip(f"real data not available: {images}")
+    out = tmp_path_factory.mktemp("tiny_ct_cache")
+    report = prepare(str(images / "pt_1[0-3].nii.gz"), out, PresetConfig(name="ct", spacing=(6.0, 6.0, 4.0)))
+    assert len(report.written) == 4
+    return out
+
+
 @pytest.fixture
 def openkbp_dir() -> Path:
     """../shared/data/openkbp (skips the test when absent)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from mssl.train.checkpoint import checkpoint_step
-from tests.conftest import SHARED_DATA
+from tests.conftest import SUBPROCESS_ENV as ENV
 
 MSSL = str(Path(sys.executable).with_name("mssl"))
 STEPS, EVERY = 10, 2
@@ -24,21 +23,11 @@ TINY_S2DC = [
     "--set", "backbone.unet_channels=[8, 16, 32]", "--set", "s2dc.field_size=[64, 64, 32]", "--set", "s2dc.roi=32",
     "--set", "s2dc.head_hidden=32", "--set", "s2dc.head_out=16", "--set", "s2dc.queue_size=8", "--set", "s2dc.sinkhorn_iters=10",
 ]
-# One intra-op thread in every run, so that float reductions are ordered identically.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mssl.data.prepare import prepare
-    from mssl.data.preprocess import PresetConfig
-
-    images = SHARED_DATA / "openkbp" / "imagesTr"
-    if not images.is_dir():
-        pytest.skip(f"real data not available: {images}")
-    out = tmp_path_factory.mktemp("cache")
-    prepare(str(images / "pt_1[0-3].nii.gz"), out, PresetConfig(name="ct", spacing=(6.0, 6.0, 4.0)))
-    return out
+@pytest.fixture
+def cache(tiny_ct_cache: Path) -> Path:
+    return tiny_ct_cache
 
 
 def _start(cache: Path, out: Path, *extra: str) -> subprocess.Popen:

@@ -30,21 +30,9 @@ TINY: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four OpenKBP CTs through the real `prepare`, resampled coarsely so crops are cheap."""
-    from mssl.data.prepare import prepare
-    from mssl.data.preprocess import PresetConfig
-
-    from tests.conftest import SHARED_DATA
-
-    images = SHARED_DATA / "openkbp" / "imagesTr"
-    if not images.is_dir():
-        pytest.skip(f"real data not available: {images}")
-    out = tmp_path_factory.mktemp("cache")
-    report = prepare(str(images / "pt_1[0-3].nii.gz"), out, PresetConfig(name="ct", spacing=(6.0, 6.0, 4.0)))
-    assert len(report.written) == 4
-    return out
+@pytest.fixture
+def cache(tiny_ct_cache: Path) -> Path:
+    return tiny_ct_cache
 
 
 def _metrics(run: Path) -> list[dict[str, str]]:
