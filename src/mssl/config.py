@@ -65,7 +65,7 @@ class S2DCConfig(StrictModel):
     # teacher global view: each crop with its own mild affine
     crop_scale_range: tuple[float, float] = (0.95, 1.05)
     crop_rotation_deg: float = Field(10.0, ge=0)
-    crop_shift_fraction: float = Field(0.0625, ge=0)
+    crop_shift_fraction: float = Field(0.0625, ge=0, description="max shift of each global-view crop as a fraction of roi")
     intensity_shift: float = Field(0.1, ge=0)
     intensity_shift_prob: float = Field(0.1, ge=0, le=1)
     # heads
@@ -105,14 +105,16 @@ class GVSLConfig(StrictModel):
     aug_rotation_deg: float = Field(20.0, ge=0)
     aug_scale_range: tuple[float, float] = (0.75, 1.25)
     aug_shear_deg: float = Field(10.0, ge=0)
-    aug_shift_fraction: float = Field(0.1, ge=0)
+    aug_shift_fraction: float = Field(
+        0.1, ge=0, description="max shift as a fraction of the half extent (size - 1) / 2, i.e. ±5 % of the crop as in the official code"
+    )
     elastic_alpha: tuple[float, float] = (0.0, 512.0)
     elastic_sigma: tuple[float, float] = (10.0, 13.0)
     # Z-matching head bounds (tanh-bounded)
     max_rotation_deg: float = Field(20.0, gt=0)
     max_scale_delta: float = Field(0.25, gt=0, lt=1)
     max_shear_deg: float = Field(10.0, gt=0)
-    max_shift_fraction: float = Field(0.25, gt=0)
+    max_shift_fraction: float = Field(0.25, gt=0, description="bound of the predicted shift, as a fraction of the half extent")
     # losses
     ncc_window: int = Field(9, ge=3)
     ncc_eps: float = Field(1e-5, gt=0)
