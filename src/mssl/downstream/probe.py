@@ -257,7 +257,9 @@ def probe(config: ProbeConfig | None = None, console: Console | None = None, **o
     test_cases = sorted(dataset.splits["test"], key=lambda c: c.case_id)[: config.test_cases]
     encoder = build_backbone(setup.backbone)
     shape = mt.ResizeWithPadOrCropd(["image", "label"], spatial_size=config.size) if config.size else mt.DivisiblePadd(["image", "label"], k=encoder.stride)
-    transform = mt.Compose([preprocessing(setup.preset, with_label=True), shape])
+    # Plain tensors from here on: MetaTensor bookkeeping dominated the probe's fit and feature sampling.
+    plain = mt.EnsureTyped(["image", "label"], track_meta=False)
+    transform = mt.Compose([preprocessing(setup.preset, with_label=True), shape, plain])
     train_items = [transform(case_dict(c, class_names, with_label=True)) for c in train_cases]
     test_items = [transform(case_dict(c, class_names, with_label=True)) for c in test_cases]
     console.print(f"[bold]probe[/] {setup.backbone.name} · {len(train_items)} train / {len(test_items)} test cases · preset {setup.preset.name}")
