@@ -251,6 +251,7 @@ def plot_curves(result: BenchmarkResult, path: Path) -> Path:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     figure, axis = plt.subplots(figsize=(5, 3.5), dpi=120)
     for method, by_k in result.dice.items():
@@ -260,6 +261,7 @@ def plot_curves(result: BenchmarkResult, path: Path) -> Path:
     axis.set_xscale("log")
     ks_all = sorted({k for by_k in result.dice.values() for k in by_k})
     axis.set_xticks(ks_all, [str(k) for k in ks_all])
+    axis.xaxis.set_minor_locator(NullLocator())  # no log-scale minor labels such as 3×10⁰
     axis.set_xlabel("labelled training cases (k)")
     axis.set_ylabel("test mean Dice")
     axis.grid(alpha=0.3)
