@@ -25,10 +25,10 @@ from mssl.downstream.config import FinetuneConfig
 from mssl.data.preprocess import PresetConfig
 from mssl.data.sources import Case
 from mssl.downstream.datasets import case_dict, labelled_subset, preprocessing
-from mssl.downstream.networks import build_classifier, freeze_encoder, network_stride
+from mssl.downstream.networks import build_classifier, freeze_encoder
 from mssl.downstream.pretrained import load_encoder
 from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, save_weights, write_json
-from mssl.downstream.setup import make_fabric, resolve_setup
+from mssl.downstream.setup import start_finetune
 
 LOG_FILE = "metrics.csv"
 
@@ -109,13 +109,7 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
     """Train a pooled-encoder classifier/regressor on k labelled cases; returns the run folder."""
     console = console or Console()
     start = time.perf_counter()
-    setup = resolve_setup(config, config.weights, config.backbone)
-    stride = network_stride(setup.backbone)
-    if any(r % stride for r in config.roi):
-        raise ValueError(f"roi {config.roi} must be a multiple of {stride} for backbone {setup.backbone.name}")
-    fabric = make_fabric(config.accelerator, config.devices, config.precision, config.seed)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    setup, fabric, out = start_finetune(config)
     splits = setup.dataset.splits
     train_cases = labelled_subset(splits["train"], config.labels, config.seed)
     val_cases = sorted(splits["validation"], key=lambda c: c.case_id)[: config.val_cases]

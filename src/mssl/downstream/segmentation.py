@@ -27,11 +27,11 @@ from mssl.downstream.datasets import (
 )
 from mssl.downstream.inference import predict_logits
 from mssl.downstream.metrics import segmentation_metrics
-from mssl.downstream.networks import build_segmentation_network, freeze_encoder, network_stride
+from mssl.downstream.networks import build_segmentation_network, freeze_encoder
 from mssl.downstream.partial_labels import PartialDiceCELoss, contoured_classes, restrict_to
 from mssl.downstream.pretrained import load_encoder
 from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, save_weights, write_json
-from mssl.downstream.setup import make_fabric, resolve_setup
+from mssl.downstream.setup import start_finetune
 
 LOG_FILE = "metrics.csv"
 
@@ -60,14 +60,8 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
     """Train, validate every ``val_every`` steps, keep the best; returns the run folder."""
     console = console or Console()
     start = time.perf_counter()
-    setup = resolve_setup(config, config.weights, config.backbone)
+    setup, fabric, out = start_finetune(config)
     dataset = setup.dataset
-    stride = network_stride(setup.backbone)
-    if any(r % stride for r in config.roi):
-        raise ValueError(f"roi {config.roi} must be a multiple of {stride} for backbone {setup.backbone.name}")
-    fabric = make_fabric(config.accelerator, config.devices, config.precision, config.seed)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
 
     train_cases = labelled_subset(dataset.splits["train"], config.labels, config.seed)
     val_cases = sorted(dataset.splits["validation"], key=lambda c: c.case_id)[: config.val_cases]

@@ -9,8 +9,9 @@ from lightning.fabric import Fabric
 
 from mssl.config import BackboneConfig
 from mssl.data.preprocess import PresetConfig
-from mssl.downstream.config import DataConfig
+from mssl.downstream.config import DataConfig, FinetuneConfig
 from mssl.downstream.datasets import Dataset, load_dataset
+from mssl.downstream.networks import network_stride
 from mssl.downstream.pretrained import PretrainedInfo, describe_weights
 
 
@@ -45,3 +46,16 @@ def make_fabric(accelerator: str, devices: int, precision: str, seed: int) -> Fa
     fabric.launch()
     fabric.seed_everything(seed, workers=True, verbose=False)
     return fabric
+
+
+def start_finetune(config: FinetuneConfig) -> tuple[DownstreamSetup, Fabric, Path]:
+    """What every fine-tuning task does first: resolve data and weights, check the roi against the
+    network's stride, start Fabric and create the run folder."""
+    setup = resolve_setup(config, config.weights, config.backbone)
+    stride = network_stride(setup.backbone)
+    if any(r % stride for r in config.roi):
+        raise ValueError(f"roi {config.roi} must be a multiple of {stride} for backbone {setup.backbone.name}")
+    fabric = make_fabric(config.accelerator, config.devices, config.precision, config.seed)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return setup, fabric, out
