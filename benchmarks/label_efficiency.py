@@ -29,7 +29,10 @@ ALLOCATOR_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "OMP_WAIT_POLICY"
 
 
 def _config(name: str) -> dict:
-    return yaml.safe_load((HERE / f"label_efficiency_{name}.yaml").read_text(encoding="utf-8"))
+    """A benchmark YAML; its ``data`` path is relative to this folder (../../shared/data beside the clone)."""
+    config = yaml.safe_load((HERE / f"label_efficiency_{name}.yaml").read_text(encoding="utf-8"))
+    config["data"] = str((HERE / config["data"]).resolve())
+    return config
 
 
 def main() -> None:
