@@ -14,6 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 Size3 = tuple[int, int, int]
 
+# The choices a user can name, defined once; the CLI offers exactly these (Typer reads Literal types).
+MethodName = Literal["s2dc", "gvsl", "both"]
+BackboneName = Literal["swin", "unet"]
+OptimizerName = Literal["adamw", "adam"]
+StrategyName = Literal["auto", "ddp"]
+Precision = Literal["32", "bf16-mixed", "16-mixed"]
+PresetName = Literal["ct", "mri", "none"]
+
 
 class StrictModel(BaseModel):
     """Base of every config: unknown keys and wrong types are errors; values are re-validated on assignment."""
@@ -24,7 +32,7 @@ class StrictModel(BaseModel):
 class BackboneConfig(StrictModel):
     """Which encoder to pre-train and how it is built."""
 
-    name: Literal["swin", "unet"] = "swin"
+    name: BackboneName = "swin"
     in_channels: int = Field(1, ge=1)
     # swin (MONAI SwinUNETR v2)
     feature_size: int = Field(48, ge=12, description="SwinUNETR feature size; must be a multiple of 12")
@@ -45,7 +53,7 @@ class BackboneConfig(StrictModel):
 class OptimDefaults(StrictModel):
     """A method's optimiser recipe; the training config may override any field."""
 
-    optimizer: Literal["adamw", "adam"] = "adamw"
+    optimizer: OptimizerName = "adamw"
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
@@ -157,7 +165,7 @@ class DataConfig(StrictModel):
 class OptimConfig(StrictModel):
     """Optimiser and schedule; fields left unset take the method's recipe (``S2DCConfig.optim``, ``GVSLConfig.optim``)."""
 
-    optimizer: Literal["adamw", "adam"] | None = None
+    optimizer: OptimizerName | None = None
     lr: float | None = Field(None, gt=0)
     weight_decay: float | None = Field(None, ge=0)
     warmup_steps: int | None = Field(None, ge=0)
@@ -179,8 +187,8 @@ class TrainerConfig(StrictModel):
     devices: int | Literal["auto"] = Field(1, description="devices per node (int ≥ 1 or 'auto')")
     num_nodes: int = Field(1, ge=1)
     # no ddp_spawn: its workers' state (final losses, skipped steps) never returns to the launching process
-    strategy: Literal["auto", "ddp"] = Field("auto", description="ddp: one process per device (torchrun/SLURM for several nodes)")
-    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    strategy: StrategyName = Field("auto", description="ddp: one process per device (torchrun/SLURM for several nodes)")
+    precision: Precision = "32"
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value (off when unset)")
     accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step")
     checkpoint_every: int = Field(1000, ge=1, description="steps between periodic checkpoints")
@@ -204,7 +212,7 @@ class LoggingConfig(StrictModel):
 class PretrainConfig(StrictModel):
     """Everything a pre-training run needs; saved resolved as RUN/config.yaml."""
 
-    method: Literal["s2dc", "gvsl", "both"] = "s2dc"
+    method: MethodName = "s2dc"
     backbone: BackboneConfig = BackboneConfig()
     s2dc: S2DCConfig = S2DCConfig()
     gvsl: GVSLConfig = GVSLConfig()

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
 
-class ExportFormat(str, Enum):
-    monai = "monai"
-    torch = "torch"
-
-
 def command(
     run: Path = typer.Argument(..., help="Run folder written by `mssl pretrain` (holds checkpoints/last.ckpt).", exists=True, file_okay=False),
-    format: ExportFormat = typer.Option(ExportFormat.monai, "--format", "-f", help="monai: encoder.safetensors in MONAI key layout (no pickle); torch: encoder.pt plain state dict."),
+    format: Literal["monai", "torch"] = typer.Option("monai", "--format", "-f", help="monai: encoder.safetensors in MONAI key layout (no pickle); torch: encoder.pt plain state dict."),
     out: Optional[Path] = typer.Option(None, help="Output folder. (default: RUN/export)"),
 ) -> None:
     """Export the pre-trained encoder of RUN with its provenance.
@@ -35,7 +29,7 @@ def command(
 
     console = Console()
     try:
-        weights = export(run, out=out, format=format.value)
+        weights = export(run, out=out, format=format)
     except (FileNotFoundError, ValueError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-
-class Task(str, Enum):
-    seg = "seg"
-    cls = "cls"
-
-
-class BackboneName(str, Enum):
-    swin = "swin"
-    unet = "unet"
+from mssl.config import BackboneName
+from mssl.downstream.config import TaskName
 
 
 def command(
     data: Optional[Path] = typer.Option(None, help="MSD-style dataset.json (entries with image, label, split, present_labels, ...)."),
-    task: Optional[Task] = typer.Option(None, help="seg (voxel labels) or cls (a datalist key such as sex or age). (default: seg)"),
+    task: Optional[TaskName] = typer.Option(None, help="seg (voxel labels) or cls (a datalist key such as sex or age). (default: seg)"),
     weights: Optional[Path] = typer.Option(None, help="Export (encoder.safetensors) or pre-training run folder; omit to train from scratch."),
     labels: Optional[int] = typer.Option(None, help="Use k labelled training cases (seeded, nested across k). (default: all)"),
     seed: Optional[int] = typer.Option(None, help="Seed of the case choice, initialisation and crops. (default: 0)"),
@@ -61,7 +53,7 @@ def command(
     from mssl.downstream.finetune import finetune
 
     console = Console()
-    scratch = {"name": backbone.value if backbone else None, "feature_size": feature_size, "window_size": window_size}
+    scratch = {"name": backbone, "feature_size": feature_size, "window_size": window_size}
     if unet_channels:
         scratch["unet_channels"] = tuple(int(c) for c in unet_channels.split(","))
     scratch = {k: v for k, v in scratch.items() if v is not None}
@@ -70,7 +62,7 @@ def command(
             FinetuneConfig,
             config,
             data=data,
-            task=task.value if task else None,
+            task=task,
             weights=weights,
             labels=labels,
             seed=seed,

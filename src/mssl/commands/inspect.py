@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
 
-class Into(str, Enum):
-    swinunetr = "swinunetr"
-    unet = "unet"
-
-
 def command(
     weights: Path = typer.Argument(..., help="safetensors / .pt / .pth / Lightning .ckpt file, or an export or run folder.", exists=True),
-    into: Optional[Into] = typer.Option(None, help="Target network: swinunetr (MONAI SwinUNETR) or unet (mssl U-Net). (default: from the sidecar or the keys)"),
+    into: Optional[Literal["swinunetr", "unet"]] = typer.Option(None, help="Target network: swinunetr (MONAI SwinUNETR) or unet (mssl U-Net). (default: from the sidecar or the keys)"),
     in_channels: Optional[int] = typer.Option(None, min=1, help="Build the target for N input channels; stem kernels are adapted (e.g. 1-channel CT → 4-channel MRI)."),
     keys: bool = typer.Option(False, "--keys", help="Also list every missing and unexpected key (adapted and mismatched ones are always listed)."),
 ) -> None:
@@ -36,7 +30,7 @@ def command(
 
     console = Console()
     try:
-        report = inspect_weights(weights, into=into.value if into else None, in_channels=in_channels)
+        report = inspect_weights(weights, into=into, in_channels=in_channels)
         sidecar = read_sidecar(Path(report.source))
     except (FileNotFoundError, ValueError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
-
-class Preset(str, Enum):
-    ct = "ct"
-    mri = "mri"
-    none = "none"
-
-
-class OnError(str, Enum):
-    skip = "skip"
-    stop = "stop"
+from mssl.config import PresetName
 
 
 def command(
@@ -27,7 +17,7 @@ def command(
         "('data/**/*.nii.gz'), an MSD datalist JSON (or a folder holding dataset.json), or an nnU-Net raw dataset folder.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Cache folder to write (index.json + .npy arrays); rerunning on it skips unchanged cases."),
-    preset: Preset = typer.Option(Preset.ct, "--preset", help="ct: HU window → [0,1]; mri: percentile clip + z-score; none: intensities as read."),
+    preset: PresetName = typer.Option("ct", "--preset", help="ct: HU window → [0,1]; mri: percentile clip + z-score; none: intensities as read."),
     spacing: Optional[tuple[float, float, float]] = typer.Option(None, "--spacing", help="Target voxel size in mm, e.g. --spacing 1.5 1.5 1.5. (default: keep each volume's spacing)"),
     a_min: float = typer.Option(-1000.0, "--a-min", help="ct: HU mapped to 0."),
     a_max: float = typer.Option(1000.0, "--a-max", help="ct: HU mapped to 1."),
@@ -36,7 +26,7 @@ def command(
     foreground_crop: bool = typer.Option(True, "--foreground-crop/--no-foreground-crop", help="Crop each volume to the bounding box of the body."),
     channel_axis: Optional[int] = typer.Option(None, "--channel-axis", help="Axis holding channels in 4D images. (default: images must be 3D)"),
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel worker processes."),
-    on_error: OnError = typer.Option(OnError.skip, "--on-error", help="skip: report a bad file and go on; stop: stop at the first bad file."),
+    on_error: Literal["skip", "stop"] = typer.Option("skip", "--on-error", help="skip: report a bad file and go on; stop: stop at the first bad file."),
     base_dir: Optional[Path] = typer.Option(None, "--base-dir", help="Folder that datalist paths are relative to. (default: the JSON's folder)"),
 ) -> None:
     """Preprocess every volume of SOURCE once into a cache that training reads random crops from.
@@ -61,7 +51,7 @@ def command(
     console = Console(stderr=True)
     try:
         config = PresetConfig(
-            name=preset.value, spacing=spacing, a_min=a_min, a_max=a_max, lower=lower, upper=upper,
+            name=preset, spacing=spacing, a_min=a_min, a_max=a_max, lower=lower, upper=upper,
             foreground_crop=foreground_crop, channel_axis=channel_axis,
         )  # fmt: skip
     except ValidationError as error:
@@ -69,7 +59,7 @@ def command(
         console.print(f"error: {problems}", markup=False, highlight=False)
         raise typer.Exit(2) from None
     try:
-        report = prepare(source, out, config, workers=workers, on_error=on_error.value, base_dir=base_dir, progress=True)
+        report = prepare(source, out, config, workers=workers, on_error=on_error, base_dir=base_dir, progress=True)
     except DataError as error:
         console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None

@@ -2,38 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-
-class Method(str, Enum):
-    s2dc = "s2dc"
-    gvsl = "gvsl"
-    both = "both"
-
-
-class BackboneName(str, Enum):
-    swin = "swin"
-    unet = "unet"
-
-
-class Strategy(str, Enum):
-    auto = "auto"
-    ddp = "ddp"
-
-
-class Precision(str, Enum):
-    full = "32"
-    bf16 = "bf16-mixed"
-    fp16 = "16-mixed"
-
-
-class Optimizer(str, Enum):
-    adamw = "adamw"
-    adam = "adam"
+from mssl.config import BackboneName, MethodName, OptimizerName, Precision, StrategyName
 
 
 _DEVICES_HELP = "Devices per node: a number or 'auto'."
@@ -41,7 +15,7 @@ _DEVICES_HELP = "Devices per node: a number or 'auto'."
 
 def command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with any options; flags override it.", exists=True, dir_okay=False),
-    method: Optional[Method] = typer.Option(None, help="Objective: s2dc, gvsl, or both on one shared backbone. (default: s2dc)"),
+    method: Optional[MethodName] = typer.Option(None, help="Objective: s2dc, gvsl, or both on one shared backbone. (default: s2dc)"),
     data: Optional[Path] = typer.Option(None, help="Cache folder written by `mssl prepare`."),
     split: Optional[str] = typer.Option(None, help="Train on the cases of this split of the cache only, e.g. train. (default: all cases)"),
     out: Optional[Path] = typer.Option(None, help="Run folder (config, checkpoints, logs, summary). (default: runs/pretrain)"),
@@ -54,9 +28,9 @@ def command(
     accelerator: Optional[str] = typer.Option(None, help="auto, cpu, gpu, cuda or mps. (default: auto)"),
     devices: Optional[str] = typer.Option(None, help=_DEVICES_HELP + " (default: 1)"),
     num_nodes: Optional[int] = typer.Option(None, help="Nodes (multi-node runs start through torchrun or SLURM). (default: 1)"),
-    strategy: Optional[Strategy] = typer.Option(None, help="auto, or ddp for several devices. (default: auto)"),
+    strategy: Optional[StrategyName] = typer.Option(None, help="auto, or ddp for several devices. (default: auto)"),
     precision: Optional[Precision] = typer.Option(None, help="32, bf16-mixed or 16-mixed. (default: 32)"),
-    optimizer: Optional[Optimizer] = typer.Option(None, help="adamw or adam. (default: the method's recipe)"),
+    optimizer: Optional[OptimizerName] = typer.Option(None, help="adamw or adam. (default: the method's recipe)"),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate. (default: the method's recipe)"),
     weight_decay: Optional[float] = typer.Option(None, help="Weight decay. (default: the method's recipe)"),
     warmup_steps: Optional[int] = typer.Option(None, help="Linear warm-up steps before the cosine. (default: the method's recipe)"),
@@ -89,7 +63,7 @@ def command(
         "grad_clip": grad_clip, "checkpoint_every": checkpoint_every, "max_nonfinite": max_nonfinite, "log_every": log_every, "seed": seed,
         "resume": resume, "progress_bar": progress_bar,
     }
-    flags = {key: value.value if isinstance(value, Enum) else value for key, value in flags.items() if value is not None}
+    flags = {key: value for key, value in flags.items() if value is not None}
     try:
         dotted = dict(parse_assignment(item) for item in set_ or [])
         pretrain(config, **flags, **dotted)

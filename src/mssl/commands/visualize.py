@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-
-class Preset(str, Enum):
-    ct = "ct"
-    mri = "mri"
-    none = "none"
+from mssl.config import PresetName
 
 
 def command(
@@ -22,7 +17,7 @@ def command(
     moving: Optional[Path] = typer.Option(None, help="GVSL: the image registered onto --volume. (default: another case of the run's cache)", exists=True),
     stride: int = typer.Option(4, help="Encoder pyramid level shown, by its stride (2, 4, 8, 16, 32 for swin; 1, 2, 4, ... for unet)."),
     clusters: int = typer.Option(6, min=2, max=10, help="k of the k-means structure map."),
-    preset: Optional[Preset] = typer.Option(None, help="Preprocessing of --volume when the run's cache is gone. (default: the cache's preset)"),
+    preset: Optional[PresetName] = typer.Option(None, help="Preprocessing of --volume when the run's cache is gone. (default: the cache's preset)"),
     spacing: Optional[tuple[float, float, float]] = typer.Option(None, help="With --preset: target spacing in mm, e.g. --spacing 1.5 1.5 1.5."),
     seed: int = typer.Option(0, help="Seed of the k-means, the PCA and GVSL's appearance damage."),
 ) -> None:
@@ -41,7 +36,7 @@ def command(
     from mssl.data.preprocess import PresetConfig
     from mssl.viz.visualize import visualize
 
-    chosen = PresetConfig(name=preset.value, spacing=spacing) if preset is not None else None
+    chosen = PresetConfig(name=preset, spacing=spacing) if preset is not None else None
     try:
         paths = visualize(run, volume, out=out, moving=moving, stride=stride, clusters=clusters, preset=chosen, seed=seed)
     except (FileNotFoundError, ValueError, DataError) as error:

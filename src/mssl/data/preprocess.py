@@ -14,12 +14,12 @@ evaluation preprocess labelled volumes exactly like the pre-training cache.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from mssl.config import StrictModel
+from mssl.config import PresetName, StrictModel
 from mssl.data.errors import DataError
 from mssl.data.sources import Case, dicom_series
 
@@ -40,7 +40,7 @@ class PresetConfig(StrictModel):
     channel_axis: axis of a 4D image holding channels (None: images must be 3D).
     """
 
-    name: Literal["ct", "mri", "none"] = "ct"
+    name: PresetName = "ct"
     spacing: tuple[float, float, float] | None = None
     a_min: float = -1000.0
     a_max: float = 1000.0

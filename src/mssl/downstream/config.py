@@ -8,10 +8,9 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import Field
 
-from mssl.config import BackboneConfig, Size3, StrictModel
+from mssl.config import BackboneConfig, Precision, PresetName, Size3, StrictModel
 
-Precision = Literal["32", "bf16-mixed", "16-mixed"]
-PresetName = Literal["ct", "mri", "none"]
+TaskName = Literal["seg", "cls"]
 StrictModelT = TypeVar("StrictModelT", bound=StrictModel)
 
 
@@ -33,7 +32,7 @@ class DataConfig(SplitConfig):
 class FinetuneConfig(DataConfig):
     """``mssl finetune``: supervised training of a (pre-trained or scratch) network on k labelled cases."""
 
-    task: Literal["seg", "cls"] = "seg"
+    task: TaskName = "seg"
     out: Path = Path("runs/finetune")
     weights: Path | None = Field(None, description="export (encoder.safetensors) or run folder; None = scratch")
     backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig(), description="scratch network (ignored with weights)")
