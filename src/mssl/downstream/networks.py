@@ -63,11 +63,6 @@ def build_segmentation_network(backbone: BackboneConfig, num_classes: int) -> nn
     return UNetSegmenter(backbone.in_channels, num_classes, backbone.unet_channels)
 
 
-def network_stride(backbone: BackboneConfig) -> int:
-    """Every spatial size fed to the network must be a multiple of this."""
-    return 32 if backbone.name == "swin" else 2 ** (len(backbone.unet_channels) - 1)
-
-
 def freeze_encoder(network: nn.Module, backbone: BackboneConfig) -> int:
     """Stop gradients into the pre-trained encoder part; returns how many tensors were frozen."""
     prefixes = ENCODER_PREFIXES[backbone.name]

@@ -11,7 +11,7 @@ from mssl.config import BackboneConfig
 from mssl.data.preprocess import PresetConfig
 from mssl.downstream.config import DataConfig, FinetuneConfig
 from mssl.downstream.datasets import Dataset, load_dataset
-from mssl.downstream.networks import network_stride
+from mssl.models.backbones import backbone_stride
 from mssl.downstream.pretrained import PretrainedInfo, describe_weights
 
 
@@ -52,7 +52,7 @@ def start_finetune(config: FinetuneConfig) -> tuple[DownstreamSetup, Fabric, Pat
     """What every fine-tuning task does first: resolve data and weights, check the roi against the
     network's stride, start Fabric and create the run folder."""
     setup = resolve_setup(config, config.weights, config.backbone)
-    stride = network_stride(setup.backbone)
+    stride = backbone_stride(setup.backbone)
     if any(r % stride for r in config.roi):
         raise ValueError(f"roi {config.roi} must be a multiple of {stride} for backbone {setup.backbone.name}")
     fabric = make_fabric(config.accelerator, config.devices, config.precision, config.seed)

@@ -19,6 +19,19 @@ from torch.nn import functional as F
 from mssl.config import BackboneConfig
 
 
+SWIN_STRIDE = 32  # patch embedding (2) and four patch merges (2⁴)
+
+
+def unet_stride(channels: Sequence[int]) -> int:
+    """One 2× max-pool per width after the first."""
+    return 2 ** (len(channels) - 1)
+
+
+def backbone_stride(config: BackboneConfig) -> int:
+    """Every spatial size fed to the backbone a config names must be a multiple of this (no need to build it)."""
+    return SWIN_STRIDE if config.name == "swin" else unet_stride(config.unet_channels)
+
+
 @dataclass
 class Features:
     """What a backbone hands to a method.
@@ -99,7 +112,7 @@ class SwinBackbone(Backbone, SwinUNETR):
             spatial_dims=3,
         )
         del self.out  # the task head is the downstream user's, not ours
-        self.stride = 32
+        self.stride = SWIN_STRIDE
         self.pyramid_channels = tuple(feature_size * m for m in (1, 2, 4, 8, 16))
         self.pyramid_strides = (2, 4, 8, 16, 32)
         self.local_channels = feature_size
@@ -175,7 +188,7 @@ class UNetBackbone(Backbone):
         self.decoders = nn.ModuleList(
             UpBlock(channels[i], channels[i - 1], channels[i - 1]) for i in range(len(channels) - 1, 0, -1)
         )
-        self.stride = 2 ** (len(channels) - 1)
+        self.stride = unet_stride(channels)
         self.pyramid_channels = channels
         self.pyramid_strides = tuple(2**i for i in range(len(channels)))
         self.local_channels = channels[0]
