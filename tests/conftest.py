@@ -42,6 +42,14 @@ SUBPROCESS_ENV = {
 }
 
 
+# `mssl pretrain` flags for a tiny U-Net and tiny S²DC sizes (field, heads, queue, Sinkhorn) for CLI runs.
+TINY_PRETRAIN_FLAGS = [
+    "--backbone", "unet", "--no-progress", "--log-every", "1",
+    "--set", "backbone.unet_channels=[8, 16, 32]", "--set", "s2dc.field_size=[64, 64, 32]", "--set", "s2dc.roi=32",
+    "--set", "s2dc.head_hidden=32", "--set", "s2dc.head_out=16", "--set", "s2dc.queue_size=8", "--set", "s2dc.sinkhorn_iters=10",
+]
+
+
 @pytest.fixture(scope="session")
 def tiny_ct_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four OpenKBP CTs through the real `prepare`, resampled coarsely so crops are cheap."""

@@ -10,15 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import SUBPROCESS_ENV as ENV
+from tests.conftest import SUBPROCESS_ENV as ENV, TINY_PRETRAIN_FLAGS
 
 MSSL = str(Path(sys.executable).with_name("mssl"))
 STEPS = 2
-TINY = [
-    "--backbone", "unet", "--roi", "32", "--workers", "0", "--log-every", "1", "--no-progress",
-    "--set", "backbone.unet_channels=[8, 16, 32]", "--set", "s2dc.field_size=[64, 64, 32]", "--set", "s2dc.roi=32",
-    "--set", "s2dc.head_hidden=32", "--set", "s2dc.head_out=16", "--set", "s2dc.queue_size=8", "--set", "s2dc.sinkhorn_iters=10",
-]
+TINY = [*TINY_PRETRAIN_FLAGS, "--roi", "32", "--workers", "0"]
 
 
 @pytest.fixture

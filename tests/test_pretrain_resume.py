@@ -12,16 +12,14 @@ import pytest
 import torch
 
 from mssl.train.checkpoint import checkpoint_step
-from tests.conftest import SUBPROCESS_ENV as ENV
+from tests.conftest import SUBPROCESS_ENV as ENV, TINY_PRETRAIN_FLAGS
 
 MSSL = str(Path(sys.executable).with_name("mssl"))
 STEPS, EVERY = 10, 2
 # S²DC exercises everything a checkpoint must carry: EMA teacher, key queue, AdamW moments, warm-up + cosine.
 TINY_S2DC = [
-    "--method", "s2dc", "--backbone", "unet", "--steps", str(STEPS), "--checkpoint-every", str(EVERY),
-    "--warmup-steps", "3", "--workers", "1", "--log-every", "1", "--no-progress", "--seed", "7",
-    "--set", "backbone.unet_channels=[8, 16, 32]", "--set", "s2dc.field_size=[64, 64, 32]", "--set", "s2dc.roi=32",
-    "--set", "s2dc.head_hidden=32", "--set", "s2dc.head_out=16", "--set", "s2dc.queue_size=8", "--set", "s2dc.sinkhorn_iters=10",
+    *TINY_PRETRAIN_FLAGS, "--method", "s2dc", "--steps", str(STEPS), "--checkpoint-every", str(EVERY),
+    "--warmup-steps", "3", "--workers", "1", "--seed", "7",
 ]
 
 
