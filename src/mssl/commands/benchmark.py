@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from mssl.commands import fail
+
 
 def command(
     data: Optional[Path] = typer.Option(None, help="Labelled dataset.json with a fixed test split (or fractions for one)."),
@@ -57,5 +59,4 @@ def command(
         )
         benchmark(settings, console=console)
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(2) from None
+        fail(error)

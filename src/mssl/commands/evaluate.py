@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from mssl.commands import fail
+
 
 def command(
     run: Path = typer.Argument(..., help="A fine-tuned run folder (model.json + best.safetensors)."),
@@ -45,5 +47,4 @@ def command(
         )
         evaluate(settings, console=console)
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(2) from None
+        fail(error)

@@ -7,6 +7,8 @@ from typing import Literal, Optional
 
 import typer
 
+from mssl.commands import fail
+
 
 def command(
     run: Path = typer.Argument(..., help="Run folder written by `mssl pretrain` (holds checkpoints/last.ckpt).", exists=True, file_okay=False),
@@ -31,8 +33,7 @@ def command(
     try:
         weights = export(run, out=out, format=format)
     except (FileNotFoundError, ValueError) as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        fail(error)
     sidecar = read_sidecar(weights) or {}
     backbone = sidecar.get("backbone", {})
     console.print(f"[bold]exported[/bold] {weights}  ({sidecar.get('parameters', 0):,} parameters, step {sidecar.get('steps')})", soft_wrap=True)

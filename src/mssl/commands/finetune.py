@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from mssl.commands import fail
+
 from mssl.config import BackboneName
 from mssl.downstream.config import TaskName
 
@@ -85,5 +87,4 @@ def command(
         )
         finetune(settings, console=console)
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(2) from None
+        fail(error)

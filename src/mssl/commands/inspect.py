@@ -7,6 +7,8 @@ from typing import Literal, Optional
 
 import typer
 
+from mssl.commands import fail
+
 
 def command(
     weights: Path = typer.Argument(..., help="safetensors / .pt / .pth / Lightning .ckpt file, or an export or run folder.", exists=True),
@@ -33,8 +35,7 @@ def command(
         report = inspect_weights(weights, into=into, in_channels=in_channels)
         sidecar = read_sidecar(Path(report.source))
     except (FileNotFoundError, ValueError) as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        fail(error)
     if sidecar:
         console.print(f"pre-trained with [bold]{sidecar.get('method')}[/bold] for {sidecar.get('steps')} steps; "
                       f"preset {(sidecar.get('preset') or {}).get('name')}, spacing {sidecar.get('spacing')}")

@@ -7,6 +7,8 @@ from typing import Literal, Optional
 
 import typer
 
+from mssl.commands import fail
+
 from mssl.config import PresetName
 
 
@@ -42,13 +44,11 @@ def command(
     Example: mssl prepare data/ --preset ct --spacing 1.5 1.5 1.5 --out cache/ --workers 2
     """
     from pydantic import ValidationError
-    from rich.console import Console
 
     from mssl.data.errors import DataError
     from mssl.data.prepare import prepare
     from mssl.data.preprocess import PresetConfig
 
-    console = Console(stderr=True)
     try:
         config = PresetConfig(
             name=preset, spacing=spacing, a_min=a_min, a_max=a_max, lower=lower, upper=upper,
@@ -56,13 +56,11 @@ def command(
         )  # fmt: skip
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'preset'}: {e['msg']}" for e in error.errors())
-        console.print(f"error: {problems}", markup=False, highlight=False)
-        raise typer.Exit(2) from None
+        fail(problems)
     try:
         report = prepare(source, out, config, workers=workers, on_error=on_error, base_dir=base_dir, progress=True)
     except DataError as error:
-        console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        fail(error, exit_code=1)
     typer.echo(report.summary())
     if not report.ok:
         raise typer.Exit(1)

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from mssl.commands import fail
+
 from mssl.config import BackboneName, MethodName, OptimizerName, Precision, StrategyName
 
 
@@ -68,11 +70,9 @@ def command(
         dotted = dict(parse_assignment(item) for item in set_ or [])
         pretrain(config, **flags, **dotted)
     except (ConfigError, DataError) as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        fail(error)
     except NonFiniteLossError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+        fail(error, exit_code=1)
 
 
 def _devices(value: str | None) -> int | str | None:

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from mssl.commands import fail
+
 
 def command(
     data: Path = typer.Option(..., help="Labelled dataset.json (the train split feeds the probes, the test split scores them)."),
@@ -53,5 +55,4 @@ def command(
         )
         probe(settings, console=console)
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(2) from None
+        fail(error)

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from mssl.commands import fail
+
 from mssl.config import PresetName
 
 
@@ -40,8 +42,7 @@ def command(
     try:
         paths = visualize(run, volume, out=out, moving=moving, stride=stride, clusters=clusters, preset=chosen, seed=seed)
     except (FileNotFoundError, ValueError, DataError) as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        fail(error)
     console = Console()
     for path in paths:
         console.print(f"wrote {path}")
