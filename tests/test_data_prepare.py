@@ -170,3 +170,27 @@ def test_cli_reports_bad_files_and_exit_codes(tmp_path: Path) -> None:
     assert empty.exit_code == 1 and "does not exist" in empty.output
     bad_preset = runner.invoke(app, ["prepare", str(source), "--out", str(tmp_path / "d"), "--a-min", "5", "--a-max", "1"])
     assert bad_preset.exit_code == 2 and "a_min" in bad_preset.output
+
+
+def _prepare_in_subprocess(source: str, cache: str) -> tuple[list[str], list[str]]:
+    report = prepare(source, cache, PRESET)
+    return report.written, report.unchanged
+
+
+@pytest.mark.slow
+def test_concurrent_prepares_of_one_cache_take_turns(tmp_path: Path) -> None:
+    """Two processes preparing the same cache (parallel benchmark streams) both succeed: one writes every
+    case, the other waits on the lock and finds them unchanged; the cache equals a serial one."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    source = _source(tmp_path / "src", 4)
+    cache = tmp_path / "shared"
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(_prepare_in_subprocess, [str(source)] * 2, [str(cache)] * 2))
+    written = sorted(sum((w for w, _ in results), []))
+    unchanged = sorted(sum((u for _, u in results), []))
+    assert written == unchanged == ["case00", "case01", "case02", "case03"]
+    prepare(source, tmp_path / "serial", PRESET)
+    assert _arrays(cache) == _arrays(tmp_path / "serial")
+    assert not list(cache.rglob("*.tmp"))

@@ -2,7 +2,9 @@
 
 Idempotent and resumable: a case whose source files and preset are unchanged is skipped; a changed one
 is redone under new array names and the index switched to them only when they are complete; the index
-is rewritten atomically after each case, so a killed run loses at most the cases in flight. Bad inputs
+is rewritten atomically after each case, so a killed run loses at most the cases in flight. Two
+prepares of one cache (parallel benchmark streams, say) take turns on a lock file; the second then finds
+the cases the first wrote unchanged, instead of deleting its temporaries. Bad inputs
 become one-line errors (file + problem); ``on_error="skip"`` goes on and counts them, ``"stop"`` stops
 after the first. Nothing already in the cache is lost: a case that fails keeps its previous entry.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from filelock import FileLock
 
 from mssl.data.cache import FOREGROUND, IMAGES, INDEX_NAME, LABELS, read_index, remove_stale_temporaries, write_array, write_index
 from mssl.data.errors import DataError
@@ -30,6 +33,8 @@ FILE_HASH_CHARS = 12  # source-hash prefix in array file names
 FOREGROUND_POINTS = 4096  # foreground voxels kept per case for biased crops
 FOREGROUND_PROBES = 262_144  # random voxels probed before falling back to a full scan
 _MHD_DATA_FILE = re.compile(rb"^\s*ElementDataFile\s*=\s*(.+?)\s*$", re.MULTILINE)
+
+LOCK_NAME = ".prepare.lock"
 
 OnError = Literal["skip", "stop"]
 
@@ -77,7 +82,12 @@ def prepare(
     out = Path(out)
     cases = find_cases(source, base_dir, missing="keep")
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
+    with FileLock(out / LOCK_NAME):
+        return _prepare_locked(cases, out, preset, workers, on_error, progress)
+
+
+def _prepare_locked(cases: list[Case], out: Path, preset: PresetConfig, workers: int, on_error: OnError, progress: bool) -> PrepareReport:
+    remove_stale_temporaries(out)  # safe: no other prepare of this cache is running
     records = _existing_records(out, preset)
     report = PrepareReport(out)
     todo, conflicts = [], []
