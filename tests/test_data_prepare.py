@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -181,15 +183,12 @@ def _prepare_in_subprocess(source: str, cache: str) -> tuple[list[str], list[str
 def test_concurrent_prepares_of_one_cache_take_turns(tmp_path: Path) -> None:
     """Two processes preparing the same cache (parallel benchmark streams) both succeed: one writes every
     case, the other waits on the lock and finds them unchanged; the cache equals a serial one."""
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
-
     source = _source(tmp_path / "src", 4)
     cache = tmp_path / "shared"
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         results = list(pool.map(_prepare_in_subprocess, [str(source)] * 2, [str(cache)] * 2))
-    written = sorted(sum((w for w, _ in results), []))
-    unchanged = sorted(sum((u for _, u in results), []))
+    written = sorted(case for w, _ in results for case in w)
+    unchanged = sorted(case for _, u in results for case in u)
     assert written == unchanged == ["case00", "case01", "case02", "case03"]
     prepare(source, tmp_path / "serial", PRESET)
     assert _arrays(cache) == _arrays(tmp_path / "serial")
