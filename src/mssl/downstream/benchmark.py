@@ -179,11 +179,47 @@ def benchmark(config: BenchmarkConfig | None = None, console: Console | None = N
             result.dice[method][k], result.hd95[method][k], result.per_class[method][k] = dice, hd95, per_class
         if config.probe and weights is not None:
             result.probes[method] = run_probe(config, method, weights, console)
-    write_json(config.out / "benchmark.json", {"config": config.model_dump(mode="json"), "dice": result.dice, "hd95": result.hd95, "per_class": result.per_class, "probes": result.probes})
+    write_json(
+        config.out / "benchmark.json",
+        {
+            "config": config.model_dump(mode="json"),
+            "dice": result.dice,
+            "hd95": result.hd95,
+            "per_class": result.per_class,
+            "dice_minus_scratch": paired_to_scratch(result),
+            "probes": result.probes,
+        },
+    )
     plot_curves(result, config.out / PLOT_FILE)
     (config.out / "benchmark.md").write_text(benchmark_markdown(result, config, time.perf_counter() - start), encoding="utf-8")
     console.print((config.out / "benchmark.md").read_text(encoding="utf-8"))
     return result
+
+
+def paired_to_scratch(result: BenchmarkResult) -> dict[str, dict[int, list[float]]]:
+    """Per method and k, the per-seed test mean Dice minus scratch's.
+
+    Seed s picks the same k labelled cases for every method, so the spread that comes from which cases
+    were drawn cancels in the difference; seeds where either side is missing are dropped.
+    """
+    scratch = result.dice.get(SCRATCH)
+    if scratch is None:
+        return {}
+    return {
+        method: {
+            k: [a - b for a, b in zip(values, scratch[k]) if np.isfinite(a) and np.isfinite(b)] for k, values in by_k.items() if k in scratch
+        }
+        for method, by_k in result.dice.items()
+        if method != SCRATCH
+    }
+
+
+def _paired_cell(differences: list[float]) -> str:
+    mean, std, n = mean_std(differences)
+    if n == 0:
+        return "–"
+    better = sum(d > 0 for d in differences)
+    return f"{mean:+.3f} ± {std:.3f} ({better}/{n})"
 
 
 def _cell(values: list[float], digits: int = 3) -> str:
@@ -205,6 +241,19 @@ def benchmark_markdown(result: BenchmarkResult, config: BenchmarkConfig, seconds
         rule,
         *(f"| {m} | " + " | ".join(_cell(result.dice[m][k]) for k in ks) + " |" for m in config.methods),
         "",
+    ]
+    paired = paired_to_scratch(result)
+    if paired:
+        lines += [
+            "Paired difference to scratch (per seed, the same labelled cases: method − scratch test mean Dice; "
+            "mean ± std, and in how many seeds the pre-trained encoder was better):",
+            "",
+            header,
+            rule,
+            *(f"| {m} | " + " | ".join(_paired_cell(paired[m].get(k, [])) for k in ks) + " |" for m in paired),
+            "",
+        ]
+    lines += [
         "Test mean HD95 (mm) over classes:",
         "",
         header,
