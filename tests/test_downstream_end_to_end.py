@@ -89,7 +89,7 @@ def test_evaluate_scores_on_the_input_grid(finetuned: Path, openkbp_small: Path,
         assert values["n"] == (1 if name in contoured else 0)
         if name in contoured:
             assert 0.0 <= values["dice"] <= 1.0 and values["hd95"] >= 0.0
-    assert (tmp_path / "per_case.csv").read_text(encoding="utf-8").count("\n") == 1 + len(result.per_class)
+    assert (tmp_path / "per_case.csv").read_text(encoding="utf-8").count("\n") == 1 + 2 * len(result.per_class)  # raw and post-processed rows
 
 
 @pytest.mark.realdata

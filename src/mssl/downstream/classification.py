@@ -28,7 +28,11 @@ from mssl.downstream.datasets import case_dict, labelled_subset, preprocessing
 from mssl.downstream.networks import build_classifier, freeze_encoder
 from mssl.downstream.pretrained import load_encoder
 from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, save_weights, write_json
-from mssl.downstream.setup import start_finetune
+from mssl.downstream.optim import build_optimizer
+from mssl.downstream.sampling import automatic_roi
+from mssl.downstream.setup import check_roi, start_finetune
+from mssl.models.backbones import backbone_stride
+from mssl.train.schedules import poly
 
 LOG_FILE = "metrics.csv"
 
@@ -125,13 +129,20 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
         load_encoder(network.backbone, config.weights, console)
     if config.freeze_encoder:
         console.print(f"encoder frozen ({freeze_encoder(network, setup.backbone)} tensors)")
-    optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
+    if config.steps == "auto":
+        raise ValueError("steps='auto' stops on a validation Dice plateau: segmentation only; give cls a number of steps")
+    optimizer = build_optimizer([p for p in network.parameters() if p.requires_grad], config)
+    schedule = poly(optimizer, config.steps)
     network, optimizer = fabric.setup(network, optimizer)
 
-    transform = volume_transforms(setup.preset, config.roi)
-    train_data = CacheDataset(classification_items(train_cases, config.target, encoding), transform=transform, progress=False)
-    val_data = CacheDataset(classification_items(val_cases, config.target, encoding), transform=transform, progress=False)
+    preprocess = preprocessing(setup.preset, with_label=False)
+    train_items = [preprocess(item) for item in classification_items(train_cases, config.target, encoding)]
+    val_items = [preprocess(item) for item in classification_items(val_cases, config.target, encoding)]
+    roi = config.roi or automatic_roi([item["image"].shape[1:] for item in train_items], backbone_stride(setup.backbone), config.max_roi_voxels)
+    check_roi(roi, setup.backbone)
+    fit = mt.ResizeWithPadOrCropd("image", spatial_size=tuple(roi))
+    train_data = CacheDataset(train_items, transform=fit, progress=False)
+    val_data = CacheDataset(val_items, transform=fit, progress=False)
     loader = fabric.setup_dataloaders(DataLoader(train_data, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers))
 
     best, best_step, best_scores = -math.inf, 0, {}
@@ -174,7 +185,7 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
                 "target": config.target,
                 "encoding": encoding,
                 "preset": setup.preset.model_dump(mode="json"),
-                "roi": list(config.roi),
+                "roi": list(roi),
                 "weights": str(config.weights) if config.weights else None,
                 "method": setup.pretrained.method if setup.pretrained else "scratch",
                 "labelled_cases": [c.case_id for c in train_cases],

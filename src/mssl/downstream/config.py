@@ -38,17 +38,28 @@ class FinetuneConfig(DataConfig):
     backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig(), description="scratch network (ignored with weights)")
     labels: int | None = Field(None, ge=1, description="k labelled training cases (seeded choice); None = all")
     seed: int = 0
-    roi: Size3 = (96, 96, 96)
-    steps: int = Field(1000, ge=1)
-    batch_size: int = Field(1, ge=1, description="cases per step")
-    crops_per_case: int = Field(2, ge=1, description="foreground-oversampled crops per case and step (seg)")
-    positive_fraction: float = Field(2 / 3, ge=0, le=1, description="share of crops centred on foreground (seg)")
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(1e-5, ge=0)
+    roi: Size3 | None = Field(None, description="training patch (seg) or whole-volume size (cls); None = median preprocessed shape, capped by max_roi_voxels")
+    max_roi_voxels: int = Field(64 * 128 * 128, ge=512, description="memory budget of the automatic roi (voxels per patch)")
+    steps: int | Literal["auto"] = Field(1000, description="optimiser steps, or 'auto': up to max_steps, stop when validation Dice plateaus")
+    max_steps: int = Field(4000, ge=1, description="horizon of steps='auto' (and of its poly schedule)")
+    plateau_window: int = Field(5, ge=2, description="steps='auto': validations without a gain above plateau_delta before stopping")
+    plateau_delta: float = Field(0.005, ge=0, description="steps='auto': smallest validation Dice gain that counts as progress")
+    batch_size: int = Field(2, ge=1, description="cases per step")
+    crops_per_case: int = Field(1, ge=1, description="patches per case and step (seg)")
+    foreground_fraction: float = Field(1 / 3, ge=0, le=1, description="share of patches centred on a voxel of a labelled class (seg; nnU-Net: 1/3)")
+    augment: bool = Field(True, description="seg: nnU-Net-style spatial and intensity augmentation (MONAI transforms)")
+    elastic: bool = Field(False, description="seg: add elastic deformation to the augmentation (slow on CPU)")
+    mirror_axes: tuple[int, ...] | None = Field(
+        None, description="axes mirrored in augmentation and test-time augmentation; None = all but left-right when classes name Left/Right"
+    )
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd: Nesterov, momentum 0.99 (nnU-Net); adamw")
+    lr: float = Field(1e-2, gt=0, description="peak learning rate (poly decay to 0 over the run)")
+    weight_decay: float = Field(3e-5, ge=0)
     freeze_encoder: bool = False
     val_every: int = Field(100, ge=1, description="validate (sliding window) every N steps; best checkpoint kept")
     val_cases: int | None = Field(None, ge=1, description="cap on validation cases (CPU budgets)")
     sw_overlap: float = Field(0.25, ge=0, lt=1)
+    postprocess: bool = Field(True, description="seg: keep-largest-component per class where it raises validation Dice")
     target: str = Field("sex", description="cls: datalist key to predict (strings → classes, numbers → regression)")
     precision: Precision = "32"
     accelerator: str = "auto"
@@ -69,6 +80,8 @@ class EvaluateConfig(SplitConfig):
     save_predictions: bool = True
     max_cases: int | None = Field(None, ge=1, description="evaluate the first N cases only (quick checks)")
     sw_overlap: float = Field(0.25, ge=0, lt=1)
+    tta: bool = Field(True, description="seg: average the predictions of the run's mirror axes (test-time augmentation)")
+    nsd_tolerance_mm: float = Field(2.0, gt=0, description="seg: tolerance of the normalised surface Dice (mm)")
 
 
 class ProbeConfig(DataConfig):

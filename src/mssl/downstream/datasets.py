@@ -94,23 +94,3 @@ def case_dict(case: Case, class_names: Sequence[str], with_label: bool) -> dict[
         item["label"] = str(case.label)
         item["present"] = present_mask(case.extra.get("present_labels"), class_names)
     return item
-
-
-def segmentation_training_transforms(roi: Sequence[int], crops_per_case: int, positive_fraction: float) -> mt.Compose:
-    """Pad to the roi, foreground-oversampled crops, mild intensity jitter (no flips: left/right organs)."""
-    keys = ["image", "label"]
-    return mt.Compose(
-        [
-            mt.SpatialPadd(keys, spatial_size=tuple(roi)),
-            mt.RandCropByPosNegLabeld(
-                keys,
-                label_key="label",
-                spatial_size=tuple(roi),
-                pos=positive_fraction,
-                neg=1.0 - positive_fraction,
-                num_samples=crops_per_case,
-            ),
-            mt.RandScaleIntensityd("image", factors=0.1, prob=0.5),
-            mt.RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-        ]
-    )

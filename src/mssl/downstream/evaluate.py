@@ -1,8 +1,9 @@
 """``mssl.evaluate``: a fine-tuned run scored on one split of a dataset.
 
 Segmentation: sliding-window logits in the run's preprocessed space are mapped back to each input's own
-grid with MONAI's ``Invertd`` (bilinear on logits, then argmax), so Dice and HD95 are measured against
-the original label at the dataset's spacing and the saved NIfTI carries the input's affine. Classes a
+grid with MONAI's ``Invertd`` (bilinear on class probabilities, then argmax), so Dice, HD95 and NSD are
+measured against the original label at the dataset's spacing and the saved NIfTI carries the input's
+affine. Test-time mirroring and keep-largest-component follow the run's ``model.json``. Classes a
 case does not contour are NaN (excluded). Writes ``per_case.csv``, ``summary.md`` and ``summary.json``.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -25,12 +26,13 @@ from mssl.downstream.config import EvaluateConfig
 from mssl.data.preprocess import PresetConfig
 from mssl.data.sources import Case
 from mssl.downstream.datasets import case_dict, load_dataset, preprocessing
-from mssl.downstream.inference import predict_logits
+from mssl.downstream.inference import predict_log_probs
 from mssl.downstream.metrics import format_mean_std, mean_std, segmentation_metrics
 from mssl.downstream.partial_labels import restrict_to
+from mssl.downstream.postprocess import keep_largest_component
 from mssl.downstream.run_files import load_finetuned, write_json
 
-HD95_NOTE = "HD95 in mm; a contoured organ the prediction misses entirely counts as the volume diagonal."
+HD95_NOTE = "HD95 in mm; a contoured organ the prediction misses entirely counts as the volume diagonal (and NSD 0)."
 
 
 @dataclass
@@ -52,67 +54,109 @@ def _class_selection(class_names: list[str], classes: list[str] | None) -> list[
     return [class_names.index(c) for c in classes]
 
 
-def predict_case(network: torch.nn.Module, case: Case, description: dict[str, Any], class_names: list[str], overlap: float) -> tuple[np.ndarray, dict[str, Any]]:
-    """Label map on the input's own grid (only classes the training contoured) and the preprocessed item."""
+def predict_case(
+    network: torch.nn.Module, case: Case, description: dict[str, Any], class_names: list[str], overlap: float, mirror_axes: Sequence[int] = ()
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Label map on the input's own grid (only classes the training contoured) and the preprocessed item.
+
+    The class probabilities (averaged over ``mirror_axes`` views) are inverted through the preprocessing
+    (crop, spacing, orientation) before the argmax, so the map carries the input's geometry exactly.
+    """
     allowed = torch.tensor(description["trained_classes"])
     preprocess = preprocessing(PresetConfig(**description["preset"]), with_label=True)
     item = preprocess(case_dict(case, class_names, with_label=True))
     device = next(network.parameters()).device
-    logits = predict_logits(network, item["image"].unsqueeze(0).to(device), description["roi"], overlap)[0].cpu()
-    logits = MetaTensor(logits, meta=item["image"].meta, applied_operations=item["image"].applied_operations)
-    inverted = Invertd(keys="pred", transform=preprocess, orig_keys="image", nearest_interp=False)({"image": item["image"], "pred": logits})
-    logits = restrict_to(torch.as_tensor(inverted["pred"]).unsqueeze(0), allowed)[0]
-    return logits.argmax(0).numpy().astype(np.uint8), item
+    log_probs = predict_log_probs(network, item["image"].unsqueeze(0).to(device), description["roi"], overlap, mirror_axes)[0].cpu()
+    probabilities = MetaTensor(log_probs.exp(), meta=item["image"].meta, applied_operations=item["image"].applied_operations)
+    inverted = Invertd(keys="pred", transform=preprocess, orig_keys="image", nearest_interp=False)({"image": item["image"], "pred": probabilities})
+    # outside the cropped box nothing was predicted: padding gives probability 0 everywhere, i.e. background
+    probabilities = torch.as_tensor(inverted["pred"]).unsqueeze(0).clamp_min(torch.finfo(torch.float32).tiny)
+    return restrict_to(probabilities.log(), allowed)[0].argmax(0).numpy().astype(np.uint8), item
+
+
+METRICS = ("dice", "hd95", "nsd")
 
 
 def evaluate_segmentation(network: torch.nn.Module, description: dict[str, Any], cases: list[Case], config: EvaluateConfig, out: Path, console: Console) -> EvaluationResult:
+    """Per case and class: Dice, HD95 and NSD of the raw prediction and of the post-processed one (the
+    run's keep-largest-component classes); the post-processed prediction is the result and is saved."""
     class_names = description["class_names"]
     selected = _class_selection(class_names, config.classes)
-    rows, dice_by_class, hd_by_class = [], {i: [] for i in selected}, {i: [] for i in selected}
+    mirror_axes = description.get("mirror_axes", []) if config.tta else []
+    postprocessed_classes = [class_names.index(n) for n in description.get("postprocessing", {}).get("classes", [])]
+    rows: list[dict[str, Any]] = []
+    values = {(variant, metric): {i: [] for i in selected} for variant in ("raw", "final") for metric in METRICS}
     for case in track(cases, description=f"evaluate {len(cases)} cases", console=console):
-        prediction, item = predict_case(network, case, description, class_names, config.sw_overlap)
+        raw, item = predict_case(network, case, description, class_names, config.sw_overlap, mirror_axes)
+        final = keep_largest_component(torch.from_numpy(raw), postprocessed_classes).numpy().astype(np.uint8)
         image_file, label_file = nib.load(str(case.image)), nib.load(str(case.label))
-        label = np.asarray(label_file.dataobj).astype(np.int64)
-        if label.shape != prediction.shape:
-            raise ValueError(f"{case.label}: label shape {label.shape} differs from its image grid {prediction.shape}")
+        label = torch.from_numpy(np.asarray(label_file.dataobj).astype(np.int64))
+        if tuple(label.shape) != raw.shape:
+            raise ValueError(f"{case.label}: label shape {tuple(label.shape)} differs from its image grid {raw.shape}")
         spacing = [float(z) for z in image_file.header.get_zooms()[:3]]
-        metrics = segmentation_metrics(torch.from_numpy(prediction), torch.from_numpy(label), len(class_names), spacing, item["present"])
-        for i in selected:
-            dice, hd95 = float(metrics.dice[i - 1]), float(metrics.hd95[i - 1])
-            dice_by_class[i].append(dice)
-            hd_by_class[i].append(hd95)
-            rows.append({"case": case.case_id, "class": class_names[i], "dice": dice, "hd95": hd95})
+        for variant, prediction in (("raw", raw), ("final", final)):
+            metrics = segmentation_metrics(
+                torch.from_numpy(prediction), label, len(class_names), spacing, item["present"], nsd_tolerance_mm=config.nsd_tolerance_mm
+            )
+            for i in selected:
+                row = {metric: float(getattr(metrics, metric)[i - 1]) for metric in METRICS}
+                for metric in METRICS:
+                    values[variant, metric][i].append(row[metric])
+                rows.append({"case": case.case_id, "class": class_names[i], "postprocessed": variant == "final", **row})
         if config.save_predictions:
             predictions = out / "predictions"
             predictions.mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(prediction, image_file.affine), str(predictions / f"{case.case_id}.nii.gz"))
+            nib.save(nib.Nifti1Image(final, image_file.affine), str(predictions / f"{case.case_id}.nii.gz"))
 
     with open(out / "per_case.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["case", "class", "dice", "hd95"])
+        writer = csv.DictWriter(handle, fieldnames=["case", "class", "postprocessed", *METRICS])
         writer.writeheader()
         writer.writerows(rows)
-    per_class = {}
-    for i in selected:
-        dice_mean, dice_std, n = mean_std(dice_by_class[i])
-        hd_mean, hd_std, _ = mean_std(hd_by_class[i])
-        per_class[class_names[i]] = {"dice": dice_mean, "dice_std": dice_std, "hd95": hd_mean, "hd95_std": hd_std, "n": n}
-    measured = [v for v in per_class.values() if v["n"]]
-    scores = {
-        "mean_dice": float(np.mean([v["dice"] for v in measured])) if measured else float("nan"),
-        "mean_hd95": float(np.mean([v["hd95"] for v in measured])) if measured else float("nan"),
-    }
+
+    def summarise(variant: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+        per_class = {}
+        for i in selected:
+            entry: dict[str, float] = {}
+            for metric in METRICS:
+                mean, std, n = mean_std(values[variant, metric][i])
+                entry.update({metric: mean, f"{metric}_std": std, "n": n})
+            per_class[class_names[i]] = entry
+        measured = [v for v in per_class.values() if v["n"]]
+        scores = {f"mean_{m}": float(np.mean([v[m] for v in measured])) if measured else float("nan") for m in METRICS}
+        return per_class, scores
+
+    per_class, scores = summarise("final")
+    per_class_raw, scores_raw = summarise("raw")
+    pp = ", ".join(class_names[i] for i in postprocessed_classes) or "none"
     lines = [
         f"# Evaluation of `{config.run}` on split `{config.split}` ({len(cases)} cases)",
         "",
-        "| class | Dice | HD95 (mm) |",
-        "|---|---|---|",
-        *(f"| {class_names[i]} | {format_mean_std(dice_by_class[i])} | {format_mean_std(hd_by_class[i], 1)} |" for i in selected),
-        f"| **mean over classes** | {scores['mean_dice']:.3f} | {scores['mean_hd95']:.1f} |",
+        f"Test-time mirroring over axes {list(mirror_axes) or 'none'}; keep-largest-component for: {pp} (chosen on validation).",
+        "",
+        f"| class | Dice | HD95 (mm) | NSD ({config.nsd_tolerance_mm:g} mm) | Dice without post-processing |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {class_names[i]} | {format_mean_std(values['final', 'dice'][i])} | {format_mean_std(values['final', 'hd95'][i], 1)} | "
+            f"{format_mean_std(values['final', 'nsd'][i])} | {format_mean_std(values['raw', 'dice'][i])} |"
+            for i in selected
+        ),
+        f"| **mean over classes** | {scores['mean_dice']:.3f} | {scores['mean_hd95']:.1f} | {scores['mean_nsd']:.3f} | {scores_raw['mean_dice']:.3f} |",
         "",
         f"Mean ± sample std over the cases that contour the class (n). {HD95_NOTE}",
     ]
     (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    write_json(out / "summary.json", {"per_class": per_class, "scores": scores, "cases": [c.case_id for c in cases]})
+    write_json(
+        out / "summary.json",
+        {
+            "per_class": per_class,
+            "scores": scores,
+            "per_class_without_postprocessing": per_class_raw,
+            "scores_without_postprocessing": scores_raw,
+            "mirror_axes": list(mirror_axes),
+            "postprocessed_classes": [class_names[i] for i in postprocessed_classes],
+            "cases": [c.case_id for c in cases],
+        },
+    )
     return EvaluationResult(out, per_class, scores)
 
 

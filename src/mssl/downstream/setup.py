@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from lightning.fabric import Fabric
 
@@ -48,13 +49,19 @@ def make_fabric(accelerator: str, devices: int, precision: str, seed: int) -> Fa
     return fabric
 
 
+def check_roi(roi: Sequence[int], backbone: BackboneConfig) -> None:
+    """A patch the network takes: every side a multiple of its stride."""
+    stride = backbone_stride(backbone)
+    if any(r % stride for r in roi):
+        raise ValueError(f"roi {tuple(roi)} must be a multiple of {stride} for backbone {backbone.name}")
+
+
 def start_finetune(config: FinetuneConfig) -> tuple[DownstreamSetup, Fabric, Path]:
-    """What every fine-tuning task does first: resolve data and weights, check the roi against the
+    """What every fine-tuning task does first: resolve data and weights, check a given roi against the
     network's stride, start Fabric and create the run folder."""
     setup = resolve_setup(config, config.weights, config.backbone)
-    stride = backbone_stride(setup.backbone)
-    if any(r % stride for r in config.roi):
-        raise ValueError(f"roi {config.roi} must be a multiple of {stride} for backbone {setup.backbone.name}")
+    if config.roi is not None:
+        check_roi(config.roi, setup.backbone)
     fabric = make_fabric(config.accelerator, config.devices, config.precision, config.seed)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

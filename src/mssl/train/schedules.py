@@ -1,4 +1,4 @@
-"""Learning-rate schedule: linear warm-up, then half-cosine (or constant), stepped every optimiser step."""
+"""Learning-rate schedules, stepped every optimiser step: warm-up then half-cosine (or constant); poly decay."""
 
 from __future__ import annotations
 
@@ -35,3 +35,19 @@ class WarmupCosine:
 def warmup_cosine(optimizer: Optimizer, warmup_steps: int, max_steps: int, schedule: Literal["cosine", "constant"], min_ratio: float = 0.0) -> LambdaLR:
     """A per-step ``LambdaLR`` following :class:`WarmupCosine`."""
     return LambdaLR(optimizer, WarmupCosine(warmup_steps, max_steps, schedule, min_ratio))
+
+
+class PolyDecay:
+    """Multiplier (1 - s / max_steps) ** exponent, nnU-Net's schedule (exponent 0.9); 0 from ``max_steps`` on."""
+
+    def __init__(self, max_steps: int, exponent: float = 0.9) -> None:
+        self.max_steps = max_steps
+        self.exponent = exponent
+
+    def __call__(self, step: int) -> float:
+        return max(0.0, 1.0 - step / self.max_steps) ** self.exponent
+
+
+def poly(optimizer: Optimizer, max_steps: int, exponent: float = 0.9) -> LambdaLR:
+    """A per-step ``LambdaLR`` following :class:`PolyDecay`."""
+    return LambdaLR(optimizer, PolyDecay(max_steps, exponent))

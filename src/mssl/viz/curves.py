@@ -66,3 +66,37 @@ def plot_curves(run: str | Path, path: str | Path, title: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return path
+
+
+def plot_finetune_curve(metrics_csv: str | Path, path: str | Path, title: str = "") -> Path:
+    """A fine-tuning run's curves from its metrics.csv: training loss (raw and smoothed) and validation Dice
+    (mean and per class) against steps, Dice on a fixed 0–1 axis so small differences are not magnified."""
+    with Path(metrics_csv).open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    trained = [r for r in rows if r["loss"]]  # the step-0 row holds only the initial network's validation
+    steps = np.asarray([float(r["step"]) for r in trained])
+    loss = np.asarray([float(r["loss"]) for r in trained])
+    figure = Figure(figsize=(10, 3.6), dpi=FIGURE_DPI, layout="constrained")
+    loss_axis, dice_axis = figure.subplots(1, 2)
+    loss_axis.plot(steps, loss, color="tab:blue", alpha=0.3, linewidth=0.8)
+    loss_axis.plot(steps, moving_average(loss, 25), color="tab:blue", linewidth=1.6)
+    loss_axis.set(title="training loss", xlabel="step")
+    columns = [c for c in (rows[0].keys() if rows else []) if c.startswith("val_")]
+    for column in columns:
+        points = [(float(r["step"]), float(r[column])) for r in rows if r[column] not in ("", "nan")]
+        if points:
+            x, y = zip(*points)
+            mean = column == "val_dice"
+            dice_axis.plot(x, y, marker="o" if mean else None, linewidth=2.2 if mean else 1.0, alpha=1.0 if mean else 0.6,
+                           color="black" if mean else None, label="mean" if mean else column[len("val_"):])
+    dice_axis.set(title="validation Dice", xlabel="step", ylim=(0, 1))
+    if columns:
+        dice_axis.legend(fontsize=7, ncol=2)
+    for axis in (loss_axis, dice_axis):
+        axis.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path

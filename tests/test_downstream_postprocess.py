@@ -1,0 +1,49 @@
+"""Keep-largest-component, chosen per class on validation (mssl.downstream.postprocess)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mssl.downstream.metrics import segmentation_metrics
+from mssl.downstream.postprocess import choose_postprocessing, keep_largest_component, selected_classes
+
+
+def _reference() -> torch.Tensor:
+    """Class 1: one 6³ cube; class 2: two separate 4³ cubes (an organ in two pieces)."""
+    label = torch.zeros(32, 32, 32, dtype=torch.long)
+    label[2:8, 2:8, 2:8] = 1
+    label[20:24, 20:24, 20:24] = 2
+    label[20:24, 2:6, 20:24] = 2
+    return label
+
+
+def _prediction() -> torch.Tensor:
+    """The reference plus a stray 2³ island of class 1; class 2's second piece predicted 1 voxel smaller."""
+    prediction = _reference().clone()
+    prediction[26:28, 26:28, 10:12] = 1
+    prediction[20, 2:6, 20:24] = 0
+    return prediction
+
+
+def test_keep_largest_component_removes_islands_of_the_chosen_class_only() -> None:
+    kept = keep_largest_component(_prediction(), [1])
+    assert int((kept == 1).sum()) == 6**3  # the island is gone
+    assert torch.equal(kept == 2, _prediction() == 2)  # class 2 untouched
+    assert torch.equal(keep_largest_component(_prediction(), []), _prediction())
+
+
+def test_postprocessing_is_chosen_where_it_helps_and_never_lowers_validation_dice() -> None:
+    reference, prediction = _reference(), _prediction()
+
+    def dice_of(p: torch.Tensor, i: int) -> np.ndarray:
+        return segmentation_metrics(p, reference, 3, (1.0, 1.0, 1.0), with_hd95=False).dice
+
+    decisions = choose_postprocessing([prediction], dice_of, [1, 2])
+    chosen = selected_classes(decisions)
+    assert chosen == [1]  # the island of class 1 goes; class 2 keeps its second piece
+    without, with_ = decisions[2]
+    assert with_ < without  # keeping only one piece of class 2 would have cost Dice
+    before = dice_of(prediction, 0)
+    after = dice_of(keep_largest_component(prediction, chosen), 0)
+    assert np.all(after >= before) and after[0] > before[0]
