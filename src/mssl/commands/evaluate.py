@@ -18,12 +18,15 @@ def command(
     classes: Optional[str] = typer.Option(None, help="Comma-separated class names to report, e.g. Brainstem,Mandible. (default: all)"),
     save_predictions: bool = typer.Option(True, "--save-predictions/--no-predictions", help="Write predictions as NIfTI with each input's affine."),
     max_cases: Optional[int] = typer.Option(None, help="Score only the first N cases (quick checks)."),
+    tta: bool = typer.Option(True, "--tta/--no-tta", help="Average the predictions of the run's mirrored views (test-time augmentation)."),
+    nsd_tolerance: float = typer.Option(2.0, help="Tolerance of the normalised surface Dice, mm."),
 ) -> None:
     """Score a fine-tuned run on a split with sliding-window inference.
 
-    Segmentation: per-case and per-class Dice and HD95 (MONAI) on each input's own grid and spacing;
-    organs a case does not contour are left out, never scored as background. Writes per_case.csv,
-    summary.md (mean ± std) and predictions/*.nii.gz. Example:
+    Segmentation: per-case and per-class Dice, HD95 and NSD (MONAI) on each input's own grid and
+    spacing, with and without the run's keep-largest-component post-processing; organs a case does not
+    contour are left out, never scored as background. Writes per_case.csv, summary.md (mean ± std) and
+    predictions/*.nii.gz (post-processed). Example:
 
         mssl evaluate runs/ft --data openkbp/dataset.json --split test
     """
@@ -44,6 +47,8 @@ def command(
             classes=classes.split(",") if classes else None,
             save_predictions=save_predictions,
             max_cases=max_cases,
+            tta=tta,
+            nsd_tolerance_mm=nsd_tolerance,
         )
         evaluate(settings, console=console)
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback

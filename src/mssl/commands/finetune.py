@@ -25,11 +25,18 @@ def command(
     feature_size: Optional[int] = typer.Option(None, help="Scratch SwinUNETR feature size (multiple of 12)."),
     window_size: Optional[int] = typer.Option(None, help="Scratch SwinUNETR attention window."),
     unet_channels: Optional[str] = typer.Option(None, help="Scratch U-Net widths, e.g. 32,64,128,256,512."),
-    roi: Optional[str] = typer.Option(None, help="Training crop (seg) or whole-volume size (cls): 96 or 128,128,64; multiple of the network stride."),
-    steps: Optional[int] = typer.Option(None, help="Optimiser steps. (default: 1000)"),
-    batch_size: Optional[int] = typer.Option(None, help="Cases per step. (default: 1)"),
-    crops_per_case: Optional[int] = typer.Option(None, help="Foreground-oversampled crops per case and step (seg). (default: 2)"),
-    lr: Optional[float] = typer.Option(None, help="AdamW learning rate (cosine decay). (default: 1e-4)"),
+    roi: Optional[str] = typer.Option(None, help="Training patch (seg) or whole-volume size (cls): 96 or 128,128,64; multiple of the network stride. (default: the median preprocessed shape, capped by --max-roi-voxels)"),
+    max_roi_voxels: Optional[int] = typer.Option(None, help="Memory budget of the automatic patch, voxels. (default: 64·128·128)"),
+    steps: Optional[str] = typer.Option(None, help="Optimiser steps, or auto: stop when validation Dice plateaus (at most --max-steps). (default: 1000)"),
+    max_steps: Optional[int] = typer.Option(None, help="Horizon of --steps auto. (default: 4000)"),
+    batch_size: Optional[int] = typer.Option(None, help="Cases per step, drawn with replacement. (default: 2)"),
+    crops_per_case: Optional[int] = typer.Option(None, help="Patches per case and step (seg). (default: 1)"),
+    foreground_fraction: Optional[float] = typer.Option(None, help="Share of patches centred on a labelled organ (seg). (default: 1/3, as nnU-Net)"),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="nnU-Net-style spatial and intensity augmentation (seg). (default: on)"),
+    mirror_axes: Optional[str] = typer.Option(None, help="Axes mirrored in training and test-time augmentation, e.g. 1,2 or none. (default: all but left-right when classes name Left/Right)"),
+    postprocess: Optional[bool] = typer.Option(None, "--postprocess/--no-postprocess", help="Keep-largest-component per class where it raises validation Dice (seg). (default: on)"),
+    optimizer: Optional[str] = typer.Option(None, help="sgd (Nesterov, momentum 0.99) or adamw; poly decay. (default: sgd)"),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate. (default: 1e-2)"),
     freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--train-encoder", help="Keep the pre-trained encoder fixed."),
     val_every: Optional[int] = typer.Option(None, help="Validate every N steps (sliding window); the best checkpoint is kept. (default: 100)"),
     val_cases: Optional[int] = typer.Option(None, help="Validate on at most N cases of the validation split. (default: all)"),
@@ -44,7 +51,9 @@ def command(
 
     Segmentation uses MONAI SwinUNETR or the project's U-Net (whichever the weights were pre-trained
     on), DiceCE with partial labels (organs a case does not contour are ignored, never background),
-    foreground-oversampled crops and sliding-window validation. Classification pools the encoder's
+    nnU-Net's recipe (patch from the data, a third of patches on an organ, augmentation, SGD Nesterov
+    with poly decay, sliding-window validation, keep-largest-component where it helps); metrics.csv,
+    TensorBoard and curve.png show convergence, result.json says whether it converged. Classification pools the encoder's
     bottleneck into a linear head (AUC/accuracy, or MAE for numbers such as age). Example:
 
         mssl finetune --data openkbp/dataset.json --weights runs/s2dc --labels 5 --out runs/ft
@@ -71,9 +80,16 @@ def command(
             out=out,
             backbone=scratch or None,
             roi=parse_size(roi) if roi else None,
-            steps=steps,
+            max_roi_voxels=max_roi_voxels,
+            steps=(steps if steps == "auto" else int(steps)) if steps else None,
+            max_steps=max_steps,
             batch_size=batch_size,
             crops_per_case=crops_per_case,
+            foreground_fraction=foreground_fraction,
+            augment=augment,
+            mirror_axes=(() if mirror_axes == "none" else tuple(int(a) for a in mirror_axes.split(","))) if mirror_axes else None,
+            postprocess=postprocess,
+            optimizer=optimizer,
             lr=lr,
             freeze_encoder=freeze_encoder,
             val_every=val_every,

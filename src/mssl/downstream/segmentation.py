@@ -31,7 +31,7 @@ from mssl.downstream.convergence import on_plateau
 from mssl.downstream.datasets import case_dict, labelled_subset, preprocessing
 from mssl.downstream.inference import predict_log_probs
 from mssl.downstream.metrics import segmentation_metrics
-from mssl.downstream.networks import build_segmentation_network, freeze_encoder
+from mssl.downstream.networks import build_segmentation_network, freeze_encoder, initialise_class_prior
 from mssl.downstream.optim import build_optimizer
 from mssl.downstream.partial_labels import PartialDiceCELoss, contoured_classes, restrict_to
 from mssl.downstream.postprocess import choose_postprocessing, selected_classes
@@ -76,6 +76,11 @@ def mean_dice(table: np.ndarray) -> float:
     return float(np.mean(per_case)) if per_case else float("nan")
 
 
+def class_voxel_counts(items: Sequence[dict[str, Any]], num_classes: int) -> torch.Tensor:
+    """(C,) voxels per class over the labelled cases (unlabelled organs count as background, as the loss sees them)."""
+    return sum(torch.bincount(item["label"].as_tensor().long().flatten(), minlength=num_classes) for item in items)
+
+
 def class_means(table: np.ndarray) -> np.ndarray:
     """(C - 1,) mean Dice per class over the cases that contour it; NaN for a class no case contours."""
     finite = np.isfinite(table)
@@ -111,6 +116,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
     )
 
     network = build_segmentation_network(setup.backbone, dataset.num_classes)
+    initialise_class_prior(network, class_voxel_counts(train_items, dataset.num_classes))
     if config.weights is not None:
         load_encoder(network, config.weights, console)
     if config.freeze_encoder:
