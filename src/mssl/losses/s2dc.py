@@ -2,7 +2,7 @@
 
 Token tensors are (B, N, D) L2-normalised embeddings; ``correspondence`` is the (B, N_s, N_t) binary
 matrix of positive student–teacher token pairs (at most one 1 per row and per column). All terms are
-computed in fp32 and averaged over the batch; a sample without positives contributes no positive term.
+computed in fp32, also under autocast, and averaged over the batch; a sample without positives contributes no positive term.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def global_info_nce(query: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor
 
     query, keys: (Q, D) L2-normalised student / teacher crop embeddings; queue: (K, D) past teacher keys.
     """
-    candidates = torch.cat([keys, queue.to(keys.dtype)]).float()  # (Q + K, D)
-    logits = query.float() @ candidates.T / temperature  # (Q, Q + K)
-    return F.cross_entropy(logits, torch.arange(query.shape[0], device=query.device))
+    with torch.autocast(query.device.type, enabled=False):  # .float() alone would leave the matmul in bf16
+        candidates = torch.cat([keys.float(), queue.float()])  # (Q + K, D)
+        logits = query.float() @ candidates.T / temperature  # (Q, Q + K)
+        return F.cross_entropy(logits, torch.arange(query.shape[0], device=query.device))
