@@ -58,6 +58,17 @@ def test_tokens_leaving_the_field_are_unmatched():
     assert (match[:6] == UNMATCHED).all() and (match[6:] != UNMATCHED).all()
 
 
+@pytest.mark.parametrize("shift", [(22.34, -14.01), (14.0, 17.0), (-8.0, 5.0), (3.0, -30.0)])
+def test_translations_match_every_token_that_stays_in_view(shift):
+    # sub-cell sample points split evenly between two cells must not leave every token unmatched
+    warp = torch.eye(4, dtype=torch.float64)[None].clone()
+    warp[0, :2, 3] = torch.tensor(shift, dtype=torch.float64)
+    size, stride = (384, 384, 96), 32
+    match = token_correspondence(warp, size, stride).reshape(*token_grid_shape(size, stride))
+    inner = match[2:-2, 2:-2]  # at most 30 voxels = one cell of shift: these tokens stay in view
+    assert (inner != UNMATCHED).all()
+
+
 def test_correspondence_matrix_has_one_positive_per_matched_row():
     match = torch.tensor([[2, UNMATCHED, 0]])
     assert torch.equal(correspondence_matrix(match, 3)[0], torch.tensor([[0.0, 0, 1], [0, 0, 0], [1, 0, 0]]))
