@@ -164,3 +164,20 @@ def test_bad_field_size_is_a_clear_error():
     config = S2DCConfig(field_size=(64, 64, 32), roi=32)
     with pytest.raises(ValueError, match="multiple of roi 32"):
         make_s2dc_views(torch.rand(1, 1, 48, 64, 32), config, token_stride=16)
+
+
+def test_intensity_shift_is_one_per_warped_field_and_one_per_global_crop():
+    still = dict(rotation_deg=0, scale_range=(1, 1), shift_fraction=0, crop_rotation_deg=0, crop_scale_range=(1, 1), crop_shift_fraction=0)
+    config = S2DCConfig(field_size=(64, 64, 32), roi=32, intensity_shift_prob=1.0, **still)
+    field = torch.rand(2, 1, 64, 64, 32)
+    torch.manual_seed(0)
+    views = make_s2dc_views(field, config, token_stride=16)
+    for crops in (views.teacher_tokens, views.teacher_global):
+        offsets = (crops - views.student).reshape(2, 4, -1)  # (B, K, voxels): a constant per crop
+        assert torch.allclose(offsets, offsets[..., :1], atol=1e-5)
+        assert offsets.abs().max() <= 0.1 + 1e-6
+    token_offsets = (views.teacher_tokens - views.student).reshape(2, 4, -1)[..., 0]
+    global_offsets = (views.teacher_global - views.student).reshape(2, 4, -1)[..., 0]
+    assert torch.allclose(token_offsets, token_offsets[:, :1], atol=1e-6)  # shared by the crops of a field
+    assert not torch.allclose(token_offsets[0], token_offsets[1], atol=1e-4)  # but drawn per field
+    assert (global_offsets.std(1) > 1e-3).all()  # each global crop draws its own
