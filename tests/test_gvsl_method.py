@@ -25,7 +25,9 @@ def _pair(batch: int, size: int = 32) -> dict[str, torch.Tensor]:
 def test_crop_request_is_a_pair_of_roi_crops_and_such_a_batch_runs():
     method = _method(roi=(32, 24, 16))
     request = method.crop_requests()
-    assert request == {"pair": CropRequest(size=(32, 24, 16), volumes=2)}
+    assert request == {"pair": CropRequest(size=(32, 24, 16), volumes=2, corresponding=True, jitter=4)}
+    independent = _method(roi=(32, 24, 16), pair_sampling="independent").crop_requests()["pair"]
+    assert not independent.corresponding
     assert method.name == "gvsl"
     batch = {"pair": torch.rand(2, request["pair"].volumes, 1, *request["pair"].size)}
     output = method(batch)
