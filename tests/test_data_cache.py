@@ -103,6 +103,33 @@ def test_volumes_of_one_sample_come_from_different_cases(cache: CacheIndex, monk
         assert sorted(seen) == ["c0", "c1", "c2"]
 
 
+def _crop_start(cache: CacheIndex, crop: np.ndarray) -> tuple[str, tuple[int, ...]]:
+    """The case and start of the window of its full array that equals ``crop`` (first match)."""
+    for case in cache.cases:
+        full = np.asarray(cache.image(case.case_id))[0]
+        found = np.argwhere((np.lib.stride_tricks.sliding_window_view(full, crop.shape) == crop).all(axis=(3, 4, 5)))
+        if len(found):
+            return case.case_id, tuple(int(v) for v in found[0])
+    raise AssertionError("crop not found in any case")
+
+
+@pytest.mark.parametrize("jitter", [0, 2])
+def test_corresponding_crops_share_a_relative_position_up_to_the_jitter(cache: CacheIndex, jitter: int) -> None:
+    size = (16, 12, 8)
+    request = CropRequest(size, volumes=2, corresponding=True, jitter=jitter)
+    dataset = CropDataset(cache, {"pair": request}, length=8, seed=4)
+    shapes = {c.case_id: c.shape for c in cache.cases}
+    for item in range(len(dataset)):
+        (case_a, start_a), (case_b, start_b) = (_crop_start(cache, crop[0].numpy()) for crop in dataset[item]["pair"])
+        ranges_a = [d - s for d, s in zip(shapes[case_a], size)]
+        ranges_b = [d - s for d, s in zip(shapes[case_b], size)]
+        for a, b, ra, rb in zip(start_a, start_b, ranges_a, ranges_b):
+            # both starts are round(r · range) + a jitter in [-jitter, jitter] for one shared r
+            low = max((a - jitter - 0.5) / ra, (b - jitter - 0.5) / rb)
+            high = min((a + jitter + 0.5) / ra, (b + jitter + 0.5) / rb)
+            assert low <= high + 1e-9
+
+
 def test_small_volumes_are_padded_with_a_warning(cache: CacheIndex) -> None:
     full = np.asarray(cache.image("c1"))[0]  # (X, Y, Z), smaller than the crop along X and Z
     size = (full.shape[0] + 6, full.shape[1] - 4, full.shape[2] + 3)

@@ -52,3 +52,21 @@ def test_restoration_loss_is_mse():
     a, b = torch.rand(2, 1, 4, 4, 4), torch.rand(2, 1, 4, 4, 4)
     assert restoration_loss(a, b).item() == pytest.approx((a - b).square().mean().item(), rel=1e-6)
     assert restoration_loss(a, a).item() == 0.0
+
+
+def test_ncc_by_hand_with_border_boxes_counting_only_voxels_inside():
+    # values vary along X only (constant over a 3 × 3 Y-Z plane), so each 3³ box's NCC is the 1-D NCC along X
+    x = torch.tensor([0.0, 1.0, 3.0, 2.0]).view(1, 1, 4, 1, 1).expand(1, 1, 4, 3, 3)
+    y = torch.tensor([1.0, 0.0, 2.0, 2.0]).view(1, 1, 4, 1, 1).expand(1, 1, 4, 3, 3)
+    # windows along X: voxel 0 sees {0, 1}, voxel 1 {0, 1, 2}, voxel 2 {1, 2, 3}, voxel 3 {2, 3}.
+    # voxel 0: cross = −½, var_x = ½, var_y = ½; voxel 1: cross = 2, var_x = 14/3, var_y = 2;
+    # voxel 2: cross = 2, var_x = 2, var_y = 8/3; voxel 3: var_y = 0. cc = cross² / (var_x var_y) = 1, 3/7, 3/4, 0
+    expected = 1 - (1 + 3 / 7 + 3 / 4 + 0) / 4
+    assert expected == pytest.approx(0.4553571, abs=1e-7)
+    assert local_ncc_loss(x, y, window=3).item() == pytest.approx(expected, abs=1e-4)  # eps = 1e-5 shifts it < 1e-4
+
+
+def test_restoration_loss_by_hand():
+    restored = torch.tensor([0.0, 0.5, 1.0, 1.0]).view(1, 1, 4, 1, 1)
+    clean = torch.tensor([0.0, 1.0, 1.0, 0.0]).view(1, 1, 4, 1, 1)
+    assert restoration_loss(restored, clean).item() == pytest.approx((0.25 + 1.0) / 4)

@@ -2,9 +2,12 @@ import pytest
 import torch
 
 from mssl.config import BackboneConfig, GVSLConfig
+from mssl.losses.gvsl import local_ncc_loss, restoration_loss, smoothness_loss
 from mssl.methods.base import CropRequest
 from mssl.methods.gvsl import GVSLMethod
 from mssl.models.backbones import build_backbone
+from mssl.models.warp import warp
+from mssl.models.zmatch import ZMatchHead
 
 TINY_UNET = BackboneConfig(name="unet", unet_channels=(8, 16, 32))
 TERMS = {"ncc", "restore", "smooth"}
@@ -19,11 +22,17 @@ def _pair(batch: int, size: int = 32) -> dict[str, torch.Tensor]:
     return {"pair": torch.rand(batch, 2, 1, size, size, size)}
 
 
-def test_crop_request_is_a_pair_of_roi_crops_from_two_volumes():
-    method = _method(roi=(64, 48, 32))
-    assert method.crop_requests() == {"pair": CropRequest(size=(64, 48, 32), volumes=2)}
+def test_crop_request_is_a_pair_of_roi_crops_and_such_a_batch_runs():
+    method = _method(roi=(32, 24, 16))
+    request = method.crop_requests()
+    assert request == {"pair": CropRequest(size=(32, 24, 16), volumes=2, corresponding=True, jitter=4)}
+    independent = _method(roi=(32, 24, 16), pair_sampling="independent").crop_requests()["pair"]
+    assert not independent.corresponding
     assert method.name == "gvsl"
-    assert all(name.startswith(("backbone.", "zmatch.", "restoration.")) for name, _ in method.named_parameters())
+    batch = {"pair": torch.rand(2, request["pair"].volumes, 1, *request["pair"].size)}
+    output = method(batch)
+    assert output.visuals["warped"].shape == output.visuals["restored"].shape == (2, 1, 32, 24, 16)
+    assert output.visuals["flow"].shape == (2, 3, 32, 24, 16)
 
 
 def test_one_backward_reaches_every_parameter():
@@ -62,19 +71,50 @@ def test_without_spatial_augmentation_b_is_untouched_and_only_a_is_damaged():
 
 def test_spatial_augmentation_moves_a_and_b_together_in_training_only():
     method = _method()
-    batch = _pair(1)
+    volume = torch.rand(1, 1, 1, 32, 32, 32)
+    batch = {"pair": volume.expand(1, 2, 1, 32, 32, 32).clone()}  # B is the same volume as A
     train = method(batch).visuals
-    assert not torch.allclose(train["fixed"], batch["pair"][:, 0], atol=1e-2)
+    assert not torch.allclose(train["fixed"], volume[:, 0], atol=1e-2)
+    assert torch.equal(train["moving"], train["fixed"])  # one transform for A and B
     method.eval()
     evaluation = method(batch).visuals
-    assert torch.equal(evaluation["fixed"], batch["pair"][:, 0])
+    assert torch.equal(evaluation["fixed"], volume[:, 0]) and torch.equal(evaluation["moving"], volume[:, 0])
+
+
+def _with_a_rough_flow(method: GVSLMethod) -> GVSLMethod:
+    torch.nn.init.normal_(method.zmatch.deformable.flow.weight, std=0.5)  # a flow of a few voxels, far from smooth
+    return method
 
 
 def test_loss_weights_are_applied():
-    method = _method(w_ncc=2.0, w_restore=0.5, w_smooth=0.0, spatial_aug=False)
+    torch.manual_seed(0)
+    method = _with_a_rough_flow(_method(w_ncc=2.0, w_restore=0.5, w_smooth=3.0, spatial_aug=False))
     output = method(_pair(1))
-    expected = 2.0 * output.terms["ncc"] + 0.5 * output.terms["restore"]
-    assert torch.allclose(output.loss, expected)
+    assert output.terms["smooth"] > 0.05
+    expected = 2.0 * output.terms["ncc"] + 0.5 * output.terms["restore"] + 3.0 * output.terms["smooth"]
+    assert torch.allclose(output.loss, expected, rtol=1e-6)
+
+
+def test_each_term_compares_the_right_images():
+    torch.manual_seed(1)
+    method = _with_a_rough_flow(_method())
+    output = method(_pair(2))
+    visuals = output.visuals
+    assert torch.allclose(output.terms["ncc"], local_ncc_loss(visuals["warped"], visuals["fixed"]), atol=1e-6)
+    assert not torch.allclose(output.terms["ncc"], local_ncc_loss(visuals["warped"], visuals["damaged"]), atol=1e-3)
+    assert torch.allclose(output.terms["restore"], restoration_loss(visuals["restored"], visuals["fixed"]), atol=1e-7)
+    assert torch.allclose(output.terms["smooth"], smoothness_loss(visuals["flow"]), atol=1e-7)
+    assert torch.allclose(visuals["warped"], warp(visuals["moving"], visuals["affine"], visuals["flow"]), atol=1e-6)
+
+
+def test_backbone_sees_damaged_a_and_b_and_restoration_reads_damaged_a():
+    method = _method()
+    seen = {}
+    method.backbone.register_forward_hook(lambda _m, inputs, out: seen.update(input=inputs[0], local=out.local))
+    method.restoration.register_forward_hook(lambda _m, inputs, _out: seen.update(restoration=inputs[0]))
+    visuals = method(_pair(2)).visuals
+    assert torch.equal(seen["input"], torch.cat([visuals["damaged"], visuals["moving"]]))
+    assert torch.equal(seen["restoration"], seen["local"][:2])  # the damaged A half, never B's
 
 
 def test_bf16_autocast_on_cpu_gives_finite_losses():
@@ -106,8 +146,17 @@ def test_bad_batch_is_a_clear_error():
         method({"pair": torch.rand(1, 3, 1, 32, 32, 32)})
 
 
-def test_after_optimizer_step_changes_nothing():
-    method = _method()
-    before = {k: v.clone() for k, v in method.state_dict().items()}
-    method.after_optimizer_step(1, 10)
-    assert all(torch.equal(before[k], v) for k, v in method.state_dict().items())
+def test_deformable_branch_reads_b_features_warped_by_the_predicted_affine():
+    torch.manual_seed(2)
+    head = ZMatchHead(global_channels=8, local_channels=4)
+    with torch.no_grad():  # a clearly non-identity affine: rotation and shift heads away from zero
+        head.affine.rotation.bias.fill_(0.8)
+        head.affine.shift.bias.fill_(0.8)
+    seen = {}
+    head.deformable.register_forward_hook(lambda _m, inputs, _out: seen.update(moving=inputs[0], fixed=inputs[1]))
+    moving_local, fixed_local = torch.rand(2, 4, 16, 16, 16), torch.rand(2, 4, 16, 16, 16)
+    affine, _ = head(torch.rand(2, 8, 2, 2, 2), torch.rand(2, 8, 2, 2, 2), moving_local, fixed_local)
+    assert (affine[:, :, 3].abs() > 1).all()
+    assert torch.allclose(seen["moving"], warp(moving_local, affine), atol=1e-6)
+    assert not torch.allclose(seen["moving"], moving_local, atol=1e-2)
+    assert torch.equal(seen["fixed"], fixed_local)

@@ -1,7 +1,10 @@
+import math
+
 import pytest
 import torch
 
 from mssl.config import GVSLConfig
+from mssl.views import appearance
 from mssl.views.appearance import bezier_intensity, damage_appearance, inpaint, local_pixel_shuffle
 from mssl.views.spatial_aug import SpatialAugmentation, smooth_noise
 
@@ -95,3 +98,72 @@ def test_elastic_field_is_mild_and_smooth():
     # official (reference/gvsl.md §1.4): std ≈ 1.3 voxels at alpha 512, sigma 10
     assert 0.8 < field.std().item() < 2.0
     assert field.diff(dim=2).abs().max() < 0.5
+
+
+def test_every_shuffle_block_draws_its_own_permutation():
+    shape = (24, 24, 24)  # blocks of 2³ voxels
+    index = torch.arange(math.prod(shape)).float().view(1, 1, *shape)  # each voxel holds its own linear index
+    shuffled = local_pixel_shuffle(index, _gen(11)).long().flatten()
+    target = torch.arange(shuffled.numel())
+    moved = shuffled != target
+    strides = torch.tensor([shape[1] * shape[2], shape[2], 1])
+    displacement = ((shuffled[moved, None] // strides) % 24) - ((target[moved, None] // strides) % 24)  # (M, 3)
+    assert displacement.abs().max() <= 1  # values move only within their 2³ block
+    # one permutation shared by all blocks moves block element j always by the same vector: ≤ 8 distinct moves;
+    # independent permutations give every non-zero move a 2³ block allows
+    assert len({tuple(d) for d in displacement.tolist()}) == 26
+
+
+def test_inpainting_box_sides_span_a_tenth_to_a_fifth_of_each_axis(monkeypatch):
+    monkeypatch.setattr(appearance, "INPAINT_CONTINUE", 0.0)  # exactly one box per sample, so it can be measured
+    images = torch.full((200, 1, 40, 30, 20), 2.0)
+    painted = inpaint(images, _gen(12))[:, 0] != 2.0  # (B, X, Y, Z)
+    for axis, n in enumerate((40, 30, 20)):
+        others = tuple(a + 1 for a in range(3) if a != axis)
+        sides = painted.any(dim=others).sum(-1)  # (B,) extent of the box along ``axis``
+        assert sides.min() == n // 10 and sides.max() == n // 5 - 1  # randint(n/10, n/5), as officially
+
+
+def _augmentation(**ranges) -> SpatialAugmentation:
+    return SpatialAugmentation.from_config(GVSLConfig(**ranges))
+
+
+def _linear_parts(augment: SpatialAugmentation, shape=(5, 9, 17), batch=1000) -> tuple[torch.Tensor, torch.Tensor]:
+    affine, _ = augment.sample(batch, shape, torch.device("cpu"), _gen(13))
+    return affine[:, :, :3], affine[:, :, 3]
+
+
+def test_augmentation_rotations_are_uniform_within_the_configured_range():
+    linear, _ = _linear_parts(_augmentation(aug_scale_range=(1.0, 1.0), aug_shear_deg=0.0))
+    # R = Rz Ry Rx: angles back from the matrix entries
+    about_y = torch.asin(-linear[:, 2, 0])
+    about_x = torch.atan2(linear[:, 2, 1], linear[:, 2, 2])
+    about_z = torch.atan2(linear[:, 1, 0], linear[:, 0, 0])
+    for angles in (about_x, about_y, about_z):
+        degrees = torch.rad2deg(angles).abs()
+        assert degrees.max() <= 20.0 + 1e-3 and degrees.max() > 19.5
+        assert degrees.mean().item() == pytest.approx(10.0, abs=0.5)  # uniform on ±20°
+
+
+def test_augmentation_scales_shears_and_shifts_stay_within_the_configured_ranges():
+    linear, _ = _linear_parts(_augmentation(aug_rotation_deg=0.0, aug_shear_deg=0.0))
+    scales = linear.diagonal(dim1=1, dim2=2)
+    assert scales.min() >= 0.75 and scales.min() < 0.76 and scales.max() <= 1.25 and scales.max() > 1.24
+    linear, shift = _linear_parts(_augmentation(aug_rotation_deg=0.0, aug_scale_range=(1.0, 1.0)))
+    off_diagonal = linear[:, ~torch.eye(3, dtype=torch.bool)]
+    bound = math.tan(math.radians(10.0))
+    assert off_diagonal.abs().max() <= bound + 1e-6 and off_diagonal.abs().max() > 0.97 * bound
+    half_extent = torch.tensor([2.0, 4.0, 8.0])  # (size - 1) / 2 of (5, 9, 17)
+    ratio = (shift / half_extent).abs()
+    assert ratio.max() <= 0.1 + 1e-6 and (ratio.amax(0) > 0.098).all()  # ±10 % of the half extent on each axis
+
+
+def test_elastic_flow_follows_alpha():
+    still = _augmentation(elastic_alpha=(0.0, 0.0)).sample(2, (24, 24, 24), torch.device("cpu"), _gen(14))[1]
+    assert torch.equal(still, torch.zeros_like(still))
+    flow = _augmentation().sample(8, (32, 32, 32), torch.device("cpu"), _gen(14))[1]
+    assert 0 < flow.abs().max() < 10  # α ≤ 512, σ ≥ 10: a few voxels at most
+
+
+def test_default_augmentation_equals_the_default_config():
+    assert SpatialAugmentation() == SpatialAugmentation.from_config(GVSLConfig())

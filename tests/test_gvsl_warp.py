@@ -75,17 +75,47 @@ def test_sampling_coordinates_are_centred_voxel_indices():
     assert torch.equal(coords[0], identity_grid(shape))
 
 
-def test_affine_matrix_is_differentiable_and_batched():
-    params = {k: v + 0.1 * torch.randn_like(v) for k, v in _params(3).items()}
+def test_affine_matrix_is_per_sample_differentiable_and_matches_a_hand_built_matrix():
+    torch.manual_seed(0)
+    params = {k: v + 0.2 * torch.randn_like(v) for k, v in _params(3).items()}
     for value in params.values():
         value.requires_grad_(True)
     matrix = affine_matrix(**params)
     assert matrix.shape == (3, 3, 4)
-    matrix.square().sum().backward()
-    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in params.values())
+    for b in range(3):  # each sample gets its own matrix, equal to the one built alone
+        alone = affine_matrix(**{k: v[b : b + 1] for k, v in params.items()})
+        assert torch.allclose(matrix[b], alone[0], atol=1e-6)
+    (matrix * torch.randn_like(matrix)).sum().backward()  # a generic function of the matrix
+    for name, value in params.items():
+        assert (value.grad.abs() > 0).all(), name  # every parameter of every sample gets a gradient
     # rotations stay orthonormal
     rotation_only = affine_matrix(**_params(1, rotation=(0.3, -0.2, 0.5)))[0, :, :3]
     assert torch.allclose(rotation_only @ rotation_only.T, torch.eye(3), atol=1e-6)
+
+
+def test_affine_matrix_composes_shear_scale_then_rz_ry_rx():
+    c, s = math.cos(0.5), math.sin(0.5)
+    about_x = affine_matrix(**_params(1, rotation=(0.5, 0.0, 0.0)))[0, :, :3]
+    assert torch.allclose(about_x, torch.tensor([[1.0, 0, 0], [0, c, -s], [0, s, c]]), atol=1e-6)
+    params = _params(1, rotation=(0.0, 0.0, 0.5), translation=(1.0, 2.0, 3.0))
+    params["scale"] = torch.tensor([[2.0, 1.0, 1.0]])
+    params["shear"] = torch.tensor([[math.atan(0.1), 0.0, 0.0, 0.0, 0.0, 0.0]])  # tan = 0.1 at (x, y)
+    shear = torch.tensor([[1.0, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    rz = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    expected = torch.cat([shear @ torch.diag(torch.tensor([2.0, 1.0, 1.0])) @ rz, torch.tensor([[1.0], [2.0], [3.0]])], 1)
+    assert torch.allclose(affine_matrix(**params)[0], expected, atol=1e-6)
+
+
+def test_flow_is_applied_before_the_affine():
+    shape = (9, 9, 9)
+    affine = affine_matrix(**_params(1, rotation=(0.0, 0.0, math.pi / 2)))  # (x, y, z) -> (-y, x, z)
+    flow = torch.tensor([2.0, 0.0, 0.0]).view(1, 3, 1, 1, 1).expand(1, 3, *shape)
+    centre = sampling_coordinates(affine, flow, shape)[0, :, 4, 4, 4]
+    # T(p + u(p)) at the centre p = 0: R (2, 0, 0) = (0, 2, 0); the swapped order R p + u would give (2, 0, 0)
+    assert torch.allclose(centre, torch.tensor([0.0, 2.0, 0.0]), atol=1e-5)
+    image = torch.rand(1, 1, *shape)
+    moved = warp(image, affine, flow)
+    assert moved[0, 0, 4, 4, 4] == pytest.approx(image[0, 0, 4, 6, 4].item(), abs=1e-5)
 
 
 def test_warp_under_bf16_autocast_keeps_dtype_and_precision():

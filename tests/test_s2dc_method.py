@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from mssl.config import BackboneConfig, S2DCConfig
+from mssl.losses.s2dc import p2s_loss
+from mssl.losses.sinkhorn import log_sinkhorn
 from mssl.methods.base import CropRequest
+from mssl.methods import s2dc as s2dc_module
 from mssl.methods.s2dc import S2DCMethod, matching_accuracy
 from mssl.models.backbones import build_backbone
 from mssl.models.ema import cosine_momentum
@@ -102,6 +105,51 @@ def test_bf16_autocast_step_and_eval_mode_leave_the_queue_alone():
     with torch.no_grad():
         method(_field(method))
     assert int(method.queue.filled) == 2
+
+
+def test_token_cosine_is_fp32_under_bf16_autocast(monkeypatch):
+    seen = {}
+
+    def spy(cosine, correspondence):
+        seen["cosine"] = cosine
+        return p2s_loss(cosine, correspondence)
+
+    monkeypatch.setattr(s2dc_module, "p2s_loss", spy)
+    method = _method()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = method(_field(method))
+    student, teacher = (_tokens(out.visuals[k]) for k in ("student_tokens", "teacher_tokens"))
+    assert seen["cosine"].dtype == torch.float32
+    assert torch.allclose(seen["cosine"], student.float() @ teacher.float().transpose(1, 2), atol=1e-6)
+
+
+def _tokens(grid: torch.Tensor) -> torch.Tensor:
+    """(B, D, TX, TY, TZ) token visual → (B, N, D) tokens."""
+    return grid.flatten(2).transpose(1, 2)
+
+
+def test_plan_is_sinkhorn_on_the_cosine_divided_by_tau_ot():
+    assert S2DCConfig().tau_ot == 0.1  # DESIGN §4: the official solver had no temperature (near-uniform plan)
+    method = _method()
+    out = method(_field(method))
+    student, teacher = (_tokens(out.visuals[k]) for k in ("student_tokens", "teacher_tokens"))
+    expected = log_sinkhorn(student @ teacher.transpose(1, 2) / 0.1, method.dustbin, method.config.sinkhorn_iters)
+    assert torch.allclose(out.visuals["plan"], expected.exp(), atol=1e-5)
+
+
+def test_the_queue_receives_one_teacher_key_per_volume():
+    method = _method()
+    method.teacher.global_head.mlp[-1].weight.data.mul_(-1)  # teacher keys now differ clearly from the student's
+    outputs = {}
+    for name, head in (("teacher", method.teacher.global_head), ("student", method.global_head)):
+        head.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out.detach()))
+    method(_field(method))
+    keys = method.queue.valid()  # 2 volumes × 4 crops each: one key per volume, from its own crops
+    assert keys.shape == (2, 16) and outputs["teacher"].shape == (8, 16)
+    for volume, key in enumerate(keys):
+        own = slice(4 * volume, 4 * volume + 4)
+        assert (outputs["teacher"][own] - key).abs().amax(1).min() < 1e-6
+        assert (outputs["student"] - key).abs().amax(1).min() > 1e-2
 
 
 def test_shallower_token_stage_gives_a_finer_token_grid():

@@ -104,6 +104,10 @@ class GVSLConfig(StrictModel):
     """GVSL hyper-parameters (defaults follow reference/gvsl.md §7 with the fixes of DESIGN §5)."""
 
     roi: Size3 = (96, 96, 96)
+    pair_sampling: Literal["corresponding", "independent"] = Field(
+        "corresponding", description="crop A and B at the same relative position of their volumes, or each anywhere"
+    )
+    pair_jitter: int = Field(4, ge=0, description="corresponding sampling: each crop then moves up to ± this many voxels per axis")
     # appearance damage on A
     shuffle_prob: float = Field(0.8, ge=0, le=1)
     bezier_prob: float = Field(0.9, ge=0, le=1)

@@ -202,16 +202,32 @@ class CropDataset(Dataset):
         batch = {}
         for key, request in self.requests.items():
             chosen = rng.choice(len(cases), size=request.volumes, replace=len(cases) < request.volumes)
-            crops = [self._crop(cases[j], tuple(request.size), rng) for j in chosen]
+            size = tuple(request.size)
+            if request.corresponding:  # one relative position for all volumes of the sample, then a jitter each
+                relative = rng.random(3)
+                crops = [self._crop(cases[j], size, rng, relative, request.jitter) for j in chosen]
+            else:
+                crops = [self._crop(cases[j], size, rng) for j in chosen]
             batch[key] = torch.from_numpy(np.stack(crops))  # (volumes, C, *size)
         return batch
 
-    def _crop(self, case: CachedCase, size: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    def _crop(
+        self,
+        case: CachedCase,
+        size: tuple[int, int, int],
+        rng: np.random.Generator,
+        relative: np.ndarray | None = None,
+        jitter: int = 0,
+    ) -> np.ndarray:
+        """A crop at a random start, or at ``relative`` (3 values in [0, 1]) of the start range ± ``jitter``."""
         image = self.index.image(case.case_id)  # (C, X, Y, Z) memmap
         # a start may be negative (crop larger than the volume): the volume then sits at a random offset
         low = [min(0, d - s) for d, s in zip(case.shape, size)]
         high = [max(0, d - s) for d, s in zip(case.shape, size)]
-        if self.foreground_bias and rng.random() < self.foreground_bias and len(points := self.index.foreground(case.case_id)):
+        if relative is not None:
+            shift = rng.integers(-jitter, jitter + 1, size=3)
+            start = [int(np.clip(round(lo + r * (hi - lo)) + j, lo, hi)) for r, j, lo, hi in zip(relative, shift, low, high)]
+        elif self.foreground_bias and rng.random() < self.foreground_bias and len(points := self.index.foreground(case.case_id)):
             centre = points[rng.integers(len(points))]
             start = [int(np.clip(c - s // 2, lo, hi)) for c, s, lo, hi in zip(centre, size, low, high)]
         else:

@@ -2,7 +2,16 @@
 
 Token tensors are (B, N, D) L2-normalised embeddings; ``correspondence`` is the (B, N_s, N_t) binary
 matrix of positive student–teacher token pairs (at most one 1 per row and per column). All terms are
-computed in fp32 and averaged over the batch; a sample without positives contributes no positive term.
+computed in fp32, also under autocast, and averaged over the batch; a sample without positives contributes no positive term.
+
+Deviation in L_p2s (official: softmax weights over all tokens, with gradients through them): our weights
+are detached and renormalised over the matched tokens, so the positive term is a weighted mean of the
+positive log-losses whatever share of tokens stays in view. Measured at the default 12×12×3 token grid
+(benchmarks/results/p2s_weighting.md): with unrelated student and teacher tokens, as at init, the
+official loss is 1.202 against our 1.388 (its weights put only 0.72 of their mass on matched tokens), its
+student gradient is 4.3× ours and nearly orthogonal to it (cosine 0.17), all of the difference coming from
+the gradient through the weights; once matched tokens agree (cosine 0.89) both give the same gradient
+(cosine 0.999).
 """
 
 from __future__ import annotations
@@ -77,6 +86,7 @@ def global_info_nce(query: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor
 
     query, keys: (Q, D) L2-normalised student / teacher crop embeddings; queue: (K, D) past teacher keys.
     """
-    candidates = torch.cat([keys, queue.to(keys.dtype)]).float()  # (Q + K, D)
-    logits = query.float() @ candidates.T / temperature  # (Q, Q + K)
-    return F.cross_entropy(logits, torch.arange(query.shape[0], device=query.device))
+    with torch.autocast(query.device.type, enabled=False):  # .float() alone would leave the matmul in bf16
+        candidates = torch.cat([keys.float(), queue.float()])  # (Q + K, D)
+        logits = query.float() @ candidates.T / temperature  # (Q, Q + K)
+        return F.cross_entropy(logits, torch.arange(query.shape[0], device=query.device))

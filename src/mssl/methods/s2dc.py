@@ -90,7 +90,8 @@ class S2DCMethod(PretrainMethod):
             global_maps = self.teacher.backbone(views.teacher_global, decode=False).bottleneck
             teacher_global = self.teacher.global_head(global_maps.mean((2, 3, 4)))
 
-        cosine = student_tokens.float() @ teacher_tokens.float().transpose(1, 2)  # (B, N_s, N_t)
+        with torch.autocast(field.device.type, enabled=False):  # .float() alone stays bf16 under autocast
+            cosine = student_tokens.float() @ teacher_tokens.float().transpose(1, 2)  # (B, N_s, N_t)
         correspondence = correspondence_matrix(views.match, cosine.shape[2])
         log_plan = log_sinkhorn(cosine / config.tau_ot, self.dustbin, config.sinkhorn_iters)
         terms = {

@@ -17,7 +17,7 @@ import torch
 from mssl.views.similarity_warp import apply_affine, voxel_grid
 
 UNMATCHED = -1
-SAMPLES_PER_AXIS = 6  # sub-cell points per axis used to find the cell a token's content lands in
+SAMPLES_PER_AXIS = 7  # sub-cell points per axis; odd, so a shift never splits them evenly between two cells
 
 
 def token_grid_shape(field_size: tuple[int, int, int], token_stride: int) -> tuple[int, int, int]:

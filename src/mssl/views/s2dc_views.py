@@ -5,6 +5,17 @@ teacher_tokens: the same grid cut from the field after one random in-plane simil
                 (token losses; correspondences by the exact inverse of that warp).
 teacher_global: each grid crop resampled from the field with its own mild affine (global loss), so
                 shifted content comes from the neighbouring field instead of zero padding.
+Both teacher views get the official random intensity shift: one per warped field (token view), one
+per crop (global view).
+
+Deviation from the official global-view affine (rotation ±20° about x and y, shift ±24 voxels at roi 96,
+scale factors in (0, 2) by a MONAI range mix-up): ours rotates ±10° about z, shifts ±6.25 % of roi
+(±6 voxels) in-plane and scales 0.95–1.05 (the intended scale). Measured over 2000 draws
+(benchmarks/results/s2dc_global_view.md): a teacher crop reads 95.5 % its own student crop and 4.5 %
+neighbouring crops, which are its negatives in L_g; with the official rotation and shift ranges it would
+read 86.5 % its own crop and 13.5 % zero padding (up to 28.5 % at the 95th percentile), or 11.7 %
+neighbouring crops when read from the field as here. We keep the positive pair mostly the same content;
+the downstream effect of either choice has not been measured.
 """
 
 from __future__ import annotations
@@ -61,12 +72,12 @@ def tokens_to_field(tokens: torch.Tensor, crops: tuple[int, int, int]) -> torch.
     return mosaic.reshape(b, gx * t * gy * t * gz * t, c)
 
 
-def _intensity_shift(crops: torch.Tensor, config: S2DCConfig) -> torch.Tensor:
-    """Add U(−shift, shift) to each crop with probability ``intensity_shift_prob``."""
-    shape = (crops.shape[0],) + (1,) * (crops.dim() - 1)
-    offset = (torch.rand(shape, device=crops.device) * 2 - 1) * config.intensity_shift
-    apply = torch.rand(shape, device=crops.device) < config.intensity_shift_prob
-    return crops + torch.where(apply, offset, torch.zeros_like(offset)).to(crops.dtype)
+def _intensity_shift(volumes: torch.Tensor, config: S2DCConfig) -> torch.Tensor:
+    """Add U(−shift, shift) to each volume (a whole field or a crop) with probability ``intensity_shift_prob``."""
+    shape = (volumes.shape[0],) + (1,) * (volumes.dim() - 1)
+    offset = (torch.rand(shape, device=volumes.device) * 2 - 1) * config.intensity_shift
+    apply = torch.rand(shape, device=volumes.device) < config.intensity_shift_prob
+    return volumes + torch.where(apply, offset, torch.zeros_like(offset)).to(volumes.dtype)
 
 
 def _global_view(field: torch.Tensor, config: S2DCConfig) -> torch.Tensor:
@@ -93,9 +104,9 @@ def make_s2dc_views(field: torch.Tensor, config: S2DCConfig, token_stride: int) 
     warp = random_similarity(
         field.shape[0], size, config.rotation_deg, config.scale_range, config.shift_fraction, field.device
     )
-    warped = warp_volume(field, warp)
-    teacher_tokens = _intensity_shift(grid_crops(warped, config.roi), config)
-    teacher_global = _intensity_shift(_global_view(field, config), config)
+    warped = _intensity_shift(warp_volume(field, warp), config)  # one shift per warped field, as officially
+    teacher_tokens = grid_crops(warped, config.roi)
+    teacher_global = _intensity_shift(_global_view(field, config), config)  # one per crop, as officially
     return S2DCViews(
         student=grid_crops(field, config.roi),
         teacher_tokens=teacher_tokens,

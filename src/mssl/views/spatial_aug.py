@@ -49,7 +49,7 @@ class SpatialAugmentation:
     rotation_deg: float = 20.0
     scale_range: tuple[float, float] = (0.75, 1.25)
     shear_deg: float = 10.0
-    shift_fraction: float = 0.05
+    shift_fraction: float = 0.1
     elastic_alpha: tuple[float, float] = (0.0, 512.0)
     elastic_sigma: tuple[float, float] = (10.0, 13.0)
 
