@@ -54,6 +54,7 @@ def command(
     """
     from mssl.config import ConfigError, parse_assignment
     from mssl.data.errors import DataError
+    from mssl.train.checkpoint import NonFiniteStateError
     from mssl.train.module import NonFiniteLossError
     from mssl.train.pretrain import pretrain
 
@@ -71,7 +72,7 @@ def command(
         pretrain(config, **flags, **dotted)
     except (ConfigError, DataError) as error:
         fail(error)
-    except NonFiniteLossError as error:
+    except (NonFiniteLossError, NonFiniteStateError) as error:
         fail(error, exit_code=1)
 
 

@@ -17,10 +17,36 @@ from typing import Any, Callable
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mssl.weights.checks import LISTED_NAMES, nonfinite_names
+
 CHECKPOINT_DIR = "checkpoints"
 LAST_NAME = "last"
 PERIODIC_FORMAT = "step-{step:07d}"
 PARTIAL_SUFFIX = ".partial"  # hidden ``.{name}.XXXX.partial`` files hold a write in progress
+
+
+# The parts of a Lightning checkpoint a resumed run continues from: weights (student, EMA teacher, queues) and moments.
+TRAINING_STATE_KEYS = ("state_dict", "optimizer_states")
+
+
+class NonFiniteStateError(RuntimeError):
+    """The training state holds NaN/inf values: the run diverged and must not overwrite a good checkpoint."""
+
+
+def check_state_finite(checkpoint: dict[str, Any], step: int) -> None:
+    """Raise :class:`NonFiniteStateError` naming the NaN/inf tensors of a checkpoint about to be written.
+
+    A finite loss does not prove finite weights (an enormous step can overflow them), and every later
+    checkpoint would carry the damage; stopping here keeps ``last.ckpt`` at the last finite state.
+    """
+    bad = nonfinite_names({key: checkpoint.get(key) for key in TRAINING_STATE_KEYS})
+    if bad:
+        shown = ", ".join(bad[:LISTED_NAMES]) + (" ..." if len(bad) > LISTED_NAMES else "")
+        raise NonFiniteStateError(
+            f"step {step}: the weights or optimiser state hold NaN/inf in {len(bad)} tensors ({shown}); the run diverged "
+            f"and stops without writing a checkpoint, so {CHECKPOINT_DIR}/{LAST_NAME}.ckpt keeps the last finite state. "
+            "Try a lower optim.lr, --grad-clip 1.0 or more warm-up steps."
+        )
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

@@ -1,0 +1,90 @@
+"""The bad-input corpus: what a hostile or unlucky user feeds mssl, written at small sizes.
+
+Each writer puts its files under a folder and returns ``{name: what mssl must say about it}``; the
+suite (tests/test_bad_inputs.py, tests/test_data_errors.py) runs every item, so none regresses. Run
+it by hand to get the files: ``python tests/bad_inputs.py OUT`` writes every group under OUT/<group>
+and prints each item with its expected message.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sys
+from pathlib import Path
+
+import torch
+from test_data_helpers import synthetic_ct, write_nifti
+
+from mssl.models.backbones import UNetBackbone
+from mssl.weights.safe_io import write_safetensors
+
+TINY_UNET = (8, 16, 32)
+# `mssl pretrain` flags of a GVSL run on a (8, 16, 32) U-Net with 32³ pairs: a step takes well under a second.
+TINY_GVSL = [
+    "--method", "gvsl", "--backbone", "unet", "--roi", "32", "--workers", "0", "--no-progress",
+    "--set", "backbone.unet_channels=[8, 16, 32]",
+]
+
+
+def synthetic_cache(root: Path, cases: int = 3) -> Path:
+    """A small CT cache (``cases`` synthetic volumes through the real prepare) for runs that need no real data."""
+    from mssl.data.prepare import prepare
+    from mssl.data.preprocess import PresetConfig
+
+    for number in range(cases):
+        write_nifti(root / "source" / f"case{number}.nii.gz", synthetic_ct((56, 52, 48), seed=number)[0])
+    report = prepare(root / "source", root / "cache", PresetConfig(name="ct"))
+    assert len(report.written) == cases, report.failed
+    return root / "cache"
+
+
+class PlantsMarker:
+    """A pickle payload that creates ``marker`` when unpickled (so a test sees whether it ran)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return builtins.open, (self.marker, "w")
+
+
+def unet_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return UNetBackbone(1, TINY_UNET).state_dict()
+
+
+def weight_files(root: Path) -> dict[str, str]:
+    """U-Net weight files that must be refused by ``load_pretrained`` / ``inspect`` / fine-tuning."""
+    root.mkdir(parents=True, exist_ok=True)
+    state = unet_state()
+    first, second = list(state)[:2]
+    nan = {**state, first: torch.full_like(state[first], float("nan"))}
+    inf = {**state, second: state[second].clone().index_fill_(0, torch.tensor([0]), float("inf"))}
+    write_safetensors(nan, root / "nan.safetensors", {})
+    torch.save(inf, root / "inf.pt")
+    write_safetensors({k: v != 0 for k, v in state.items()}, root / "bool.safetensors", {})
+    torch.save({k: v.to(torch.int64) for k, v in state.items()}, root / "int64.pt")
+    torch.save({"state_dict": state, "evil": PlantsMarker(str(root / "pwned"))}, root / "pickle.pt")
+    good = write_safetensors(state, root / "good.safetensors", {})
+    (root / "truncated.safetensors").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    return {
+        "nan.safetensors": f"NaN/inf values in 1 tensor ({first})",
+        "inf.pt": f"NaN/inf values in 1 tensor ({second})",
+        "bool.safetensors": "integer/bool values in",
+        "int64.pt": "integer/bool values in",
+        "pickle.pt": "refused to load",
+        "truncated.safetensors": "not a readable safetensors file",
+    }
+
+
+WRITERS = {"weights": weight_files}
+
+
+def main(out: Path) -> None:
+    for group, writer in WRITERS.items():
+        for name, expected in writer(out / group).items():
+            print(f"{group}/{name}: {expected}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

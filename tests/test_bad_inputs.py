@@ -1,0 +1,99 @@
+"""Every item of the bad-input corpus (tests/bad_inputs.py) ends in one line naming the problem, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from bad_inputs import TINY_GVSL, TINY_UNET, synthetic_cache, weight_files
+from typer.testing import CliRunner
+
+from mssl.cli import app
+from mssl.downstream.pretrained import load_encoder
+from mssl.methods import METHODS
+from mssl.models.backbones import UNetBackbone
+from mssl.weights.checks import nonfinite_names
+from mssl.weights.loading import load_pretrained
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("weights")
+    return root, weight_files(root)
+
+
+def _one_line_error(result, code: int = 2) -> str:
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+def test_bad_weight_files_are_refused_by_load_pretrained_inspect_and_finetune(weights) -> None:
+    root, expected = weights
+    for name, message in expected.items():
+        network = UNetBackbone(1, TINY_UNET)
+        before = {k: v.clone() for k, v in network.state_dict().items()}
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_pretrained(network, root / name)
+        with pytest.raises(ValueError, match=f"{name}: "):
+            load_encoder(network, root / name)  # what `mssl finetune --weights` does
+        assert all(torch.equal(v, network.state_dict()[k]) for k, v in before.items()), name  # nothing half-loaded
+        line = _one_line_error(runner.invoke(app, ["inspect", str(root / name), "--into", "unet"]))
+        assert name in line and message in line, line
+    assert not (root / "pwned").exists()  # the pickle payload never ran
+    assert load_pretrained(UNetBackbone(1, TINY_UNET), root / "good.safetensors").ok
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_cache(tmp_path_factory.mktemp("synthetic"))
+
+
+def _diverge_after(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """GVSL whose weights turn NaN once optimiser step ``step`` is done, while its loss stays finite."""
+    real = METHODS["gvsl"]
+
+    def build(backbone, config):
+        method = real(backbone, config)
+        original = method.after_optimizer_step
+
+        def after_optimizer_step(done: int, max_steps: int) -> None:
+            original(done, max_steps)
+            if done >= step:
+                with torch.no_grad():
+                    next(method.backbone.parameters()).fill_(float("nan"))
+
+        method.after_optimizer_step = after_optimizer_step
+        return method
+
+    monkeypatch.setitem(METHODS, "gvsl", build)
+
+
+def test_a_diverged_run_stops_without_writing_and_keeps_the_last_finite_checkpoint(cache, tmp_path, monkeypatch) -> None:
+    _diverge_after(monkeypatch, step=3)
+    run = tmp_path / "run"
+    flags = [*TINY_GVSL, "--data", str(cache), "--out", str(run), "--steps", "6", "--checkpoint-every", "2"]
+    line = _one_line_error(runner.invoke(app, ["pretrain", *flags]), code=1)
+    assert "step 4: the weights or optimiser state hold NaN/inf" in line and "method.backbone.encoders.0.0.weight" in line
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step-0000002.ckpt"]
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 2 and not nonfinite_names({k: last[k] for k in ("state_dict", "optimizer_states")})
+    assert not (run / "summary.json").exists()
+
+
+def test_export_refuses_a_nan_checkpoint(cache, tmp_path) -> None:
+    run = tmp_path / "run"
+    flags = [*TINY_GVSL, "--data", str(cache), "--out", str(run), "--steps", "1"]
+    assert runner.invoke(app, ["pretrain", *flags]).exit_code == 0
+    last = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["state_dict"]["method.backbone.encoders.1.0.bias"][3] = float("inf")
+    torch.save(checkpoint, last)
+    line = _one_line_error(runner.invoke(app, ["export", str(run)]))
+    assert f"{last}: NaN/inf values in 1 tensor (encoders.1.0.bias)" in line
+    assert not (run / "export").exists()
