@@ -9,9 +9,11 @@ and prints each item with its expected message.
 from __future__ import annotations
 
 import builtins
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from test_data_helpers import synthetic_ct, write_nifti
 
@@ -77,7 +79,26 @@ def weight_files(root: Path) -> dict[str, str]:
     }
 
 
-WRITERS = {"weights": weight_files}
+def label_files(root: Path, shape: tuple[int, int, int] = (24, 20, 16)) -> dict[str, str]:
+    """A datalist (``list.json``, classes 0..2) of one good labelled case and labels that are not class numbers."""
+    hu, label = synthetic_ct(shape)
+    write_nifti(root / "image.nii.gz", hu)
+    write_nifti(root / "good.nii.gz", label)
+    write_nifti(root / "half.nii.gz", label + np.float32(0.5))  # rounding would turn class 1 into 2
+    write_nifti(root / "negative.nii.gz", label.astype(np.int16) - 7)
+    write_nifti(root / "unknown.nii.gz", np.where(label == 2, 9, label).astype(np.uint8))
+    names = ("good", "half", "negative", "unknown")
+    entries = [{"image": "image.nii.gz", "label": f"{name}.nii.gz"} for name in names]
+    datalist = {"labels": {"0": "background", "1": "body", "2": "bone"}, "training": entries}
+    (root / "list.json").write_text(json.dumps(datalist), encoding="utf-8")
+    return {
+        "half.nii.gz": "label values must be integers; ",
+        "negative.nii.gz": "label values must be non-negative; found -7, -6, -5",
+        "unknown.nii.gz": "label values 9 are not among the datalist's classes [0, 1, 2]",
+    }
+
+
+WRITERS = {"weights": weight_files, "labels": label_files}
 
 
 def main(out: Path) -> None:

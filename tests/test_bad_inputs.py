@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from bad_inputs import TINY_GVSL, TINY_UNET, synthetic_cache, weight_files
+from bad_inputs import TINY_GVSL, TINY_UNET, label_files, synthetic_cache, weight_files
 from typer.testing import CliRunner
 
 from mssl.cli import app
+from mssl.data.errors import DataError
+from mssl.data.prepare import prepare
+from mssl.data.preprocess import PresetConfig, build_transforms
 from mssl.downstream.pretrained import load_encoder
 from mssl.methods import METHODS
 from mssl.models.backbones import UNetBackbone
@@ -97,3 +100,18 @@ def test_export_refuses_a_nan_checkpoint(cache, tmp_path) -> None:
     line = _one_line_error(runner.invoke(app, ["export", str(run)]))
     assert f"{last}: NaN/inf values in 1 tensor (encoders.1.0.bias)" in line
     assert not (run / "export").exists()
+
+
+def test_labels_that_are_not_class_numbers_are_named_at_prepare_and_dataset_load(tmp_path) -> None:
+    expected = label_files(tmp_path)
+    report = prepare(tmp_path / "list.json", tmp_path / "cache", PresetConfig(name="ct"))
+    assert report.written == ["image"]  # the good label
+    failures = {Path(path).name: problem for path, problem in report.failed}
+    assert failures.keys() == expected.keys()
+    for name, problem in failures.items():
+        assert expected[name] in problem and "\n" not in problem, problem
+    transforms = build_transforms(PresetConfig(name="ct"), with_label=True)  # what downstream datasets load through
+    with pytest.raises(RuntimeError) as failure:  # MONAI wraps a transform's error
+        transforms({"image": str(tmp_path / "image.nii.gz"), "label": str(tmp_path / "half.nii.gz")})
+    assert isinstance(failure.value.__cause__, DataError)
+    assert str(failure.value.__cause__).endswith("half.nii.gz: label values must be integers; 7680 voxels are not (e.g. 0.5, 1.5, 2.5)")

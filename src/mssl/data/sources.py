@@ -45,12 +45,14 @@ class Case:
     label: the label map, if the source names one.
     extra: every other datalist key (``split``, ``present_labels``, ``age``...), plus ``section`` (which
         datalist list the entry came from) and ``series_uid`` for DICOM series.
+    classes: the class numbers a label may hold, when the datalist names them (its ``labels`` keys).
     """
 
     case_id: str
     image: Path
     label: Path | None = None
     extra: dict = field(default_factory=dict)
+    classes: tuple[int, ...] | None = None
 
 
 def find_cases(
@@ -149,6 +151,7 @@ def _from_datalist(path: Path, base_dir: Path | None, sections: Sequence[str], m
     if not isinstance(data, dict):
         raise DataError(path, "datalist must be a JSON object with 'training'/'validation'/'test' lists")
     root = Path(base_dir).expanduser() if base_dir is not None else path.parent
+    classes = _datalist_classes(data, path)
     found: list[tuple[str, Path, Path | None, dict]] = []
     for section in sections:
         entries = data.get(section, [])
@@ -168,7 +171,21 @@ def _from_datalist(path: Path, base_dir: Path | None, sections: Sequence[str], m
             extra = {k: v for k, v in entry.items() if k not in ("image", "label")}
             extra.setdefault("section", section)
             found.append((strip_image_suffix(image.name), image, label, extra))
-    return _with_unique_ids(found, root)
+    cases = _with_unique_ids(found, root)
+    for case in cases:
+        case.classes = classes
+    return cases
+
+
+def _datalist_classes(data: dict, path: Path) -> tuple[int, ...] | None:
+    """The class numbers of the datalist's ``labels`` mapping (``{"0": "background", "1": ...}``), if any."""
+    labels = data.get("labels")
+    if labels is None:
+        return None
+    try:
+        return tuple(sorted(int(key) for key in labels))
+    except (TypeError, ValueError):
+        raise DataError(path, f"'labels' must map class numbers to names, got {labels!r}") from None
 
 
 def _resolve(root: Path, value: str, datalist: Path, where: str, missing: str) -> Path:
