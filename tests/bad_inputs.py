@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from test_data_helpers import synthetic_ct, write_nifti
+from test_data_helpers import synthetic_ct, write_dicom_series, write_nifti
 
 from mssl.models.backbones import UNetBackbone
 from mssl.weights.safe_io import write_safetensors
@@ -98,7 +98,26 @@ def label_files(root: Path, shape: tuple[int, int, int] = (24, 20, 16)) -> dict[
     }
 
 
-WRITERS = {"weights": weight_files, "labels": label_files}
+def dicom_series_folders(root: Path, shape: tuple[int, int, int] = (24, 20, 16)) -> dict[str, str]:
+    """One folder per DICOM series: a good one, and ones with a damaged or missing slice (must never become a shorter volume)."""
+    hu, _ = synthetic_ct(shape)
+    damage = {
+        "truncated_header": lambda f: f.write_bytes(f.read_bytes()[:300]),  # GDCM leaves it out of the series
+        "truncated_pixels": lambda f: f.write_bytes(f.read_bytes()[:-200]),
+        "missing_slice": lambda f: f.unlink(),
+    }
+    write_dicom_series(root / "good", hu)
+    for name, spoil in damage.items():
+        slices = sorted(write_dicom_series(root / name, hu).iterdir())
+        spoil(slices[len(slices) // 2])
+    return {
+        "truncated_header": "unreadable DICOM series: 1 DICOM files belong to no readable series",
+        "truncated_pixels": "unreadable DICOM series",
+        "missing_slice": f"irregular DICOM slice spacing: steps of 6 mm where 3 mm is usual ({shape[2] - 1} slices)",
+    }
+
+
+WRITERS = {"weights": weight_files, "labels": label_files, "dicom": dicom_series_folders}
 
 
 def main(out: Path) -> None:

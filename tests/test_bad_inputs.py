@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from bad_inputs import TINY_GVSL, TINY_UNET, label_files, synthetic_cache, weight_files
+from bad_inputs import TINY_GVSL, TINY_UNET, dicom_series_folders, label_files, synthetic_cache, weight_files
 from typer.testing import CliRunner
 
 from mssl.cli import app
+from mssl.data.cache import CacheIndex
 from mssl.data.errors import DataError
 from mssl.data.prepare import prepare
 from mssl.data.preprocess import PresetConfig, build_transforms
@@ -115,3 +116,17 @@ def test_labels_that_are_not_class_numbers_are_named_at_prepare_and_dataset_load
         transforms({"image": str(tmp_path / "image.nii.gz"), "label": str(tmp_path / "half.nii.gz")})
     assert isinstance(failure.value.__cause__, DataError)
     assert str(failure.value.__cause__).endswith("half.nii.gz: label values must be integers; 7680 voxels are not (e.g. 0.5, 1.5, 2.5)")
+
+
+@pytest.mark.parametrize("on_error", ["skip", "stop"])
+def test_a_damaged_dicom_series_is_an_error_never_a_shorter_volume(tmp_path, on_error) -> None:
+    expected = dicom_series_folders(tmp_path / "src")
+    report = prepare(tmp_path / "src", tmp_path / "cache", PresetConfig(name="ct"), on_error=on_error)
+    failures = {Path(path).name: problem for path, problem in report.failed}
+    for name, problem in failures.items():
+        assert expected[name] in problem and "\n" not in problem, problem
+    if on_error == "skip":
+        assert report.written == ["good"] and failures.keys() == expected.keys()
+        assert CacheIndex.open(tmp_path / "cache").case("good").record["original_shape"] == [24, 20, 16]
+    else:
+        assert report.stopped and len(failures) == 1

@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 
 from mssl.config import PresetName, StrictModel
 from mssl.data.errors import DataError
-from mssl.data.sources import Case, dicom_series
+from mssl.data.sources import Case, series_files
 
 CT_BODY_HU = -500.0  # foreground for the CT crop: denser than lung/air, so the box is the body
 FOREGROUND_FRACTION = 0.05  # mri/none foreground: above min + 5% of the (min, 99th percentile) range
@@ -215,10 +215,7 @@ def _image_input(case: Case) -> str | list[str]:
     """A DICOM case with a known SeriesInstanceUID is read from that series' file list."""
     uid = case.extra.get("series_uid")
     if uid and case.image.is_dir():
-        for series_uid, files in dicom_series(case.image):
-            if series_uid == uid:
-                return [str(f) for f in files]
-        raise DataError(case.image, f"unreadable DICOM series: series {uid} not found")
+        return [str(f) for f in series_files(case.image, uid)]
     return str(case.image)
 
 
