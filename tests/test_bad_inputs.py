@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from mssl.data.preprocess import PresetConfig, build_transforms
 from mssl.downstream.pretrained import load_encoder
 from mssl.methods import METHODS
 from mssl.models.backbones import UNetBackbone
+from mssl.train.run_lock import HOLDER_NAME
 from mssl.weights.checks import nonfinite_names
 from mssl.weights.loading import load_pretrained
 
@@ -130,3 +134,33 @@ def test_a_damaged_dicom_series_is_an_error_never_a_shorter_volume(tmp_path, on_
         assert CacheIndex.open(tmp_path / "cache").case("good").record["original_shape"] == [24, 20, 16]
     else:
         assert report.stopped and len(failures) == 1
+
+
+def _snapshot(folder: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name != HOLDER_NAME}
+
+
+def _hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process holding ``folder``'s run lock until it is killed."""
+    code = "import sys, time; from mssl.train.run_lock import run_lock; held = run_lock(sys.argv[1]); held.__enter__(); print('held', flush=True); time.sleep(300)"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_run_folder_has_one_writer_and_a_dead_holder_frees_it(cache, tmp_path) -> None:
+    run = tmp_path / "run"
+    flags = [*TINY_GVSL, "--data", str(cache), "--out", str(run)]
+    assert runner.invoke(app, ["pretrain", *flags, "--steps", "1"]).exit_code == 0
+    holder = _hold_lock(run)
+    written = _snapshot(run)
+    try:
+        line = _one_line_error(runner.invoke(app, ["pretrain", *flags, "--steps", "2", "--resume"]))
+        assert f"{run}: in use by process {holder.pid} on " in line
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert written == _snapshot(run)  # the refused run touched nothing
+    result = runner.invoke(app, ["pretrain", *flags, "--steps", "2", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2

@@ -53,6 +53,7 @@ def command(
 
     from mssl.downstream.config import FinetuneConfig, build_config, parse_size
     from mssl.downstream.finetune import finetune
+    from mssl.train.run_lock import run_lock
 
     console = Console()
     scratch = {"name": backbone, "feature_size": feature_size, "window_size": window_size}
@@ -85,6 +86,7 @@ def command(
             accelerator=accelerator,
             devices=devices,
         )
-        finetune(settings, console=console)
+        with run_lock(settings.out):  # one writer per run folder
+            finetune(settings, console=console)
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
         fail(error)
