@@ -117,7 +117,17 @@ def dicom_series_folders(root: Path, shape: tuple[int, int, int] = (24, 20, 16))
     }
 
 
-WRITERS = {"weights": weight_files, "labels": label_files, "dicom": dicom_series_folders}
+def symlink_loops(root: Path, shape: tuple[int, int, int] = (24, 20, 16)) -> dict[str, str]:
+    """Two images under a folder with two symlinks back up the tree: a naive ``**`` walk branches forever."""
+    hu, _ = synthetic_ct(shape)
+    write_nifti(root / "top.nii.gz", hu)
+    write_nifti(root / "nested" / "deep.nii.gz", hu)
+    (root / "nested" / "up").symlink_to("..")
+    (root / "nested" / "again").symlink_to("../nested")
+    return {"nested/up": "followed once: 2 cases, top and deep", "nested/again": "followed once: 2 cases, top and deep"}
+
+
+WRITERS = {"weights": weight_files, "labels": label_files, "dicom": dicom_series_folders, "loops": symlink_loops}
 
 
 def main(out: Path) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
-from bad_inputs import TINY_GVSL, TINY_UNET, dicom_series_folders, label_files, synthetic_cache, weight_files
+from bad_inputs import TINY_GVSL, TINY_UNET, dicom_series_folders, label_files, symlink_loops, synthetic_cache, weight_files
 from typer.testing import CliRunner
 
 from mssl.cli import app
@@ -17,6 +18,7 @@ from mssl.data.cache import CacheIndex
 from mssl.data.errors import DataError
 from mssl.data.prepare import prepare
 from mssl.data.preprocess import PresetConfig, build_transforms
+from mssl.data.sources import find_cases
 from mssl.downstream.pretrained import load_encoder
 from mssl.methods import METHODS
 from mssl.models.backbones import UNetBackbone
@@ -164,3 +166,15 @@ def test_a_run_folder_has_one_writer_and_a_dead_holder_frees_it(cache, tmp_path)
     result = runner.invoke(app, ["pretrain", *flags, "--steps", "2", "--resume"])
     assert result.exit_code == 0, result.output
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_globs_and_folder_walks_survive_symlink_loops(tmp_path) -> None:
+    symlink_loops(tmp_path / "src")
+    for source in (str(tmp_path / "src" / "**" / "*.nii.gz"), str(tmp_path / "src")):
+        found: list[list[str]] = []
+        # a daemon thread with a deadline: the walk this guards against never returns
+        walker = threading.Thread(target=lambda: found.append(sorted(c.case_id for c in find_cases(source))), daemon=True)
+        walker.start()
+        walker.join(timeout=60)
+        assert not walker.is_alive(), f"{source}: still walking after 60 s"
+        assert found == [["deep", "top"]], source

@@ -13,11 +13,11 @@
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -242,12 +242,54 @@ def _from_nnunet_raw(folder: Path) -> list[Case]:
 # --- folders and globs ----------------------------------------------------------------------------
 
 
+def walk(root: Path, max_depth: int | None = None) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """``os.walk`` (sorted, top-down) that follows symlinked folders but enters each real folder once,
+    so a symlink cycle ends instead of recursing until the path is too long. ``max_depth`` folders below
+    ``root`` at most."""
+    visited: set[str] = set()
+    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+        visited.add(os.path.realpath(folder))
+        depth = len(Path(folder).relative_to(root).parts)
+        fresh = [d for d in sorted(dirnames) if os.path.realpath(os.path.join(folder, d)) not in visited]
+        dirnames[:] = fresh if max_depth is None or depth < max_depth else []
+        yield Path(folder), fresh, sorted(filenames)
+
+
+def glob_paths(pattern: str) -> list[Path]:
+    """Paths matching ``pattern`` (``*``, ``?``, ``[...]`` within a name; ``**`` any number of folders),
+    like ``glob.glob(recursive=True)`` but through :func:`walk`, so a symlink loop cannot trap it."""
+    parts = Path(pattern).parts
+    fixed = next((i for i, part in enumerate(parts) if _GLOB_CHARS.search(part)), len(parts))
+    root, wanted = Path(*parts[:fixed]) if fixed else Path(), parts[fixed:]
+    if not wanted:
+        return [root] if root.exists() else []
+    depth = None if "**" in wanted else len(wanted) - 1
+    matches = []
+    for folder, dirnames, filenames in walk(root, max_depth=depth) if root.is_dir() else ():
+        relative = folder.relative_to(root).parts
+        matches += [folder / name for name in dirnames + filenames if _matches((*relative, name), wanted)]
+    return sorted(matches)
+
+
+def _matches(names: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether path components ``names`` match glob components ``pattern`` (hidden names only by a leading dot)."""
+    if not pattern:
+        return not names
+    if pattern[0] == "**":  # any number of non-hidden names
+        visible = next((i for i, name in enumerate(names) if name.startswith(".")), len(names))
+        return any(_matches(names[start:], pattern[1:]) for start in range(visible + 1))
+    return (
+        bool(names)
+        and (not names[0].startswith(".") or pattern[0].startswith("."))
+        and fnmatch.fnmatchcase(names[0], pattern[0])
+        and _matches(names[1:], pattern[1:])
+    )
+
+
 def _from_folder(root: Path) -> list[Case]:
     found: list[tuple[str, Path, Path | None, dict]] = []
-    for folder, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        here = Path(folder)
-        files = [here / name for name in sorted(filenames)]
+    for here, _, filenames in walk(root):
+        files = [here / name for name in filenames]
         found += [(strip_image_suffix(f.name), f, None, {}) for f in files if is_image_file(f)]
         if any(is_dicom_file(f) for f in files):
             found += _series_cases(here)
@@ -268,7 +310,7 @@ def _series_cases(folder: Path) -> list[tuple[str, Path, None, dict]]:
 def _from_glob(pattern: str) -> list[Case]:
     """Matched image files are cases (ids unique relative to their common folder); matched folders are
     searched like a folder source."""
-    matches = [Path(m).resolve() for m in sorted(glob.glob(pattern, recursive=True))]
+    matches = [m.resolve() for m in glob_paths(pattern)]
     files = [(strip_image_suffix(p.name), p, None, {}) for p in matches if p.is_file() and is_image_file(p)]
     root = Path(os.path.commonpath([str(p.parent) for _, p, _, _ in files])) if files else Path.cwd()
     cases = _with_unique_ids(files, root)
