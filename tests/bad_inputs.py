@@ -69,7 +69,11 @@ def weight_files(root: Path) -> dict[str, str]:
     torch.save({"state_dict": state, "evil": PlantsMarker(str(root / "pwned"))}, root / "pickle.pt")
     good = write_safetensors(state, root / "good.safetensors", {})
     (root / "truncated.safetensors").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    write_safetensors(state, root / "huge" / "encoder.safetensors", {})  # its sidecar claims 10⁶ channels
+    args = {"in_channels": 1, "channels": [10**6, *TINY_UNET[1:]]}
+    (root / "huge" / "encoder.json").write_text(json.dumps({"method": "gvsl", "backbone": {"name": "unet", "args": args}}), encoding="utf-8")
     return {
+        "huge": "the backbone description says channels=[1000000, 16, 32] but the weights have channels=[8, 16, 32]",
         "nan.safetensors": f"NaN/inf values in 1 tensor ({first})",
         "inf.pt": f"NaN/inf values in 1 tensor ({second})",
         "bool.safetensors": "integer/bool values in",

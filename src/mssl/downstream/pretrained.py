@@ -16,8 +16,9 @@ from torch import nn
 
 from mssl.config import BackboneConfig
 from mssl.data.preprocess import PresetConfig
-from mssl.weights.safe_io import resolve_weights
-from mssl.weights.sidecar import read_sidecar
+from mssl.weights.inspect import check_claimed_sizes
+from mssl.weights.safe_io import read_shapes, resolve_weights
+from mssl.weights.sidecar import backbone_spec, read_sidecar
 
 RUN_CONFIG = "config.yaml"
 # the U-Net's constructor calls its widths ``channels``; BackboneConfig calls them ``unet_channels``
@@ -75,7 +76,9 @@ def describe_weights(weights: Path) -> PretrainedInfo:
     backbone = meta["backbone"]
     if isinstance(backbone, dict) and isinstance(backbone.get("args"), dict):
         backbone = {"name": backbone["name"], **backbone["args"]}
-    return PretrainedInfo(path=weights_file, backbone=_backbone(backbone, source), preset=_preset(meta), method=meta.get("method"))
+    config = _backbone(backbone, source)
+    check_claimed_sizes(backbone_spec(config), read_shapes(weights_file), str(source))  # before anything is built from it
+    return PretrainedInfo(path=weights_file, backbone=config, preset=_preset(meta), method=meta.get("method"))
 
 
 def load_encoder(network: nn.Module, weights: Path, console: Console | None = None) -> Any:
