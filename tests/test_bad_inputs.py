@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bad_inputs import TINY_GVSL, TINY_UNET, dicom_series_folders, label_files, symlink_loops, synthetic_cache, weight_files
+from bad_inputs import TINY_GVSL, TINY_UNET, PlantsMarker, dicom_series_folders, label_files, symlink_loops, synthetic_cache, weight_files
 from typer.testing import CliRunner
 
 from mssl.cli import app
@@ -183,3 +183,23 @@ def test_globs_and_folder_walks_survive_symlink_loops(tmp_path) -> None:
         walker.join(timeout=60)
         assert not walker.is_alive(), f"{source}: still walking after 60 s"
         assert found == [["deep", "top"]], source
+
+
+def test_resume_falls_back_from_a_truncated_or_planted_last_checkpoint(cache, tmp_path, caplog) -> None:
+    run = tmp_path / "run"
+    flags = [*TINY_GVSL, "--data", str(cache), "--out", str(run), "--checkpoint-every", "2"]
+    assert runner.invoke(app, ["pretrain", *flags, "--steps", "4"]).exit_code == 0
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a disk that filled up mid-copy
+    result = runner.invoke(app, ["pretrain", *flags, "--steps", "5", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert f"{last} is unreadable, skipped" in caplog.text
+    assert f"resuming from {run / 'checkpoints' / 'step-0000004.ckpt'} (step 4), the newest intact checkpoint" in caplog.text
+    assert torch.load(last, weights_only=True)["global_step"] == 5
+    caplog.clear()
+    torch.save({"global_step": 9, "evil": PlantsMarker(str(tmp_path / "pwned"))}, last)
+    result = runner.invoke(app, ["pretrain", *flags, "--steps", "6", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert f"{last} refused and skipped: it needs pickled code" in caplog.text and "(step 4)" in caplog.text
+    assert not (tmp_path / "pwned").exists()
+    assert torch.load(last, weights_only=True)["global_step"] == 6
