@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import signal
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from bad_inputs import TINY_GVSL, TINY_UNET, PlantsMarker, dicom_series_folders, label_files, symlink_loops, synthetic_cache, weight_files
+from test_data_helpers import synthetic_ct, write_nifti
 from typer.testing import CliRunner
 
 from mssl.cli import app
@@ -203,3 +206,44 @@ def test_resume_falls_back_from_a_truncated_or_planted_last_checkpoint(cache, tm
     assert f"{last} refused and skipped: it needs pickled code" in caplog.text and "(step 4)" in caplog.text
     assert not (tmp_path / "pwned").exists()
     assert torch.load(last, weights_only=True)["global_step"] == 6
+
+
+def test_a_crop_the_backbone_cannot_take_is_a_config_error_before_training(cache, tmp_path) -> None:
+    result = runner.invoke(app, ["pretrain", *TINY_GVSL, "--roi", "30", "--data", str(cache), "--out", str(tmp_path / "run")])
+    line = _one_line_error(result)
+    assert "config key 'gvsl.roi': crop (30, 30, 30) must be a multiple of the unet backbone's stride 4 on every axis (e.g. --roi 28)" in line
+    assert not (tmp_path / "run").exists()
+
+
+def _refuse(monkeypatch: pytest.MonkeyPatch, name: str, error: int, under: Path) -> None:
+    """Make ``os.<name>`` fail with ``error`` for paths under ``under`` (a read-only folder, a full disk)."""
+    real = getattr(os, name)
+
+    def refused(target, *args, **kwargs):
+        where = target if isinstance(target, (str, Path)) else under  # fsync takes a descriptor
+        if Path(where).is_relative_to(under):
+            raise OSError(error, os.strerror(error), None if isinstance(target, int) else str(target))
+        return real(target, *args, **kwargs)
+
+    monkeypatch.setattr(os, name, refused)
+
+
+def test_prepare_into_a_folder_it_cannot_write_is_one_line_exit_1(tmp_path, monkeypatch) -> None:
+    write_nifti(tmp_path / "src" / "a.nii.gz", synthetic_ct((24, 20, 16))[0])
+    _refuse(monkeypatch, "mkdir", errno.EACCES, tmp_path / "out")
+    line = _one_line_error(runner.invoke(app, ["prepare", str(tmp_path / "src"), "--out", str(tmp_path / "out" / "cache")]), code=1)
+    assert line == f"error: {tmp_path / 'out' / 'cache'}: Permission denied"
+
+
+def test_a_full_disk_during_prepare_stops_with_one_line_and_keeps_the_cache(tmp_path, monkeypatch) -> None:
+    hu = synthetic_ct((24, 20, 16))[0]
+    write_nifti(tmp_path / "src" / "a.nii.gz", hu)
+    cache = tmp_path / "cache"
+    assert runner.invoke(app, ["prepare", str(tmp_path / "src"), "--out", str(cache)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in cache.rglob("*") if p.is_file()}
+    write_nifti(tmp_path / "src" / "b.nii.gz", hu)
+    _refuse(monkeypatch, "fsync", errno.ENOSPC, cache)  # every write into the cache hits a full disk
+    line = _one_line_error(runner.invoke(app, ["prepare", str(tmp_path / "src"), "--out", str(cache), "--workers", "1"]), code=1)
+    assert line == f"error: {cache}: No space left on device"
+    after = {p.name: p.read_bytes() for p in cache.rglob("*") if p.is_file()}
+    assert after == before  # the index and arrays as they were; no temporary left taking space

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mssl.commands import fail
+from mssl.commands import fail, fail_environment
 
 from mssl.config import BackboneName
 from mssl.downstream.config import TaskName
@@ -90,3 +90,5 @@ def command(
             finetune(settings, console=console)
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
         fail(error)
+    except OSError as error:  # the output cannot be written (read-only, permissions, disk full)
+        fail_environment(error, out)

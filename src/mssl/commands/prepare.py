@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 import typer
 
-from mssl.commands import fail
+from mssl.commands import fail, fail_environment
 
 from mssl.config import PresetName
 
@@ -61,6 +61,8 @@ def command(
         report = prepare(source, out, config, workers=workers, on_error=on_error, base_dir=base_dir, progress=True)
     except DataError as error:
         fail(error, exit_code=1)
+    except OSError as error:  # the cache folder cannot be written (read-only, permissions, disk full)
+        fail_environment(error, out)
     typer.echo(report.summary())
     if not report.ok:
         raise typer.Exit(1)

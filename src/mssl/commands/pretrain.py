@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mssl.commands import fail
+from mssl.commands import fail, fail_environment
 
 from mssl.config import BackboneName, MethodName, OptimizerName, Precision, StrategyName
 
@@ -74,6 +74,8 @@ def command(
         fail(error)
     except (NonFiniteLossError, NonFiniteStateError) as error:
         fail(error, exit_code=1)
+    except OSError as error:  # the run folder cannot be written (read-only, permissions, disk full)
+        fail_environment(error, out)
 
 
 def _devices(value: str | None) -> int | str | None:

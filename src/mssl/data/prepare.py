@@ -11,6 +11,7 @@ after the first. Nothing already in the cache is lost: a case that fails keeps i
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import multiprocessing
 import re
@@ -173,7 +174,8 @@ def source_stat(files: list[Path]) -> list[list]:
 
 def process_case(case: Case, preset: PresetConfig, out: Path, previous: dict | None) -> tuple[str, object]:
     """Preprocess one case and write its arrays; ``("written" | "unchanged", record)`` or
-    ``("failed", (path, problem))``. Runs in pool workers, so it never raises."""
+    ``("failed", (path, problem))``. Runs in pool workers, so it only raises the ``OSError`` of a cache
+    that cannot be written (full, read-only), which ends the run."""
     try:
         stat = source_stat(source_files(case, watched=True))
         digest = source_hash(source_files(case))
@@ -183,8 +185,19 @@ def process_case(case: Case, preset: PresetConfig, out: Path, previous: dict | N
         return "written", _write_case(case, preset, out, loaded, digest, stat)
     except DataError as error:
         return "failed", (error.path, error.problem)
-    except Exception as error:  # a bug or resource problem must not end a run hours in
+    except OSError as error:
+        if _cache_unwritable(error, out):
+            raise  # the cache's disk, not this case: every later case would fail the same way
         return "failed", (str(case.image), f"{type(error).__name__}: {' '.join(str(error).split())}")
+    except Exception as error:  # a bug must not end a run hours in
+        return "failed", (str(case.image), f"{type(error).__name__}: {' '.join(str(error).split())}")
+
+
+def _cache_unwritable(error: OSError, out: Path) -> bool:
+    """A full or read-only disk, or no permission inside the cache: no later case could be written either."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    return error.errno in (errno.EACCES, errno.EPERM) and error.filename is not None and Path(error.filename).is_relative_to(out)
 
 
 def _write_case(case: Case, preset: PresetConfig, out: Path, loaded: dict, digest: str, stat: list) -> dict:

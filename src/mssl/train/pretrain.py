@@ -91,7 +91,25 @@ def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | Non
         method = merged.get("method", PretrainConfig.model_fields["method"].default)
         objectives = {"s2dc": ("s2dc",), "gvsl": ("gvsl",)}.get(method, ("s2dc", "gvsl"))
         merged = merge_overrides(merged, {f"{name}.roi": roi if name == "s2dc" else [roi] * 3 for name in objectives})
-    return build_config(PretrainConfig, merged).resolved()
+    resolved = build_config(PretrainConfig, merged).resolved()
+    _check_crops_fit_backbone(resolved)
+    return resolved
+
+
+def _check_crops_fit_backbone(cfg: PretrainConfig) -> None:
+    """Crop sides must be multiples of the backbone's stride: say so now, not at the first step."""
+    from mssl.models.backbones import backbone_stride
+
+    stride = backbone_stride(cfg.backbone)
+    crops = {"s2dc.roi": (cfg.s2dc.roi,) * 3, "gvsl.roi": tuple(cfg.gvsl.roi)}
+    for objective in cfg.objectives:
+        key = f"{objective}.roi"
+        if any(side % stride for side in crops[key]):
+            fitting = max(stride, crops[key][0] // stride * stride)
+            raise ConfigError(
+                f"config key {key!r}: crop {crops[key]} must be a multiple of the {cfg.backbone.name} backbone's stride {stride} "
+                f"on every axis (e.g. --roi {fitting})"
+            )
 
 
 def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> Path:
