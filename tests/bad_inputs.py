@@ -83,6 +83,23 @@ def weight_files(root: Path) -> dict[str, str]:
     }
 
 
+def sidecar_files(root: Path) -> dict[str, str]:
+    """Good U-Net weights, each folder with a damaged or hostile ``encoder.json`` (what builds the network)."""
+    unet = {"name": "unet", "args": {"in_channels": 1, "channels": list(TINY_UNET)}}
+    sidecars = {
+        "list": ([1, 2], "a sidecar must be a JSON object, got list"),
+        "string_backbone": ({"backbone": "unet"}, "'backbone' must look like"),
+        "unknown_backbone": ({"backbone": {"name": "evil", "args": {}}}, "'backbone' must look like"),
+        "negative_channels": ({"backbone": {"name": "unet", "args": {"in_channels": -1, "channels": list(TINY_UNET)}}}, "in_channels"),
+        "bad_preset": ({"backbone": unet, "preset": {"name": "zzz"}}, "preset: name: Input should be 'ct', 'mri' or 'none'"),
+    }
+    state = unet_state()
+    for name, (sidecar, _) in sidecars.items():
+        write_safetensors(state, root / name / "encoder.safetensors", {})
+        (root / name / "encoder.json").write_text(json.dumps(sidecar), encoding="utf-8")
+    return {name: message for name, (_, message) in sidecars.items()}
+
+
 def label_files(root: Path, shape: tuple[int, int, int] = (24, 20, 16)) -> dict[str, str]:
     """A datalist (``list.json``, classes 0..2) of one good labelled case and labels that are not class numbers."""
     hu, label = synthetic_ct(shape)
@@ -131,7 +148,7 @@ def symlink_loops(root: Path, shape: tuple[int, int, int] = (24, 20, 16)) -> dic
     return {"nested/up": "followed once: 2 cases, top and deep", "nested/again": "followed once: 2 cases, top and deep"}
 
 
-WRITERS = {"weights": weight_files, "labels": label_files, "dicom": dicom_series_folders, "loops": symlink_loops}
+WRITERS = {"weights": weight_files, "sidecars": sidecar_files, "labels": label_files, "dicom": dicom_series_folders, "loops": symlink_loops}
 
 
 def main(out: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bad_inputs import TINY_GVSL, TINY_UNET, PlantsMarker, dicom_series_folders, label_files, symlink_loops, synthetic_cache, weight_files
+from bad_inputs import TINY_GVSL, TINY_UNET, PlantsMarker, sidecar_files, dicom_series_folders, label_files, symlink_loops, synthetic_cache, weight_files
 from test_data_helpers import synthetic_ct, write_nifti
 from typer.testing import CliRunner
 
@@ -65,6 +65,15 @@ def test_bad_weight_files_are_refused_by_load_pretrained_inspect_and_finetune(we
         assert name in line and message in line, line
     assert not (root / "pwned").exists()  # the pickle payload never ran
     assert load_pretrained(UNetBackbone(1, TINY_UNET), root / "good.safetensors").ok
+
+
+def test_damaged_or_hostile_sidecars_are_one_line_errors(tmp_path) -> None:
+    for name, message in sidecar_files(tmp_path).items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            describe_weights(tmp_path / name)  # the first thing `mssl finetune --weights` reads
+        if name != "bad_preset":  # inspect reads no preset
+            line = _one_line_error(runner.invoke(app, ["inspect", str(tmp_path / name)]))
+            assert f"{name}/encoder.json: " in line and message in line, line
 
 
 @pytest.fixture(scope="module")
