@@ -100,6 +100,59 @@ def sidecar_files(root: Path) -> dict[str, str]:
     return {name: message for name, (_, message) in sidecars.items()}
 
 
+def image_files(root: Path, shape: tuple[int, int, int] = (24, 20, 16)) -> dict[str, str]:
+    """A datalist (``list.json``) of one good case, used with and without a label, and every kind of bad
+    image or label; returns {bad path: expected problem}."""
+    hu, label = synthetic_ct(shape)
+    write_nifti(root / "good.nii.gz", hu)
+    write_nifti(root / "labels" / "good.nii.gz", label)
+    raw = (root / "good.nii.gz").read_bytes()
+    damaged = bytearray(raw)
+    damaged[len(raw) // 3 : len(raw) // 3 + 64] = bytes(64)
+    (root / "corrupt.nii.gz").write_bytes(bytes(damaged))
+    (root / "truncated.nii.gz").write_bytes(raw[: len(raw) // 2])
+    write_nifti(root / "plain.nii", hu)
+    (root / "truncated.nii").write_bytes((root / "plain.nii").read_bytes()[:-500])
+    (root / "plain.nii").unlink()
+    write_nifti(root / "flat2d.nii.gz", hu[:, :, 0])
+    write_nifti(root / "oneslice.nii.gz", hu[:, :, :1])
+    write_nifti(root / "fourd.nii.gz", np.stack([hu, hu], axis=-1))
+    nan = hu.astype(np.float32)
+    nan[3, 4, 5], nan[6, 7, 8] = np.nan, np.inf
+    write_nifti(root / "nan.nii.gz", nan)
+    write_nifti(root / "constant.nii.gz", np.full(shape, 7, np.int16))
+    write_nifti(root / "tiny.nii.gz", hu[:3, :3, :3])
+    write_nifti(root / "labels" / "short.nii.gz", label[:-1])
+    write_nifti(root / "labels" / "shifted.nii.gz", label, np.diag([1.5, 1.5, 2.0, 1.0]))
+    (root / "dicom").mkdir()
+    for number in range(3):
+        (root / "dicom" / f"slice{number}.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage" * 20)
+    datalist = [{"image": name} for name in ("good.nii.gz", "corrupt.nii.gz", "truncated.nii.gz", "truncated.nii", "flat2d.nii.gz", "oneslice.nii.gz", "fourd.nii.gz", "nan.nii.gz", "constant.nii.gz", "tiny.nii.gz")]
+    datalist += [
+        {"image": "good.nii.gz", "label": "labels/good.nii.gz"},
+        {"image": "good.nii.gz", "label": "labels/short.nii.gz"},
+        {"image": "good.nii.gz", "label": "labels/shifted.nii.gz"},
+        {"image": "missing.nii.gz"},
+        {"image": "dicom"},
+    ]
+    (root / "list.json").write_text(json.dumps({"training": datalist}), encoding="utf-8")
+    return {
+        "corrupt.nii.gz": "corrupt gzip",
+        "truncated.nii.gz": "truncated file",
+        "truncated.nii": "truncated file",
+        "flat2d.nii.gz": "expected a 3D volume, got 2D",
+        "oneslice.nii.gz": "a 2D image stored as 3D",
+        "fourd.nii.gz": "expected a 3D volume, got 4D",
+        "nan.nii.gz": "2 NaN/inf voxels",
+        "constant.nii.gz": "constant volume",
+        "tiny.nii.gz": "too small: shape (3, 3, 3); a volume needs at least 4 voxels along every axis",
+        "labels/short.nii.gz": f"label shape {(shape[0] - 1, *shape[1:])} does not match image shape {shape}",
+        "labels/shifted.nii.gz": "label affine does not match",
+        "missing.nii.gz": "does not exist",
+        "dicom": "unreadable DICOM series",
+    }
+
+
 def label_files(root: Path, shape: tuple[int, int, int] = (24, 20, 16)) -> dict[str, str]:
     """A datalist (``list.json``, classes 0..2) of one good labelled case and labels that are not class numbers."""
     hu, label = synthetic_ct(shape)
@@ -148,7 +201,7 @@ def symlink_loops(root: Path, shape: tuple[int, int, int] = (24, 20, 16)) -> dic
     return {"nested/up": "followed once: 2 cases, top and deep", "nested/again": "followed once: 2 cases, top and deep"}
 
 
-WRITERS = {"weights": weight_files, "sidecars": sidecar_files, "labels": label_files, "dicom": dicom_series_folders, "loops": symlink_loops}
+WRITERS = {"images": image_files, "weights": weight_files, "sidecars": sidecar_files, "labels": label_files, "dicom": dicom_series_folders, "loops": symlink_loops}
 
 
 def main(out: Path) -> None:

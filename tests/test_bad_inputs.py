@@ -256,3 +256,18 @@ def test_a_full_disk_during_prepare_stops_with_one_line_and_keeps_the_cache(tmp_
     assert line == f"error: {cache}: No space left on device"
     after = {p.name: p.read_bytes() for p in cache.rglob("*") if p.is_file()}
     assert after == before  # the index and arrays as they were; no temporary left taking space
+
+
+def test_a_deleted_source_leaves_the_cache_on_the_next_prepare(tmp_path) -> None:
+    hu = synthetic_ct((24, 20, 16))[0]
+    for name in ("kept", "deleted"):
+        write_nifti(tmp_path / "src" / f"{name}.nii.gz", hu)
+    cache = tmp_path / "cache"
+    prepare(tmp_path / "src", cache, PresetConfig(name="ct"))
+    arrays = [cache / CacheIndex.open(cache).case("deleted").record[key] for key in ("image_file", "foreground_file")]
+    (tmp_path / "src" / "deleted.nii.gz").unlink()
+    report = prepare(tmp_path / "src", cache, PresetConfig(name="ct"))
+    assert report.removed == ["deleted"] and report.unchanged == ["kept"]
+    assert "0 written, 1 unchanged, 0 failed, 1 removed (source gone)" in report.summary()
+    assert [case.case_id for case in CacheIndex.open(cache).cases] == ["kept"]
+    assert not any(path.exists() for path in arrays)

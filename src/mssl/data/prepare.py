@@ -48,6 +48,7 @@ class PrepareReport:
     written: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # cases whose source file is gone
     stopped: bool = False  # on_error="stop" hit an error; later cases were not attempted
 
     @property
@@ -56,7 +57,8 @@ class PrepareReport:
         return not self.stopped and bool(self.written or self.unchanged)
 
     def summary(self) -> str:
-        text = f"{len(self.written)} written, {len(self.unchanged)} unchanged, {len(self.failed)} failed → {self.out / INDEX_NAME}"
+        removed = f", {len(self.removed)} removed (source gone)" if self.removed else ""
+        text = f"{len(self.written)} written, {len(self.unchanged)} unchanged, {len(self.failed)} failed{removed} → {self.out / INDEX_NAME}"
         return text + (" (stopped at the first error)" if self.stopped else "")
 
 
@@ -91,6 +93,7 @@ def _prepare_locked(cases: list[Case], out: Path, preset: PresetConfig, workers:
     remove_stale_temporaries(out)  # safe: no other prepare of this cache is running
     records = _existing_records(out, preset)
     report = PrepareReport(out)
+    _drop_deleted_sources(records, {case.case_id for case in cases}, out, preset, report)
     todo, conflicts = [], []
     for case in cases:
         previous = records.get(case.case_id)
@@ -126,6 +129,21 @@ def _prepare_locked(cases: list[Case], out: Path, preset: PresetConfig, workers:
     if not records and not (out / INDEX_NAME).exists():
         write_index(out, preset, [])  # an empty but valid cache, so the next run finds a preset
     return report
+
+
+def _drop_deleted_sources(records: dict[str, dict], listed: set[str], out: Path, preset: PresetConfig, report: PrepareReport) -> None:
+    """Forget cases whose image source no longer exists and that this source does not list (a deleted
+    file), with their arrays. A case still listed keeps its entry when it fails, and cases of another
+    source sharing the cache stay while their files exist."""
+    gone = [case_id for case_id, record in records.items() if case_id not in listed and not Path(record["image_source"]).exists()]
+    if not gone:
+        return
+    stale = [records.pop(case_id) for case_id in gone]
+    write_index(out, preset, records.values())
+    for record in stale:
+        for path in _replaced_files(record, {}):
+            (out / path).unlink(missing_ok=True)
+    report.removed += gone
 
 
 def source_files(case: Case, watched: bool = False) -> list[Path]:

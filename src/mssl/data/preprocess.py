@@ -32,6 +32,7 @@ PERCENTILE_SAMPLE = 1_000_000  # voxels sampled to estimate the foreground perce
 AFFINE_TOLERANCE_MM = 1e-3  # image/label affines further apart than this do not describe the same grid
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # axis codes of the RAS target orientation
 EXAMPLE_VALUES = 5  # offending label values quoted in an error
+MIN_SIDE = 4  # voxels along every axis, before and after preprocessing: less is no volume to learn from
 
 
 class PresetConfig(StrictModel):
@@ -100,6 +101,7 @@ class ValidateVolumed:
             raise DataError(path, f"expected a {expected}D volume, got {image.ndim}D of shape {tuple(image.shape)}{hint}")
         if min(self._spatial_shape(image)) < 2:
             raise DataError(path, f"a 2D image stored as 3D (shape {tuple(image.shape)} has a single slice)")
+        check_min_side(self._spatial_shape(image), path)
         if not bool(image.isfinite().all()):
             raise DataError(path, f"{int((~image.isfinite()).sum())} NaN/inf voxels")
         if bool(image.min() == image.max()):
@@ -134,6 +136,12 @@ def _examples(values) -> str:
     distinct = values.unique()
     shown = ", ".join(f"{float(v):g}" for v in distinct[:EXAMPLE_VALUES])
     return shown + (f" and {len(distinct) - EXAMPLE_VALUES} more" if len(distinct) > EXAMPLE_VALUES else "")
+
+
+def check_min_side(shape: Sequence[int], path: object, when: str = "") -> None:
+    """Raise :class:`DataError` for a volume with fewer than ``MIN_SIDE`` voxels along an axis."""
+    if min(shape) < MIN_SIDE:
+        raise DataError(path, f"too small{when}: shape {tuple(shape)}; a volume needs at least {MIN_SIDE} voxels along every axis")
 
 
 def build_transforms(preset: PresetConfig, with_label: bool, classes: Sequence[int] | None = None):
@@ -196,6 +204,7 @@ def load_case(case: Case, preset: PresetConfig) -> dict:
     except Exception as error:  # MONAI wraps every failure in RuntimeError("applying transform ...")
         raise _as_data_error(error, case) from error
     image = out["image"]
+    check_min_side(image.shape[1:], case.image, " after cropping and resampling")  # e.g. a tiny body in a large field
     original_affine = np.asarray(image.meta["original_affine"], dtype=np.float64)
     affine = np.asarray(image.affine, dtype=np.float64)
     result = {
