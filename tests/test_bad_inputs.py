@@ -17,6 +17,7 @@ from bad_inputs import TINY_GVSL, TINY_UNET, PlantsMarker, sidecar_files, dicom_
 from test_data_helpers import synthetic_ct, write_nifti
 from typer.testing import CliRunner
 
+import mssl
 from mssl.cli import app
 from mssl.data.cache import CacheIndex
 from mssl.data.errors import DataError
@@ -31,6 +32,7 @@ from mssl.weights.checks import nonfinite_names
 from mssl.weights.loading import load_pretrained
 
 runner = CliRunner()
+DEMO_DATASET = Path(mssl.__file__).parent / "data" / "demo" / "dataset.json"
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +187,16 @@ def test_a_run_folder_has_one_writer_and_a_dead_holder_frees_it(cache, tmp_path)
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
 
 
+def test_finetune_into_a_folder_another_process_writes_is_refused(tmp_path) -> None:
+    holder = _hold_lock(tmp_path / "ft")
+    try:
+        result = runner.invoke(app, ["finetune", "--data", str(DEMO_DATASET), "--out", str(tmp_path / "ft"), "--steps", "1"])
+        assert f"{tmp_path / 'ft'}: in use by process {holder.pid} on " in _one_line_error(result)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
 def test_globs_and_folder_walks_survive_symlink_loops(tmp_path) -> None:
     symlink_loops(tmp_path / "src")
     for source in (str(tmp_path / "src" / "**" / "*.nii.gz"), str(tmp_path / "src")):
@@ -237,11 +249,13 @@ def _refuse(monkeypatch: pytest.MonkeyPatch, name: str, error: int, under: Path)
     monkeypatch.setattr(os, name, refused)
 
 
-def test_prepare_into_a_folder_it_cannot_write_is_one_line_exit_1(tmp_path, monkeypatch) -> None:
+def test_prepare_or_pretrain_into_a_folder_it_cannot_write_is_one_line_exit_1(cache, tmp_path, monkeypatch) -> None:
     write_nifti(tmp_path / "src" / "a.nii.gz", synthetic_ct((24, 20, 16))[0])
     _refuse(monkeypatch, "mkdir", errno.EACCES, tmp_path / "out")
     line = _one_line_error(runner.invoke(app, ["prepare", str(tmp_path / "src"), "--out", str(tmp_path / "out" / "cache")]), code=1)
     assert line == f"error: {tmp_path / 'out' / 'cache'}: Permission denied"
+    line = _one_line_error(runner.invoke(app, ["pretrain", *TINY_GVSL, "--data", str(cache), "--out", str(tmp_path / "out" / "run")]), code=1)
+    assert line == f"error: {tmp_path / 'out' / 'run'}: Permission denied"
 
 
 def test_a_full_disk_during_prepare_stops_with_one_line_and_keeps_the_cache(tmp_path, monkeypatch) -> None:
