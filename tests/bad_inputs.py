@@ -4,6 +4,14 @@ Each writer puts its files under a folder and returns ``{name: what mssl must sa
 suite (tests/test_bad_inputs.py, tests/test_data_errors.py) runs every item, so none regresses. Run
 it by hand to get the files: ``python tests/bad_inputs.py OUT`` writes every group under OUT/<group>
 and prints each item with its expected message.
+
+Rows that are events during a run rather than files, each with its test in tests/test_bad_inputs.py
+(built on :func:`synthetic_cache` and :data:`TINY_GVSL`): weights turning NaN under a finite loss
+(``test_a_diverged_run_...``), a NaN checkpoint exported (``test_export_refuses_...``), two writers of
+one run folder and a killed holder (``test_a_run_folder_has_one_writer_...``, ``test_finetune_into_...``),
+a truncated or planted ``last.ckpt`` on ``--resume`` (``test_resume_falls_back_...``), a crop the
+backbone cannot take (``test_a_crop_...``), an unwritable or full output folder
+(``test_prepare_or_pretrain_into_...``, ``test_a_full_disk_...``), a deleted source (``test_a_deleted_source_...``).
 """
 
 from __future__ import annotations

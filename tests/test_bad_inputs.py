@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from bad_inputs import TINY_GVSL, TINY_UNET, PlantsMarker, sidecar_files, dicom_series_folders, label_files, symlink_loops, synthetic_cache, weight_files
+from bad_inputs import (
+    TINY_GVSL,
+    TINY_UNET,
+    PlantsMarker,
+    dicom_series_folders,
+    label_files,
+    sidecar_files,
+    symlink_loops,
+    synthetic_cache,
+    weight_files,
+)
 from test_data_helpers import synthetic_ct, write_nifti
 from typer.testing import CliRunner
 
