@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mssl.weights.checks import LISTED_NAMES, nonfinite_names
+from mssl.weights.checks import listed, nonfinite_names
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,6 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_NAME = "last"
 PERIODIC_FORMAT = "step-{step:07d}"
 PARTIAL_SUFFIX = ".partial"  # hidden ``.{name}.XXXX.partial`` files hold a write in progress
-
-
 # The parts of a Lightning checkpoint a resumed run continues from: weights (student, EMA teacher, queues) and moments.
 TRAINING_STATE_KEYS = ("state_dict", "optimizer_states")
 
@@ -45,9 +43,8 @@ def check_state_finite(checkpoint: dict[str, Any], step: int) -> None:
     """
     bad = nonfinite_names({key: checkpoint.get(key) for key in TRAINING_STATE_KEYS})
     if bad:
-        shown = ", ".join(bad[:LISTED_NAMES]) + (" ..." if len(bad) > LISTED_NAMES else "")
         raise NonFiniteStateError(
-            f"step {step}: the weights or optimiser state hold NaN/inf in {len(bad)} tensors ({shown}); the run diverged "
+            f"step {step}: the weights or optimiser state hold NaN/inf in {listed(bad)}; the run diverged "
             f"and stops without writing a checkpoint, so {CHECKPOINT_DIR}/{LAST_NAME}.ckpt keeps the last finite state. "
             "Try a lower optim.lr, --grad-clip 1.0 or more warm-up steps."
         )

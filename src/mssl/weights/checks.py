@@ -41,7 +41,7 @@ def check_finite(content: Any, source: str) -> None:
     """Raise :class:`BadWeightsError` naming every tensor of ``content`` with NaN/inf values."""
     bad = nonfinite_names(content)
     if bad:
-        raise BadWeightsError(f"{source}: NaN/inf values in {_listed(bad)}; refusing to use them")
+        raise BadWeightsError(f"{source}: NaN/inf values in {listed(bad)}; refusing to use them")
 
 
 def check_loadable(tensors: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor], source: str) -> None:
@@ -51,10 +51,11 @@ def check_loadable(tensors: Mapping[str, torch.Tensor], targets: Mapping[str, to
     """
     wrong_kind = [f"{k} ({tensors[k].dtype})" for k, t in targets.items() if t.is_floating_point() and not tensors[k].is_floating_point()]
     if wrong_kind:
-        raise BadWeightsError(f"{source}: integer/bool values in {_listed(wrong_kind)} where the network has float weights; refusing to cast them")
+        raise BadWeightsError(f"{source}: integer/bool values in {listed(wrong_kind)} where the network has float weights; refusing to cast them")
     check_finite(tensors, source)
 
 
-def _listed(names: list[str]) -> str:
+def listed(names: list[str]) -> str:
+    """``"3 tensors (a, b, c)"``, at most ``LISTED_NAMES`` names shown."""
     shown = ", ".join(names[:LISTED_NAMES]) + (f" and {len(names) - LISTED_NAMES} more" if len(names) > LISTED_NAMES else "")
     return f"{len(names)} tensor{'s' if len(names) != 1 else ''} ({shown})"
