@@ -138,8 +138,8 @@ def series_files(folder: Path, uid: str | None = None) -> list[Path]:
     volume and stretch its spacing.
     """
     series = dicom_series(folder)
-    listed = {f for _, files in series for f in files}
-    stray = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != DICOMDIR and p not in listed and is_dicom_file(p))
+    listed = {f.name for _, files in series for f in files}  # GDCM may spell the folder differently
+    stray = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in listed and p.name != DICOMDIR and is_dicom_file(p))
     if stray:
         shown = ", ".join(stray[:3]) + (" ..." if len(stray) > 3 else "")
         raise DataError(folder, f"unreadable DICOM series: {len(stray)} DICOM files belong to no readable series ({shown})")
