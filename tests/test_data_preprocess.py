@@ -26,7 +26,7 @@ def _plain(name: str, **kwargs) -> PresetConfig:
 
 def test_ct_window_maps_known_hu_values(tmp_path: Path) -> None:
     hu = np.array([-2000, -1000, -500, 0, 500, 1000, 3000], np.int16)
-    volume = np.tile(hu[:, None, None], (1, 4, 3))
+    volume = np.tile(hu[:, None, None], (1, 4, 4))
     case = Case("hu", write_nifti(tmp_path / "hu.nii.gz", volume))
     image = load_case(case, _plain("ct"))["image"][0, :, 0, 0]
     np.testing.assert_allclose(image, [0, 0, 0.25, 0.5, 0.75, 1, 1], atol=1e-6)

@@ -304,6 +304,11 @@ def build_config(model: type[M], data: Mapping[str, Any], overrides: Mapping[str
         raise ConfigError(format_validation_error(error)) from None
 
 
+def one_line_errors(error: ValidationError) -> str:
+    """Every problem of a validation error on one line: ``key: message; key: message``."""
+    return "; ".join(f"{'.'.join(map(str, item['loc'])) or '(top level)'}: {item['msg']}" for item in error.errors())
+
+
 def format_validation_error(error: ValidationError) -> str:
     """One line per problem: ``key: what was expected (got value)``."""
     lines = []

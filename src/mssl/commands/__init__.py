@@ -14,3 +14,11 @@ def fail(problem: object, exit_code: int = 2) -> NoReturn:
     the message (paths may contain brackets). Exit code 2 for bad input, 1 for a run that failed."""
     typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
     raise typer.Exit(exit_code) from None
+
+
+def fail_environment(error: OSError, where: object = None) -> NoReturn:
+    """End a command that the machine stopped (permission denied, read-only or full disk) with one
+    line naming the path (the error's, else ``where``), exit code 1: the input was fine, the environment was not."""
+    path = error.filename or where
+    reason = error.strerror or str(error)
+    fail(f"{path}: {reason}" if path else reason, exit_code=1)

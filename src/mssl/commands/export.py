@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 import typer
 
-from mssl.commands import fail
+from mssl.commands import fail, fail_environment
 
 
 def command(
@@ -34,6 +34,8 @@ def command(
         weights = export(run, out=out, format=format)
     except (FileNotFoundError, ValueError) as error:
         fail(error)
+    except OSError as error:  # the output cannot be written (read-only, permissions, disk full)
+        fail_environment(error, out or run)
     sidecar = read_sidecar(weights) or {}
     backbone = sidecar.get("backbone", {})
     console.print(f"[bold]exported[/bold] {weights}  ({sidecar.get('parameters', 0):,} parameters, step {sidecar.get('steps')})", soft_wrap=True)

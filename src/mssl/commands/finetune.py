@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mssl.commands import fail
+from mssl.commands import fail, fail_environment
 
 from mssl.config import BackboneName
 from mssl.downstream.config import TaskName
@@ -62,6 +62,7 @@ def command(
 
     from mssl.downstream.config import FinetuneConfig, build_config, parse_size
     from mssl.downstream.finetune import finetune
+    from mssl.train.run_lock import run_lock
 
     console = Console()
     scratch = {"name": backbone, "feature_size": feature_size, "window_size": window_size}
@@ -101,6 +102,9 @@ def command(
             accelerator=accelerator,
             devices=devices,
         )
-        finetune(settings, console=console)
+        with run_lock(settings.out):  # one writer per run folder
+            finetune(settings, console=console)
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
         fail(error)
+    except OSError as error:  # the output cannot be written (read-only, permissions, disk full)
+        fail_environment(error, out)

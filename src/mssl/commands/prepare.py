@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 import typer
 
-from mssl.commands import fail
+from mssl.commands import fail, fail_environment
 
 from mssl.config import PresetName
 
@@ -45,6 +45,7 @@ def command(
     """
     from pydantic import ValidationError
 
+    from mssl.config import one_line_errors
     from mssl.data.errors import DataError
     from mssl.data.prepare import prepare
     from mssl.data.preprocess import PresetConfig
@@ -55,12 +56,13 @@ def command(
             foreground_crop=foreground_crop, channel_axis=channel_axis,
         )  # fmt: skip
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'preset'}: {e['msg']}" for e in error.errors())
-        fail(problems)
+        fail(one_line_errors(error))
     try:
         report = prepare(source, out, config, workers=workers, on_error=on_error, base_dir=base_dir, progress=True)
     except DataError as error:
         fail(error, exit_code=1)
+    except OSError as error:  # the cache folder cannot be written (read-only, permissions, disk full)
+        fail_environment(error, out)
     typer.echo(report.summary())
     if not report.ok:
         raise typer.Exit(1)

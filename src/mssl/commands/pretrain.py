@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mssl.commands import fail
+from mssl.commands import fail, fail_environment
 
 from mssl.config import BackboneName, MethodName, OptimizerName, Precision, StrategyName
 
@@ -54,6 +54,7 @@ def command(
     """
     from mssl.config import ConfigError, parse_assignment
     from mssl.data.errors import DataError
+    from mssl.train.checkpoint import NonFiniteStateError
     from mssl.train.module import NonFiniteLossError
     from mssl.train.pretrain import pretrain
 
@@ -71,8 +72,10 @@ def command(
         pretrain(config, **flags, **dotted)
     except (ConfigError, DataError) as error:
         fail(error)
-    except NonFiniteLossError as error:
+    except (NonFiniteLossError, NonFiniteStateError) as error:
         fail(error, exit_code=1)
+    except OSError as error:  # the run folder cannot be written (read-only, permissions, disk full)
+        fail_environment(error, out)
 
 
 def _devices(value: str | None) -> int | str | None:

@@ -295,8 +295,12 @@ def remove_stale_temporaries(root: Path) -> int:
 
 def _atomic_write(path: Path, write) -> None:
     temporary = path.with_name(path.name + TMP_SUFFIX)
-    with open(temporary, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a full disk keeps the old file and gets its space back
+        raise

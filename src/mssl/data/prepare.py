@@ -11,6 +11,7 @@ after the first. Nothing already in the cache is lost: a case that fails keeps i
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import multiprocessing
 import re
@@ -47,6 +48,7 @@ class PrepareReport:
     written: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # cases whose source file is gone
     stopped: bool = False  # on_error="stop" hit an error; later cases were not attempted
 
     @property
@@ -55,7 +57,8 @@ class PrepareReport:
         return not self.stopped and bool(self.written or self.unchanged)
 
     def summary(self) -> str:
-        text = f"{len(self.written)} written, {len(self.unchanged)} unchanged, {len(self.failed)} failed → {self.out / INDEX_NAME}"
+        removed = f", {len(self.removed)} removed (source gone)" if self.removed else ""
+        text = f"{len(self.written)} written, {len(self.unchanged)} unchanged, {len(self.failed)} failed{removed} → {self.out / INDEX_NAME}"
         return text + (" (stopped at the first error)" if self.stopped else "")
 
 
@@ -90,6 +93,7 @@ def _prepare_locked(cases: list[Case], out: Path, preset: PresetConfig, workers:
     remove_stale_temporaries(out)  # safe: no other prepare of this cache is running
     records = _existing_records(out, preset)
     report = PrepareReport(out)
+    _drop_deleted_sources(records, {case.case_id for case in cases}, out, preset, report)
     todo, conflicts = [], []
     for case in cases:
         previous = records.get(case.case_id)
@@ -125,6 +129,21 @@ def _prepare_locked(cases: list[Case], out: Path, preset: PresetConfig, workers:
     if not records and not (out / INDEX_NAME).exists():
         write_index(out, preset, [])  # an empty but valid cache, so the next run finds a preset
     return report
+
+
+def _drop_deleted_sources(records: dict[str, dict], listed: set[str], out: Path, preset: PresetConfig, report: PrepareReport) -> None:
+    """Forget cases whose image source no longer exists and that this source does not list (a deleted
+    file), with their arrays. A case still listed keeps its entry when it fails, and cases of another
+    source sharing the cache stay while their files exist."""
+    gone = [case_id for case_id, record in records.items() if case_id not in listed and not Path(record["image_source"]).exists()]
+    if not gone:
+        return
+    stale = [records.pop(case_id) for case_id in gone]
+    write_index(out, preset, records.values())
+    for record in stale:
+        for path in _replaced_files(record, {}):
+            (out / path).unlink(missing_ok=True)
+    report.removed += gone
 
 
 def source_files(case: Case, watched: bool = False) -> list[Path]:
@@ -173,7 +192,8 @@ def source_stat(files: list[Path]) -> list[list]:
 
 def process_case(case: Case, preset: PresetConfig, out: Path, previous: dict | None) -> tuple[str, object]:
     """Preprocess one case and write its arrays; ``("written" | "unchanged", record)`` or
-    ``("failed", (path, problem))``. Runs in pool workers, so it never raises."""
+    ``("failed", (path, problem))``. Runs in pool workers, so it only raises the ``OSError`` of a cache
+    that cannot be written (full, read-only), which ends the run."""
     try:
         stat = source_stat(source_files(case, watched=True))
         digest = source_hash(source_files(case))
@@ -183,8 +203,19 @@ def process_case(case: Case, preset: PresetConfig, out: Path, previous: dict | N
         return "written", _write_case(case, preset, out, loaded, digest, stat)
     except DataError as error:
         return "failed", (error.path, error.problem)
-    except Exception as error:  # a bug or resource problem must not end a run hours in
+    except OSError as error:
+        if _cache_unwritable(error, out):
+            raise  # the cache's disk, not this case: every later case would fail the same way
         return "failed", (str(case.image), f"{type(error).__name__}: {' '.join(str(error).split())}")
+    except Exception as error:  # a bug must not end a run hours in
+        return "failed", (str(case.image), f"{type(error).__name__}: {' '.join(str(error).split())}")
+
+
+def _cache_unwritable(error: OSError, out: Path) -> bool:
+    """A full or read-only disk, or no permission inside the cache: no later case could be written either."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    return error.errno in (errno.EACCES, errno.EPERM) and error.filename is not None and Path(error.filename).is_relative_to(out)
 
 
 def _write_case(case: Case, preset: PresetConfig, out: Path, loaded: dict, digest: str, stat: list) -> dict:

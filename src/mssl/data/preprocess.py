@@ -14,14 +14,16 @@ evaluation preprocess labelled volumes exactly like the pre-training cache.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from pydantic import Field, model_validator
 
 from mssl.config import PresetName, StrictModel
 from mssl.data.errors import DataError
-from mssl.data.sources import Case, dicom_series
+from mssl.data.sources import Case, series_files
 
 CT_BODY_HU = -500.0  # foreground for the CT crop: denser than lung/air, so the box is the body
 FOREGROUND_FRACTION = 0.05  # mri/none foreground: above min + 5% of the (min, 99th percentile) range
@@ -29,6 +31,8 @@ FOREGROUND_PERCENTILE = 99.0
 PERCENTILE_SAMPLE = 1_000_000  # voxels sampled to estimate the foreground percentile
 AFFINE_TOLERANCE_MM = 1e-3  # image/label affines further apart than this do not describe the same grid
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # axis codes of the RAS target orientation
+EXAMPLE_VALUES = 5  # offending label values quoted in an error
+MIN_SIDE = 4  # voxels along every axis, before and after preprocessing: less is no volume to learn from
 
 
 class PresetConfig(StrictModel):
@@ -80,11 +84,13 @@ class ForegroundSelect:
 
 class ValidateVolumed:
     """Rejects what would silently poison training: wrong dimensionality, NaN/inf, constant volumes,
-    and labels whose grid (shape or affine) differs from the image's. Runs right after loading."""
+    labels whose grid (shape or affine) differs from the image's, and label values that are not class
+    numbers (fractional, negative, or outside ``classes`` when given). Runs right after loading."""
 
-    def __init__(self, channel_axis: int | None, with_label: bool) -> None:
+    def __init__(self, channel_axis: int | None, with_label: bool, classes: Sequence[int] | None = None) -> None:
         self.channel_axis = channel_axis
         self.with_label = with_label
+        self.classes = classes
 
     def __call__(self, data: dict) -> dict:
         image = data["image"]
@@ -95,6 +101,7 @@ class ValidateVolumed:
             raise DataError(path, f"expected a {expected}D volume, got {image.ndim}D of shape {tuple(image.shape)}{hint}")
         if min(self._spatial_shape(image)) < 2:
             raise DataError(path, f"a 2D image stored as 3D (shape {tuple(image.shape)} has a single slice)")
+        check_min_side(self._spatial_shape(image), path)
         if not bool(image.isfinite().all()):
             raise DataError(path, f"{int((~image.isfinite()).sum())} NaN/inf voxels")
         if bool(image.min() == image.max()):
@@ -113,13 +120,36 @@ class ValidateVolumed:
             raise DataError(path, f"label shape {tuple(label.shape)} does not match image shape {spatial}")
         if not np.allclose(np.asarray(label.affine), np.asarray(image.affine), atol=AFFINE_TOLERANCE_MM):
             raise DataError(path, "label affine does not match the image affine (different grid or orientation)")
+        fractional = label != label.round()
+        if bool(fractional.any()):
+            raise DataError(path, f"label values must be integers; {int(fractional.sum())} voxels are not (e.g. {_examples(label[fractional])})")
+        if bool((label < 0).any()):
+            raise DataError(path, f"label values must be non-negative; found {_examples(label[label < 0])}")
+        if self.classes is not None:
+            unknown = ~torch.isin(label, torch.as_tensor(list(self.classes), dtype=label.dtype))
+            if bool(unknown.any()):
+                raise DataError(path, f"label values {_examples(label[unknown])} are not among the datalist's classes {sorted(self.classes)}")
 
 
-def build_transforms(preset: PresetConfig, with_label: bool):
+def _examples(values) -> str:
+    """Up to ``EXAMPLE_VALUES`` distinct values, as a short list for a message."""
+    distinct = values.unique()
+    shown = ", ".join(f"{float(v):g}" for v in distinct[:EXAMPLE_VALUES])
+    return shown + (f" and {len(distinct) - EXAMPLE_VALUES} more" if len(distinct) > EXAMPLE_VALUES else "")
+
+
+def check_min_side(shape: Sequence[int], path: object, when: str = "") -> None:
+    """Raise :class:`DataError` for a volume with fewer than ``MIN_SIDE`` voxels along an axis."""
+    if min(shape) < MIN_SIDE:
+        raise DataError(path, f"too small{when}: shape {tuple(shape)}; a volume needs at least {MIN_SIDE} voxels along every axis")
+
+
+def build_transforms(preset: PresetConfig, with_label: bool, classes: Sequence[int] | None = None):
     """MONAI ``Compose`` for ``{"image": path[, "label": path]}`` → MetaTensors (channel-first, RAS).
 
-    The image is float32; the label (when ``with_label``) is rounded to integers after nearest
-    resampling. A path may be a file, a DICOM series folder or a list of one series' files.
+    The image is float32; the label (when ``with_label``) must hold non-negative integers (among
+    ``classes`` when given) and is rounded to integers after nearest resampling. A path may be a file,
+    a DICOM series folder or a list of one series' files.
     """
     from monai import transforms as T
 
@@ -129,7 +159,7 @@ def build_transforms(preset: PresetConfig, with_label: bool):
     channel_dim = "no_channel" if preset.channel_axis is None else preset.channel_axis
     steps: list[Any] = [
         LoadVolumed(keys),
-        ValidateVolumed(preset.channel_axis, with_label),
+        ValidateVolumed(preset.channel_axis, with_label, classes),
         T.EnsureChannelFirstd("image", channel_dim=channel_dim),
     ]
     if with_label:
@@ -170,10 +200,11 @@ def load_case(case: Case, preset: PresetConfig) -> dict:
         if not target.exists():
             raise DataError(target, "does not exist")
     try:
-        out = build_transforms(preset, with_label=case.label is not None)(data)
+        out = build_transforms(preset, with_label=case.label is not None, classes=case.classes)(data)
     except Exception as error:  # MONAI wraps every failure in RuntimeError("applying transform ...")
         raise _as_data_error(error, case) from error
     image = out["image"]
+    check_min_side(image.shape[1:], case.image, " after cropping and resampling")  # e.g. a tiny body in a large field
     original_affine = np.asarray(image.meta["original_affine"], dtype=np.float64)
     affine = np.asarray(image.affine, dtype=np.float64)
     result = {
@@ -193,10 +224,7 @@ def _image_input(case: Case) -> str | list[str]:
     """A DICOM case with a known SeriesInstanceUID is read from that series' file list."""
     uid = case.extra.get("series_uid")
     if uid and case.image.is_dir():
-        for series_uid, files in dicom_series(case.image):
-            if series_uid == uid:
-                return [str(f) for f in files]
-        raise DataError(case.image, f"unreadable DICOM series: series {uid} not found")
+        return [str(f) for f in series_files(case.image, uid)]
     return str(case.image)
 
 

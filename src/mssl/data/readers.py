@@ -28,6 +28,9 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = (".nrrd", ".mha", ".mhd", ".dcm", ".ima")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 GZIP_CHUNK = 1 << 24
+IMAGE_POSITION = "0020|0032"  # DICOM ImagePositionPatient, one per slice
+SLICE_STEP_TOLERANCE = 0.05  # a slice step may differ from the usual one by 5 % ...
+SLICE_STEP_TOLERANCE_MM = 0.01  # ... or 0.01 mm (rounding of the stored positions)
 
 
 class VolumeReader(ImageReader):
@@ -135,7 +138,10 @@ def _read_sitk(names: list[str]) -> _SitkVolume:
             if is_series:
                 series_reader = sitk.ImageSeriesReader()
                 series_reader.SetFileNames(names)
-                img = series_reader.Execute()
+                series_reader.MetaDataDictionaryArrayUpdateOn()  # per-slice positions, for the spacing check
+                with _quiet_itk():  # its "non uniform sampling" warning becomes our error below
+                    img = series_reader.Execute()
+                check_slice_spacing(series_reader, img, where)
             else:
                 img = sitk.ReadImage(names[0])
         array = sitk.GetArrayFromImage(img)  # (Z, Y, X[, C]), or (Y, X[, C]) for 2D
@@ -159,14 +165,41 @@ def _read_sitk(names: list[str]) -> _SitkVolume:
     return _SitkVolume(array, meta)
 
 
-def _single_series(folder: Path) -> list[str]:
-    from mssl.data.sources import dicom_series
+@contextmanager
+def _quiet_itk() -> Iterator[None]:
+    import SimpleITK as sitk
 
-    series = dicom_series(folder)
-    if len(series) != 1:
-        problem = "no readable DICOM series found" if not series else f"holds {len(series)} DICOM series; read one series' files"
-        raise DataError(folder, f"unreadable DICOM series ({problem})")
-    return [str(f) for f in series[0][1]]
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def check_slice_spacing(reader, img, where: str | Path) -> None:
+    """Raise :class:`DataError` unless the slices of a series are evenly spaced along the slice normal.
+
+    A missing or duplicated slice shows as an uneven step; ITK would only warn and stretch the spacing.
+    Series without ImagePositionPatient on every slice are left to ITK.
+    """
+    count = len(reader.GetFileNames())
+    if count < 2 or not all(reader.HasMetaDataKey(i, IMAGE_POSITION) for i in range(count)):
+        return
+    normal = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)[:, 2]
+    positions = np.array([[float(v) for v in reader.GetMetaData(i, IMAGE_POSITION).split("\\")] for i in range(count)])
+    steps = np.diff(np.sort(positions @ normal))
+    expected = float(np.median(steps))
+    uneven = np.abs(steps - expected) > max(SLICE_STEP_TOLERANCE_MM, SLICE_STEP_TOLERANCE * expected)
+    if expected <= 0 or uneven.any():
+        odd = ", ".join(f"{s:.3g}" for s in sorted(set(np.round(steps[uneven], 3)))[:3]) or f"{expected:.3g}"
+        raise DataError(where, f"irregular DICOM slice spacing: steps of {odd} mm where {expected:.3g} mm is usual ({count} slices); a slice is missing, duplicated or unreadable")
+
+
+def _single_series(folder: Path) -> list[str]:
+    from mssl.data.sources import series_files
+
+    return [str(f) for f in series_files(folder)]
 
 
 def _first_line(error: BaseException) -> str:

@@ -13,11 +13,11 @@
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -28,6 +28,7 @@ from mssl.data.readers import keep_locale
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".ima")
 DICOM_MAGIC_OFFSET = 128  # DICOM Part 10 files carry "DICM" after a 128-byte preamble
+DICOMDIR = "DICOMDIR"  # a media directory record, not a slice
 DATALIST_NAME = "dataset.json"
 SECTIONS = ("training", "validation", "test")
 NNUNET_FIRST_CHANNEL = "_0000"
@@ -45,12 +46,14 @@ class Case:
     label: the label map, if the source names one.
     extra: every other datalist key (``split``, ``present_labels``, ``age``...), plus ``section`` (which
         datalist list the entry came from) and ``series_uid`` for DICOM series.
+    classes: the class numbers a label may hold, when the datalist names them (its ``labels`` keys).
     """
 
     case_id: str
     image: Path
     label: Path | None = None
     extra: dict = field(default_factory=dict)
+    classes: tuple[int, ...] | None = None
 
 
 def find_cases(
@@ -127,6 +130,28 @@ def dicom_series(folder: Path) -> list[tuple[str, list[Path]]]:
         return [(uid, [Path(f) for f in reader.GetGDCMSeriesFileNames(str(folder), uid)]) for uid in reader.GetGDCMSeriesIDs(str(folder))]
 
 
+def series_files(folder: Path, uid: str | None = None) -> list[Path]:
+    """The sorted files of series ``uid`` in ``folder`` (of its only series when ``uid`` is None).
+
+    Raises :class:`DataError` when the series is not there, or when DICOM files of the folder belong
+    to no readable series: GDCM leaves out a slice it cannot parse, which would silently shorten the
+    volume and stretch its spacing.
+    """
+    series = dicom_series(folder)
+    listed = {f.name for _, files in series for f in files}  # GDCM may spell the folder differently
+    stray = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in listed and p.name != DICOMDIR and is_dicom_file(p))
+    if stray:
+        shown = ", ".join(stray[:3]) + (" ..." if len(stray) > 3 else "")
+        raise DataError(folder, f"unreadable DICOM series: {len(stray)} DICOM files belong to no readable series ({shown})")
+    if uid is None and len(series) != 1:
+        problem = "no readable DICOM series found" if not series else f"holds {len(series)} DICOM series; read one series' files"
+        raise DataError(folder, f"unreadable DICOM series ({problem})")
+    chosen = [files for series_uid, files in series if uid is None or series_uid == uid]
+    if not chosen:
+        raise DataError(folder, f"unreadable DICOM series: series {uid} not found")
+    return chosen[0]
+
+
 # --- datalist -------------------------------------------------------------------------------------
 
 
@@ -149,6 +174,7 @@ def _from_datalist(path: Path, base_dir: Path | None, sections: Sequence[str], m
     if not isinstance(data, dict):
         raise DataError(path, "datalist must be a JSON object with 'training'/'validation'/'test' lists")
     root = Path(base_dir).expanduser() if base_dir is not None else path.parent
+    classes = _datalist_classes(data, path)
     found: list[tuple[str, Path, Path | None, dict]] = []
     for section in sections:
         entries = data.get(section, [])
@@ -168,7 +194,21 @@ def _from_datalist(path: Path, base_dir: Path | None, sections: Sequence[str], m
             extra = {k: v for k, v in entry.items() if k not in ("image", "label")}
             extra.setdefault("section", section)
             found.append((strip_image_suffix(image.name), image, label, extra))
-    return _with_unique_ids(found, root)
+    cases = _with_unique_ids(found, root)
+    for case in cases:
+        case.classes = classes
+    return cases
+
+
+def _datalist_classes(data: dict, path: Path) -> tuple[int, ...] | None:
+    """The class numbers of the datalist's ``labels`` mapping (``{"0": "background", "1": ...}``), if any."""
+    labels = data.get("labels")
+    if labels is None:
+        return None
+    try:
+        return tuple(sorted(int(key) for key in labels))
+    except (TypeError, ValueError):
+        raise DataError(path, f"'labels' must map class numbers to names, got {labels!r}") from None
 
 
 def _resolve(root: Path, value: str, datalist: Path, where: str, missing: str) -> Path:
@@ -202,12 +242,54 @@ def _from_nnunet_raw(folder: Path) -> list[Case]:
 # --- folders and globs ----------------------------------------------------------------------------
 
 
+def walk(root: Path, max_depth: int | None = None) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """``os.walk`` (sorted, top-down) that follows symlinked folders but enters each real folder once,
+    so a symlink cycle ends instead of recursing until the path is too long. ``max_depth`` folders below
+    ``root`` at most."""
+    visited: set[str] = set()
+    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+        visited.add(os.path.realpath(folder))
+        depth = len(Path(folder).relative_to(root).parts)
+        fresh = [d for d in sorted(dirnames) if os.path.realpath(os.path.join(folder, d)) not in visited]
+        dirnames[:] = fresh if max_depth is None or depth < max_depth else []
+        yield Path(folder), fresh, sorted(filenames)
+
+
+def glob_paths(pattern: str) -> list[Path]:
+    """Paths matching ``pattern`` (``*``, ``?``, ``[...]`` within a name; ``**`` any number of folders),
+    like ``glob.glob(recursive=True)`` but through :func:`walk`, so a symlink loop cannot trap it."""
+    parts = Path(pattern).parts
+    fixed = next((i for i, part in enumerate(parts) if _GLOB_CHARS.search(part)), len(parts))
+    root, wanted = Path(*parts[:fixed]) if fixed else Path(), parts[fixed:]
+    if not wanted:
+        return [root] if root.exists() else []
+    depth = None if "**" in wanted else len(wanted) - 1
+    matches = []
+    for folder, dirnames, filenames in walk(root, max_depth=depth) if root.is_dir() else ():
+        relative = folder.relative_to(root).parts
+        matches += [folder / name for name in dirnames + filenames if _matches((*relative, name), wanted)]
+    return sorted(matches)
+
+
+def _matches(names: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether path components ``names`` match glob components ``pattern`` (hidden names only by a leading dot)."""
+    if not pattern:
+        return not names
+    if pattern[0] == "**":  # any number of non-hidden names
+        visible = next((i for i, name in enumerate(names) if name.startswith(".")), len(names))
+        return any(_matches(names[start:], pattern[1:]) for start in range(visible + 1))
+    return (
+        bool(names)
+        and (not names[0].startswith(".") or pattern[0].startswith("."))
+        and fnmatch.fnmatchcase(names[0], pattern[0])
+        and _matches(names[1:], pattern[1:])
+    )
+
+
 def _from_folder(root: Path) -> list[Case]:
     found: list[tuple[str, Path, Path | None, dict]] = []
-    for folder, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        here = Path(folder)
-        files = [here / name for name in sorted(filenames)]
+    for here, _, filenames in walk(root):
+        files = [here / name for name in filenames]
         found += [(strip_image_suffix(f.name), f, None, {}) for f in files if is_image_file(f)]
         if any(is_dicom_file(f) for f in files):
             found += _series_cases(here)
@@ -228,7 +310,7 @@ def _series_cases(folder: Path) -> list[tuple[str, Path, None, dict]]:
 def _from_glob(pattern: str) -> list[Case]:
     """Matched image files are cases (ids unique relative to their common folder); matched folders are
     searched like a folder source."""
-    matches = [Path(m).resolve() for m in sorted(glob.glob(pattern, recursive=True))]
+    matches = [m.resolve() for m in glob_paths(pattern)]
     files = [(strip_image_suffix(p.name), p, None, {}) for p in matches if p.is_file() and is_image_file(p)]
     root = Path(os.path.commonpath([str(p.parent) for _, p, _, _ in files])) if files else Path.cwd()
     cases = _with_unique_ids(files, root)

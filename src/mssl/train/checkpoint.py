@@ -9,7 +9,9 @@ or the new one, never a partial file.
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -17,10 +19,35 @@ from typing import Any, Callable
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mssl.weights.checks import listed, nonfinite_names
+
+log = logging.getLogger(__name__)
+
 CHECKPOINT_DIR = "checkpoints"
 LAST_NAME = "last"
 PERIODIC_FORMAT = "step-{step:07d}"
 PARTIAL_SUFFIX = ".partial"  # hidden ``.{name}.XXXX.partial`` files hold a write in progress
+# The parts of a Lightning checkpoint a resumed run continues from: weights (student, EMA teacher, queues) and moments.
+TRAINING_STATE_KEYS = ("state_dict", "optimizer_states")
+
+
+class NonFiniteStateError(RuntimeError):
+    """The training state holds NaN/inf values: the run diverged and must not overwrite a good checkpoint."""
+
+
+def check_state_finite(checkpoint: dict[str, Any], step: int) -> None:
+    """Raise :class:`NonFiniteStateError` naming the NaN/inf tensors of a checkpoint about to be written.
+
+    A finite loss does not prove finite weights (an enormous step can overflow them), and every later
+    checkpoint would carry the damage; stopping here keeps ``last.ckpt`` at the last finite state.
+    """
+    bad = nonfinite_names({key: checkpoint.get(key) for key in TRAINING_STATE_KEYS})
+    if bad:
+        raise NonFiniteStateError(
+            f"step {step}: the weights or optimiser state hold NaN/inf in {listed(bad)}; the run diverged "
+            f"and stops without writing a checkpoint, so {CHECKPOINT_DIR}/{LAST_NAME}.ckpt keeps the last finite state. "
+            "Try a lower optim.lr, --grad-clip 1.0 or more warm-up steps."
+        )
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -38,15 +65,38 @@ def checkpoint_step(path: Path) -> int:
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint to resume from: last.ckpt, or a periodic one written after it (a crash can land
-    between the periodic write and the last.ckpt refresh)."""
+    """The checkpoint to resume from: the newest intact one of last.ckpt and the periodic ones (a crash
+    can land between the periodic write and the last.ckpt refresh). A file that cannot be read (truncated
+    by a full disk, replaced by a pickle that needs code) is skipped with a warning naming it."""
     last = last_checkpoint(run_dir)
-    periodic = sorted(checkpoint_dir(run_dir).glob(PERIODIC_FORMAT.split("{")[0] + "*.ckpt"))
-    if not last.is_file():
-        return periodic[-1] if periodic else None
-    if periodic and checkpoint_step(periodic[-1]) > checkpoint_step(last):
-        return periodic[-1]
-    return last
+    periodic = sorted(checkpoint_dir(run_dir).glob(PERIODIC_FORMAT.split("{")[0] + "*.ckpt"), reverse=True)
+    last_step = _readable_step(last) if last.is_file() else None
+    newest = last if last_step is not None else None
+    skipped = last.is_file() and last_step is None
+    for path in periodic:  # newest first; the name carries the step, reading it proves the file intact
+        if last_step is not None and _named_step(path) <= last_step:
+            break
+        if _readable_step(path) is not None:
+            newest = path
+            break
+        skipped = True
+    if skipped and newest is not None:
+        log.warning("resuming from %s (step %d), the newest intact checkpoint", newest, checkpoint_step(newest))
+    return newest
+
+
+def _named_step(path: Path) -> int:
+    return int(path.stem.removeprefix(PERIODIC_FORMAT.split("{")[0]))
+
+
+def _readable_step(path: Path) -> int | None:
+    try:
+        return checkpoint_step(path)
+    except pickle.UnpicklingError:
+        log.warning("%s refused and skipped: it needs pickled code, which weights-only loading never runs", path)
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as error:
+        log.warning("%s is unreadable, skipped (%s)", path, (str(error).strip() or type(error).__name__).splitlines()[0])
+    return None
 
 
 def remove_partial_writes(run_dir: Path) -> int:

@@ -11,6 +11,7 @@ import torch
 from mssl.config import PretrainConfig
 from mssl.methods import build_method
 from mssl.methods.base import MethodOutput, PretrainMethod
+from mssl.train.checkpoint import check_state_finite
 from mssl.train.optimizer import build_optimizer
 from mssl.train.schedules import warmup_cosine
 from mssl.train.seeding import rng_state, seed_step, set_rng_state
@@ -113,6 +114,8 @@ class PretrainModule(pl.LightningModule):
 
     # ---------------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Every rank runs this hook before rank 0 writes, so under DDP all ranks stop together.
+        check_state_finite(checkpoint, self.global_step)
         # Per-step seeding already makes resume exact; the RNG snapshot also covers code that draws
         # outside training_step (rank 0's states; every rank reseeds per step anyway).
         checkpoint[STATE_KEY] = {

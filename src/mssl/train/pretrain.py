@@ -14,13 +14,16 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import yaml
 
 from mssl.config import ConfigError, PretrainConfig, TrainerConfig, build_config, load_yaml, merge_overrides
+
+if TYPE_CHECKING:
+    from mssl.data.cache import CacheIndex
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,25 @@ def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | Non
         method = merged.get("method", PretrainConfig.model_fields["method"].default)
         objectives = {"s2dc": ("s2dc",), "gvsl": ("gvsl",)}.get(method, ("s2dc", "gvsl"))
         merged = merge_overrides(merged, {f"{name}.roi": roi if name == "s2dc" else [roi] * 3 for name in objectives})
-    return build_config(PretrainConfig, merged).resolved()
+    resolved = build_config(PretrainConfig, merged).resolved()
+    _check_crops_fit_backbone(resolved)
+    return resolved
+
+
+def _check_crops_fit_backbone(cfg: PretrainConfig) -> None:
+    """Crop sides must be multiples of the backbone's stride: say so now, not at the first step."""
+    from mssl.models.backbones import backbone_stride
+
+    stride = backbone_stride(cfg.backbone)
+    crops = {"s2dc.roi": (cfg.s2dc.roi,) * 3, "gvsl.roi": tuple(cfg.gvsl.roi)}
+    for objective in cfg.objectives:
+        key = f"{objective}.roi"
+        if any(side % stride for side in crops[key]):
+            fitting = max(stride, crops[key][0] // stride * stride)
+            raise ConfigError(
+                f"config key {key!r}: crop {crops[key]} must be a multiple of the {cfg.backbone.name} backbone's stride {stride} "
+                f"on every axis (e.g. --roi {fitting})"
+            )
 
 
 def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> Path:
@@ -97,7 +118,23 @@ def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = No
     Same options as ``mssl pretrain`` (see :func:`resolve_config`), e.g.
     ``mssl.pretrain(method="gvsl", data="cache/", out="runs/gvsl", backbone="unet", steps=1000)``.
     With ``resume=True`` the run in ``out`` continues exactly from ``checkpoints/last.ckpt``.
+    Raises :class:`~mssl.train.run_lock.RunFolderBusy` while another process writes to ``out``.
     """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from mssl.train.datamodule import open_cache
+    from mssl.train.run_lock import run_lock
+
+    cfg = resolve_config(config, **overrides)
+    index = open_cache(cfg.data)  # fail on a bad cache now, not inside the trainer
+    run_dir = Path(cfg.out)
+    # rank 0 owns the folder; the other DDP ranks (started later, by Lightning) only read it
+    with run_lock(run_dir) if rank_zero_only.rank == 0 else nullcontext():
+        return _fit(cfg, index, run_dir)
+
+
+def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
+    """Train into ``run_dir`` (its lock held): resume or start, fit, write the summary."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.utilities import rank_zero_only
@@ -111,15 +148,12 @@ def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = No
         last_checkpoint,
         remove_partial_writes,
     )
-    from mssl.train.datamodule import CropDataModule, open_cache
+    from mssl.train.datamodule import CropDataModule
     from mssl.train.loggers import LOG_DIR, METRICS_FILE, build_loggers, drop_rows_after
     from mssl.train.module import PretrainModule
     from mssl.train.seeding import seed_init
     from mssl.train.summary import RunSummary
 
-    cfg = resolve_config(config, **overrides)
-    index = open_cache(cfg.data)  # fail on a bad cache now, not inside the trainer
-    run_dir = Path(cfg.out)
     resume_from = _checkpoint_to_resume(cfg, run_dir)
     is_rank_zero = rank_zero_only.rank == 0
     resumed_step = 0

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 
 from mssl.config import DataConfig, PretrainConfig, load_yaml
+from mssl.weights.checks import check_finite
 from mssl.weights.safe_io import EXPORT_DIR, LAST_CHECKPOINT, read_checkpoint, write_safetensors
 from mssl.weights.sidecar import (
     METADATA_KEY,
@@ -133,6 +134,7 @@ def export(run: str | Path, out: str | Path | None = None, format: ExportFormat 
     checkpoint = read_checkpoint(checkpoint_file)
     config = run_config(run, checkpoint)
     tensors = backbone_state(checkpoint, str(checkpoint_file))
+    check_finite(tensors, str(checkpoint_file))  # a diverged run exports nothing
     try:
         build_backbone(config.backbone).load_state_dict(tensors, strict=True)
     except RuntimeError as error:

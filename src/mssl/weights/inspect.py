@@ -18,11 +18,12 @@ from torch import nn
 from mssl.weights.load_report import LoadReport
 from mssl.weights.loading import canonical, load_pretrained
 from mssl.weights.safe_io import read_weights, resolve_weights
-from mssl.weights.sidecar import read_sidecar
+from mssl.weights.sidecar import read_sidecar, sidecar_path
 
 Target = Literal["swinunetr", "unet"]
 TARGET_OF_BACKBONE: dict[str, Target] = {"swin": "swinunetr", "unet": "unet"}
 TASK_CHANNELS = 2  # SwinUNETR's output layer belongs to the downstream task; inspect reports it as missing
+CLAIMED_SIZES = ("in_channels", "feature_size", "channels")  # constructor arguments the tensor shapes pin down
 _UNET_ENCODER = re.compile(r"(?:^|\.)encoders\.(\d+)\.0\.weight$")
 
 
@@ -48,6 +49,25 @@ def infer_unet_args(tensors: dict[str, torch.Tensor], source: str) -> dict[str, 
     if not stems or sorted(stems) != list(range(len(stems))):
         raise ValueError(f"{source}: no 'encoders.{{i}}.0.weight' tensors; these are not mssl U-Net weights (try --into swinunetr)")
     return {"in_channels": int(stems[0].shape[1]), "channels": [int(stems[i].shape[0]) for i in range(len(stems))]}
+
+
+def check_claimed_sizes(spec: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Raise ValueError unless the sizes a sidecar or run config claims (``spec``: backbone name and
+    constructor ``args``) are the ones the weights have: the network is built from the claim before any
+    tensor loads, so a wrong or hostile one (10⁶ channels) would otherwise try to allocate terabytes."""
+    name, claimed = spec.get("name"), spec.get("args", {})
+    if name not in TARGET_OF_BACKBONE:
+        raise ValueError(f"{source}: unknown backbone {name!r}; expected one of {sorted(TARGET_OF_BACKBONE)}")
+    actual = infer_swin_args(tensors, source) if name == "swin" else infer_unet_args(tensors, source)
+    wrong = [k for k in CLAIMED_SIZES if k in claimed and k in actual and _plain(claimed[k]) != actual[k]]
+    if wrong:
+        says = ", ".join(f"{k}={claimed[k]}" for k in wrong)
+        has = ", ".join(f"{k}={actual[k]}" for k in wrong)
+        raise ValueError(f"{source}: the backbone description says {says} but the weights have {has}; refusing to build a network from it")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def build_target(into: Target, args: dict[str, Any]) -> nn.Module:
@@ -81,12 +101,13 @@ def inspect_weights(weights: str | Path, into: Target | None = None, in_channels
     if into not in TARGET_OF_BACKBONE.values():
         raise ValueError(f"--into must be one of {sorted(TARGET_OF_BACKBONE.values())}, got {into!r}")
     if TARGET_OF_BACKBONE.get(spec.get("name", "")) == into:
+        check_claimed_sizes(spec, tensors, str(sidecar_path(path)))
         args = dict(spec["args"])
     else:
         args = infer_swin_args(tensors, str(path)) if into == "swinunetr" else infer_unet_args(tensors, str(path))
     if in_channels is not None:
         args["in_channels"] = in_channels
     network = build_target(into, args)
-    report = load_pretrained(network, tensors, in_channels=args["in_channels"])
+    report = load_pretrained(network, tensors, in_channels=args["in_channels"], source=str(path))
     report.source, report.target = str(path), describe(into, args)
     return report

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mssl.weights.checks import check_loadable
 from mssl.weights.load_report import LoadReport
 from mssl.weights.safe_io import read_weights, resolve_weights, unwrap_state_dict
 from mssl.weights.stem import adapt_input_channels, is_input_channel_mismatch
@@ -83,7 +84,7 @@ def input_channels_of(state: Mapping[str, torch.Tensor]) -> int | None:
 
 
 def load_pretrained(
-    network: nn.Module, weights: Weights, in_channels: int | None = None, strict: bool = False
+    network: nn.Module, weights: Weights, in_channels: int | None = None, strict: bool = False, source: str | None = None
 ) -> LoadReport:
     """Load ``weights`` into ``network`` in place and report what loaded, per top-level module.
 
@@ -92,10 +93,12 @@ def load_pretrained(
     in_channels: the network's input channels; stem kernels trained with another count are adapted
         (see :mod:`mssl.weights.stem`). Default: read from the network's first convolution.
     strict: raise instead of loading when any key is missing, unexpected or shape-mismatched.
-    Keys that do not load keep the network's own initialisation.
+    source: the name messages give a state dict (default "state dict"; files are named by their path).
+    Keys that do not load keep the network's own initialisation. NaN/inf tensors, or integer/bool ones
+    for float weights, refuse the whole file (:class:`~mssl.weights.checks.BadWeightsError`).
     """
     if isinstance(weights, Mapping):
-        source, tensors = "state dict", unwrap_state_dict(weights)
+        source, tensors = source or "state dict", unwrap_state_dict(weights, source=source or "state dict")
     else:
         source, tensors = str(resolve_weights(weights)), read_weights(weights)
     target = network.state_dict()
@@ -103,6 +106,7 @@ def load_pretrained(
     report = LoadReport(source=source, target=type(network).__name__, network_keys=list(target))
     to_load: dict[str, torch.Tensor] = {}
     mapping = align_keys(tensors, target)
+    check_loadable(tensors, {key: target[name] for key, name in mapping.items()}, source)
     for key, name in mapping.items():
         tensor, expected = tensors[key], target[name]
         if key != name:

@@ -64,6 +64,19 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return unwrap_state_dict(read_checkpoint(path), source=str(path))
 
 
+def read_shapes(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weight file as shape-only ``meta`` tensors: from the safetensors header alone
+    (nothing allocated), else read like :func:`read_weights`."""
+    path = resolve_weights(path)
+    if path.suffix != SAFETENSORS_SUFFIX:
+        return {k: v.to("meta") for k, v in read_weights(path).items()}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {k: torch.empty(handle.get_slice(k).get_shape(), device="meta") for k in handle.keys()}
+    except SafetensorError as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+
+
 def read_checkpoint(path: str | Path) -> Any:
     """The whole content of a torch / Lightning file through ``torch.load(weights_only=True)``."""
     try:

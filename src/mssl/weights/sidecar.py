@@ -24,6 +24,7 @@ SWIN_CLASS = "monai.networks.nets.SwinUNETR"
 UNET_CLASS = "mssl.models.backbones.UNetBackbone"
 VERSIONED_PACKAGES = ("mssl", "torch", "monai", "lightning", "safetensors", "numpy", "pydantic")
 HASH_CHUNK = 1 << 20
+BACKBONE_NAMES = ("swin", "unet")
 
 
 def backbone_spec(config: BackboneConfig) -> dict[str, Any]:
@@ -70,11 +71,29 @@ def read_sidecar(weights_file: Path) -> dict[str, Any] | None:
     path = sidecar_path(weights_file)
     if path.is_file():
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return _checked(json.loads(path.read_text(encoding="utf-8")), path)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: not valid JSON ({error})") from None
     embedded = read_metadata(weights_file).get(METADATA_KEY)
-    return json.loads(embedded) if embedded else None
+    if not embedded:
+        return None
+    try:
+        return _checked(json.loads(embedded), f"{weights_file} (header {METADATA_KEY})")
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{weights_file}: header {METADATA_KEY} is not valid JSON ({error})") from None
+
+
+def _checked(sidecar: Any, source: object) -> dict[str, Any]:
+    """The sidecar if its shape is one readers can trust (an object; ``backbone`` naming swin or unet,
+    with ``args`` a mapping), else a one-line ValueError: a damaged or hostile file must not crash a reader."""
+    if not isinstance(sidecar, dict):
+        raise ValueError(f"{source}: a sidecar must be a JSON object, got {type(sidecar).__name__}")
+    backbone = sidecar.get("backbone")
+    if backbone is not None and not (
+        isinstance(backbone, dict) and backbone.get("name") in BACKBONE_NAMES and isinstance(backbone.get("args", {}), dict)
+    ):
+        raise ValueError(f"{source}: 'backbone' must look like {{\"name\": \"swin\" or \"unet\", \"args\": {{...}}}}, got {json.dumps(backbone)[:200]}")
+    return sidecar
 
 
 def write_sidecar(sidecar: dict[str, Any], weights_file: Path) -> Path:
