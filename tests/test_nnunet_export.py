@@ -65,6 +65,7 @@ def test_export_loads_through_nnunets_load_pretrained_weights(run: Path):
     assert plans["mssl"]["in_channels"] == 1 and plans["mssl"]["total_stride"] == 4
     sidecar = json.loads((run / "export" / "nnunet_pretrained.json").read_text(encoding="utf-8"))
     assert sidecar["backbone"]["name"] == "resenc" and sidecar["stem_adapted_from"] is None
+    assert sidecar["parameters"] == sum(p.numel() for p in build_backbone(RESENC).parameters())  # shared encoder once
 
 
 def test_stem_adapted_to_more_channels_loads_into_a_multichannel_nnunet(run: Path, tmp_path: Path):

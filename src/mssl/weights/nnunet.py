@@ -23,17 +23,14 @@ import torch
 from mssl.config import PretrainConfig
 from mssl.models.backbones import build_backbone
 from mssl.nnunet_arch import NNUNET_CLASSES, REQUIRES_IMPORT
-from mssl.weights.exporter import backbone_state, build_sidecar, run_config
-from mssl.weights.safe_io import EXPORT_DIR, LAST_CHECKPOINT, read_checkpoint
+from mssl.weights.exporter import backbone_state, build_sidecar, read_run
+from mssl.weights.nnunet_plans import CHECKPOINT_FILE, CONFIGURATION, PLANS_FILE, PLANS_FORMAT
+from mssl.weights.safe_io import EXPORT_DIR
 from mssl.weights.sidecar import file_sha256, write_sidecar
 from mssl.weights.stem import adapt_input_channels, is_input_channel_mismatch
 
-CHECKPOINT_FILE = "nnunet_pretrained.pth"
-PLANS_FILE = "nnunet_plans.json"
-PLANS_FORMAT = "mssl-nnunet-plans/1"
 WEIGHTS_KEY = "network_weights"  # what nnU-Net's load_pretrained_weights reads
 SEG_LAYERS = ".seg_layers."  # what it skips
-CONFIGURATION = "3d_fullres"
 # mssl intensity preset → the nnU-Net normalisation of the same family (nnU-Net picks it from channel_names)
 NORMALIZATION = {"ct": "CTNormalization", "mri": "ZScoreNormalization", "none": "NoNormalization"}
 
@@ -100,11 +97,7 @@ def plans_fragment(config: PretrainConfig, sidecar: dict[str, Any], in_channels:
 def export_nnunet(run: str | Path, out: str | Path | None = None, in_channels: int | None = None) -> Path:
     """Write ``nnunet_pretrained.pth`` (+ sidecar and ``nnunet_plans.json``) for ``run``; returns the .pth file."""
     run = Path(run)
-    checkpoint_file = run / LAST_CHECKPOINT
-    if not checkpoint_file.is_file():
-        raise FileNotFoundError(f"{run}: no {LAST_CHECKPOINT}; is this a run folder written by `mssl pretrain`?")
-    checkpoint = read_checkpoint(checkpoint_file)
-    config = run_config(run, checkpoint)
+    checkpoint_file, checkpoint, config = read_run(run)
     if config.backbone.name not in NNUNET_CLASSES:
         raise ValueError(
             f"{run}: trained backbone {config.backbone.name!r}; --format nnunet needs one of nnU-Net's networks "

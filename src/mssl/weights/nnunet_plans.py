@@ -19,9 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from mssl.weights.nnunet import CHECKPOINT_FILE, CONFIGURATION, PLANS_FILE, PLANS_FORMAT
 from mssl.weights.safe_io import EXPORT_DIR
 
+# what `mssl export --format nnunet` writes (mssl.weights.nnunet); kept here so this module stays light
+CHECKPOINT_FILE = "nnunet_pretrained.pth"
+PLANS_FILE = "nnunet_plans.json"
+PLANS_FORMAT = "mssl-nnunet-plans/1"
+CONFIGURATION = "3d_fullres"
 PREPROCESSED_ENV = "nnUNet_preprocessed"
 MIN_BOTTLENECK_VOXELS = 2  # InstanceNorm needs more than one voxel
 
