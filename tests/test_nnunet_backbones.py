@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("dynamic_network_architectures")
 
-from mssl.config import BackboneConfig, ConfigError, GVSLConfig, S2DCConfig, build_config  # noqa: E402
+from mssl.config import BackboneConfig, ConfigError, GVSLConfig, PretrainConfig, S2DCConfig, build_config  # noqa: E402
 from mssl.methods.gvsl import GVSLMethod  # noqa: E402
 from mssl.methods.s2dc import S2DCMethod  # noqa: E402
 from mssl.models.backbones import backbone_stride, build_backbone  # noqa: E402
@@ -142,12 +142,18 @@ def test_architecture_from_an_nnunet_plans_file_round_trips_to_its_arch_kwargs(t
         ({}, "PlainConvUNet", "does not match backbone.name 'resenc'"),
         ({"norm_op": "torch.nn.BatchNorm3d"}, "ResidualEncoderUNet", "norm_op"),
         ({"strides": [[2, 2, 2], [2, 2, 2], [2, 2, 2]]}, "ResidualEncoderUNet", "strides\\[0\\] = 2"),
+        ({"n_blocks_per_stage": None, "n_conv_per_stage": [1, 1, 1]}, "ResidualEncoderUNet", "has no n_blocks_per_stage"),
     ],
 )
 def test_plans_mssl_cannot_pretrain_are_clear_errors(tmp_path, change, network, message):
     plans = _plans(tmp_path, {**ARCH_KWARGS, **change}, network)
     with pytest.raises(ConfigError, match=message):
         build_config(BackboneConfig, {"name": "resenc", "nnunet": {"plans": str(plans)}})
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ConfigError, match="backbone.nnunet.preset.*'default' or 'tiny'"):
+        build_config(PretrainConfig, {"backbone": {"name": "resenc", "nnunet": {"preset": "huge"}}})
 
 
 def test_missing_plans_file_is_named(tmp_path):

@@ -18,7 +18,6 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-NnUNetBackboneName = Literal["plainconv", "resenc"]
 NNUNET_CLASSES: dict[str, str] = {
     "plainconv": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
     "resenc": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
@@ -37,6 +36,7 @@ FIXED_KWARGS: dict[str, Any] = {
     "nonlin_kwargs": {"inplace": True},
 }
 REQUIRES_IMPORT = ("conv_op", "norm_op", "dropout_op", "nonlin")
+MIN_BOTTLENECK_VOXELS = 2  # InstanceNorm needs more than one voxel per channel
 ARCH_FIELDS = ("features_per_stage", "strides", "kernel_sizes", "blocks_per_stage", "decoder_convs_per_stage")
 
 # ResEnc M and L plan the same 6-stage network for isotropic patches of 128³ (M) and 160³ (L, nnssl's
@@ -120,7 +120,7 @@ def read_plans_architecture(plans: Path, configuration: str) -> tuple[str, dict[
         seen.add(name)
         architecture = configurations[name].get("architecture")
         if architecture is not None:
-            return architecture["network_class_name"], architecture["arch_kwargs"]
+            return str(architecture.get("network_class_name")), architecture.get("arch_kwargs") or {}
         name = configurations[name].get("inherits_from")
     raise ValueError(f"{plans}: no architecture for configuration {configuration!r} (has {sorted(configurations)})")
 
@@ -149,13 +149,14 @@ def fields_from_arch_kwargs(name: str, class_name: str, kwargs: Mapping[str, Any
         got, built = kwargs.get(key), FIXED_KWARGS[key]
         if str(got).split(".")[-1] != str(built).split(".")[-1]:
             raise ValueError(f"{source}: arch_kwargs {key} = {got!r}; mssl builds nnU-Net's default {built}")
-    blocks = kwargs.get(BLOCKS_KWARG[name])
-    if blocks is None:
-        raise ValueError(f"{source}: arch_kwargs has no {BLOCKS_KWARG[name]!r} (needed for {name})")
+    required = ("n_stages", "features_per_stage", "strides", "kernel_sizes", BLOCKS_KWARG[name], "n_conv_per_stage_decoder")
+    absent = [key for key in required if kwargs.get(key) is None]
+    if absent:
+        raise ValueError(f"{source}: arch_kwargs has no {', '.join(absent)} (needed for {name})")
     stages = int(kwargs["n_stages"])
-    widths = kwargs["features_per_stage"]
+    blocks = kwargs[BLOCKS_KWARG[name]]
     return {
-        "features_per_stage": _per_stage(widths, stages),
+        "features_per_stage": _per_stage(kwargs["features_per_stage"], stages),
         "strides": _isotropic(kwargs["strides"], "strides", source),
         "kernel_sizes": _isotropic(kwargs["kernel_sizes"], "kernel_sizes", source),
         "blocks_per_stage": _per_stage(blocks, stages),
@@ -173,6 +174,8 @@ def fill_arch(name: str, section: Mapping[str, Any]) -> dict[str, Any]:
         plans = Path(section["plans"])
         class_name, kwargs = read_plans_architecture(plans, section.get("configuration", "3d_fullres"))
         source = fields_from_arch_kwargs(name, class_name, kwargs, str(plans))
-    else:
+    elif section.get("preset", "default") in _WIDTHS:  # an unknown preset is reported by field validation
         source = preset_fields(name, section.get("preset", "default"))
+    else:
+        return section
     return {**section, **{f: source[f] for f in missing}}

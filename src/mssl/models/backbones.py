@@ -2,7 +2,8 @@
 
 Both methods run on every backbone. ``swin`` is MONAI's SwinUNETR (v2) without its output layer, so
 its ``state_dict`` keys are exactly MONAI's (``swinViT.*``, ``encoder*``, ``decoder*``); ``unet`` is
-the GVSL 3D U-Net; ``plainconv`` / ``resenc`` are nnU-Net's own networks (models/nnunet_backbones.py). Spatial sizes must be divisible by ``backbone.stride``.
+the GVSL 3D U-Net; ``plainconv`` / ``resenc`` are nnU-Net's own networks (models/nnunet_backbones.py).
+Spatial sizes must be divisible by ``backbone.stride``.
 """
 
 from __future__ import annotations

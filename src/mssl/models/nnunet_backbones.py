@@ -18,10 +18,9 @@ import torch
 from torch import nn
 
 from mssl.models.backbones import Backbone, Features
-from mssl.nnunet_arch import NNUNET_CLASSES, REQUIRES_IMPORT, NnUNetArchConfig
+from mssl.nnunet_arch import MIN_BOTTLENECK_VOXELS, NNUNET_CLASSES, REQUIRES_IMPORT, NnUNetArchConfig
 
 INSTALL_HINT = "pip install 'mssl[nnunet]'"
-MIN_BOTTLENECK_VOXELS = 2  # InstanceNorm needs more than one voxel per channel
 
 
 def build_nnunet_network(name: str, in_channels: int, arch: NnUNetArchConfig, num_classes: int = 1) -> nn.Module:

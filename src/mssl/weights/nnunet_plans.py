@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from mssl.nnunet_arch import MIN_BOTTLENECK_VOXELS
 from mssl.weights.safe_io import EXPORT_DIR
 
 # what `mssl export --format nnunet` writes (mssl.weights.nnunet); kept here so this module stays light
@@ -27,7 +28,6 @@ PLANS_FILE = "nnunet_plans.json"
 PLANS_FORMAT = "mssl-nnunet-plans/1"
 CONFIGURATION = "3d_fullres"
 PREPROCESSED_ENV = "nnUNet_preprocessed"
-MIN_BOTTLENECK_VOXELS = 2  # InstanceNorm needs more than one voxel
 
 
 class PlansError(ValueError):
