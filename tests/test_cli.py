@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from mssl import __version__
 from mssl.cli import app
 
-EXPECTED = {"demo", "prepare", "pretrain", "export", "inspect", "finetune", "evaluate", "probe", "benchmark", "visualize"}
+EXPECTED = {"demo", "prepare", "pretrain", "export", "inspect", "nnunet-plans", "finetune", "evaluate", "probe", "benchmark", "visualize"}
 COMMANDS = [command.name for command in app.registered_commands]
 
 

@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # The order a user meets the commands in: data → pre-training → weights → downstream → pictures.
-_ORDER = ["demo", "prepare", "pretrain", "export", "inspect", "finetune", "evaluate", "probe", "benchmark", "visualize"]
+_ORDER = ["demo", "prepare", "pretrain", "export", "inspect", "nnunet_plans", "finetune", "evaluate", "probe", "benchmark", "visualize"]
 
 
 def _version(value: bool) -> None:

@@ -12,11 +12,13 @@ from typing import Any, Literal, Mapping, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mssl.nnunet_arch import NNUNET_CLASSES, NnUNetArchConfig, fill_arch
+
 Size3 = tuple[int, int, int]
 
 # The choices a user can name, defined once; the CLI offers exactly these (Typer reads Literal types).
 MethodName = Literal["s2dc", "gvsl", "both"]
-BackboneName = Literal["swin", "unet"]
+BackboneName = Literal["swin", "unet", "plainconv", "resenc"]  # the last two: nnU-Net's networks
 OptimizerName = Literal["adamw", "adam"]
 StrategyName = Literal["auto", "ddp"]
 Precision = Literal["32", "bf16-mixed", "16-mixed"]
@@ -41,6 +43,25 @@ class BackboneConfig(StrictModel):
     gradient_checkpointing: bool = False
     # unet (GVSL 3D U-Net)
     unet_channels: tuple[int, ...] = (32, 64, 128, 256, 512)
+    # plainconv / resenc (nnU-Net's PlainConvUNet / ResidualEncoderUNet): preset, plans file or explicit stages
+    nnunet: NnUNetArchConfig = NnUNetArchConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nnunet_architecture(cls, data: Any) -> Any:
+        """Resolve an nnU-Net network's stages now, so the saved run config is complete without the plans file."""
+        if not isinstance(data, Mapping) or data.get("name") not in NNUNET_CLASSES:
+            return data
+        section = data.get("nnunet") or {}
+        if isinstance(section, BaseModel):
+            section = section.model_dump(exclude_none=True)
+        return {**data, "nnunet": fill_arch(data["name"], section)}
+
+    @model_validator(mode="after")
+    def _nnunet_stages(self) -> "BackboneConfig":
+        if self.name in NNUNET_CLASSES:
+            self.nnunet.check(self.name)
+        return self
 
     @field_validator("feature_size")
     @classmethod

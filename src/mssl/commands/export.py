@@ -12,26 +12,31 @@ from mssl.commands import fail, fail_environment
 
 def command(
     run: Path = typer.Argument(..., help="Run folder written by `mssl pretrain` (holds checkpoints/last.ckpt).", exists=True, file_okay=False),
-    format: Literal["monai", "torch"] = typer.Option("monai", "--format", "-f", help="monai: encoder.safetensors in MONAI key layout (no pickle); torch: encoder.pt plain state dict."),
+    format: Literal["monai", "torch", "nnunet"] = typer.Option("monai", "--format", "-f", help="monai: encoder.safetensors in MONAI key layout (no pickle); torch: encoder.pt plain state dict; nnunet: nnunet_pretrained.pth for nnUNetv2_train -pretrained_weights plus nnunet_plans.json (plainconv/resenc runs)."),
     out: Optional[Path] = typer.Option(None, help="Output folder. (default: RUN/export)"),
+    in_channels: Optional[int] = typer.Option(None, help="nnunet only: adapt the stem to this many input channels (see `mssl nnunet-plans`)."),
 ) -> None:
     """Export the pre-trained encoder of RUN with its provenance.
 
     Writes encoder.safetensors (or encoder.pt) and encoder.json: method, backbone class and constructor
     arguments, input channels, spacing, intensity preset, crop size, steps, data index hash, the resolved
     config and package versions. Swin weights load into monai.networks.nets.SwinUNETR (swinViT.* keys),
-    U-Net weights into mssl's UNetBackbone; `mssl inspect` shows exactly what loads.
+    U-Net weights into mssl's UNetBackbone; `mssl inspect` shows exactly what loads. nnU-Net networks
+    (plainconv, resenc) export for nnU-Net v2 with --format nnunet; then see `mssl nnunet-plans`.
 
     Example: mssl export runs/s2dc --format monai
     """
     from rich.console import Console
 
     from mssl.weights.exporter import export
+    from mssl.weights.nnunet import export_nnunet
     from mssl.weights.sidecar import read_sidecar, sidecar_path
 
     console = Console()
+    if in_channels is not None and format != "nnunet":
+        fail("--in-channels applies to --format nnunet only (`mssl inspect --in-channels` adapts other exports)")
     try:
-        weights = export(run, out=out, format=format)
+        weights = export_nnunet(run, out, in_channels) if format == "nnunet" else export(run, out=out, format=format)
     except (FileNotFoundError, ValueError) as error:
         fail(error)
     except OSError as error:  # the output cannot be written (read-only, permissions, disk full)

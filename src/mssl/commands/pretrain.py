@@ -21,7 +21,7 @@ def command(
     data: Optional[Path] = typer.Option(None, help="Cache folder written by `mssl prepare`."),
     split: Optional[str] = typer.Option(None, help="Train on the cases of this split of the cache only, e.g. train. (default: all cases)"),
     out: Optional[Path] = typer.Option(None, help="Run folder (config, checkpoints, logs, summary). (default: runs/pretrain)"),
-    backbone: Optional[BackboneName] = typer.Option(None, help="Encoder: swin (MONAI SwinUNETR v2) or unet (GVSL 3D U-Net). (default: swin)"),
+    backbone: Optional[BackboneName] = typer.Option(None, help="Encoder: swin (MONAI SwinUNETR v2), unet (GVSL 3D U-Net), or nnU-Net's plainconv / resenc (sizes: --set backbone.nnunet.preset=default|tiny or backbone.nnunet.plans=PLANS.json). (default: swin)"),
     roi: Optional[int] = typer.Option(None, help="Crop side in voxels (S²DC grid crop; GVSL cube)."),
     steps: Optional[int] = typer.Option(None, help="Optimiser steps. (default: 100000)"),
     batch_size: Optional[int] = typer.Option(None, help="Samples per device per micro-batch. (default: 1)"),

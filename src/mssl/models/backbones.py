@@ -1,8 +1,9 @@
 """Backbones behind one interface: ``backbone(x) -> Features``.
 
-Both methods run on both backbones. ``swin`` is MONAI's SwinUNETR (v2) without its output layer, so
+Both methods run on every backbone. ``swin`` is MONAI's SwinUNETR (v2) without its output layer, so
 its ``state_dict`` keys are exactly MONAI's (``swinViT.*``, ``encoder*``, ``decoder*``); ``unet`` is
-the GVSL 3D U-Net. Spatial sizes must be divisible by ``backbone.stride``.
+the GVSL 3D U-Net; ``plainconv`` / ``resenc`` are nnU-Net's own networks (models/nnunet_backbones.py).
+Spatial sizes must be divisible by ``backbone.stride``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mssl.config import BackboneConfig
+from mssl.nnunet_arch import NNUNET_CLASSES
 
 
 SWIN_STRIDE = 32  # patch embedding (2) and four patch merges (2⁴)
@@ -29,6 +31,8 @@ def unet_stride(channels: Sequence[int]) -> int:
 
 def backbone_stride(config: BackboneConfig) -> int:
     """Every spatial size fed to the backbone a config names must be a multiple of this (no need to build it)."""
+    if config.name in NNUNET_CLASSES:
+        return config.nnunet.total_stride()
     return SWIN_STRIDE if config.name == "swin" else unet_stride(config.unet_channels)
 
 
@@ -221,6 +225,10 @@ class UNetBackbone(Backbone):
 
 def build_backbone(config: BackboneConfig) -> Backbone:
     """Construct the backbone a config names."""
+    if config.name in NNUNET_CLASSES:
+        from mssl.models.nnunet_backbones import NnUNetBackbone  # optional dependency
+
+        return NnUNetBackbone(config.name, config.in_channels, config.nnunet)
     if config.name == "swin":
         return SwinBackbone(
             in_channels=config.in_channels,

@@ -110,12 +110,22 @@ def build_sidecar(config: PretrainConfig, checkpoint: dict[str, Any], run: Path,
         "data_index_hash": index_hash,
         "data": data,  # cache folder, whether it was found, number of cases
         "tensors": len(tensors),
-        "parameters": int(sum(t.numel() for t in tensors.values())),
+        # nnU-Net's decoder holds the encoder too: a tensor saved under two names counts once
+        "parameters": int(sum(t.numel() for t in {(t.data_ptr(), t.shape): t for t in tensors.values()}.values())),
         "source": {"run": str(run.resolve()), "checkpoint": str((run / LAST_CHECKPOINT).resolve())},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
         "config": config.model_dump(mode="json"),
     }
+
+
+def read_run(run: Path) -> tuple[Path, dict[str, Any], PretrainConfig]:
+    """The last checkpoint of a run folder, its content and the config it was trained with."""
+    checkpoint_file = run / LAST_CHECKPOINT
+    if not checkpoint_file.is_file():
+        raise FileNotFoundError(f"{run}: no {LAST_CHECKPOINT}; is this a run folder written by `mssl pretrain`?")
+    checkpoint = read_checkpoint(checkpoint_file)
+    return checkpoint_file, checkpoint, run_config(run, checkpoint)
 
 
 def export(run: str | Path, out: str | Path | None = None, format: ExportFormat = "monai") -> Path:
@@ -128,11 +138,7 @@ def export(run: str | Path, out: str | Path | None = None, format: ExportFormat 
     if format not in FILE_NAMES:
         raise ValueError(f"unknown export format {format!r}; choose one of {sorted(FILE_NAMES)}")
     run = Path(run)
-    checkpoint_file = run / LAST_CHECKPOINT
-    if not checkpoint_file.is_file():
-        raise FileNotFoundError(f"{run}: no {LAST_CHECKPOINT}; is this a run folder written by `mssl pretrain`?")
-    checkpoint = read_checkpoint(checkpoint_file)
-    config = run_config(run, checkpoint)
+    checkpoint_file, checkpoint, config = read_run(run)
     tensors = backbone_state(checkpoint, str(checkpoint_file))
     check_finite(tensors, str(checkpoint_file))  # a diverged run exports nothing
     try:

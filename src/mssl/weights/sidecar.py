@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mssl.config import BackboneConfig
+from mssl.nnunet_arch import NNUNET_CLASSES
 
 SIDECAR_FORMAT = "mssl-encoder/1"
 METADATA_KEY = "mssl.sidecar"  # key of the embedded sidecar in the safetensors header
@@ -38,6 +39,9 @@ def backbone_spec(config: BackboneConfig) -> dict[str, Any]:
             "spatial_dims": 3,
         }
         return {"name": "swin", "class": SWIN_CLASS, "args": args}
+    if config.name in NNUNET_CLASSES:  # rebuilt by BackboneConfig(name, **args); arch_kwargs for nnU-Net's plans
+        args = {"in_channels": config.in_channels, "nnunet": config.nnunet.model_dump(mode="json", exclude={"plans"})}
+        return {"name": config.name, "class": NNUNET_CLASSES[config.name], "args": args, "arch_kwargs": config.nnunet.arch_kwargs(config.name)}
     return {"name": "unet", "class": UNET_CLASS, "args": {"in_channels": config.in_channels, "channels": list(config.unet_channels)}}
 
 
