@@ -35,8 +35,8 @@ def command(
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="nnU-Net-style spatial and intensity augmentation (seg). (default: on)"),
     mirror_axes: Optional[str] = typer.Option(None, help="Axes mirrored in training and test-time augmentation, e.g. 1,2 or none. (default: all but left-right when classes name Left/Right)"),
     postprocess: Optional[bool] = typer.Option(None, "--postprocess/--no-postprocess", help="Keep-largest-component per class where it raises validation Dice (seg). (default: on)"),
-    optimizer: Optional[str] = typer.Option(None, help="sgd (Nesterov, momentum 0.99) or adamw; poly decay. (default: sgd)"),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate. (default: 1e-2)"),
+    optimizer: Optional[str] = typer.Option(None, help="adamw or sgd (Nesterov, momentum 0.99, as nnU-Net; use --lr 1e-2); poly decay. (default: adamw)"),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate. (default: 3e-3)"),
     freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--train-encoder", help="Keep the pre-trained encoder fixed."),
     val_every: Optional[int] = typer.Option(None, help="Validate every N steps (sliding window); the best checkpoint is kept. (default: 100)"),
     val_cases: Optional[int] = typer.Option(None, help="Validate on at most N cases of the validation split. (default: all)"),
@@ -51,8 +51,8 @@ def command(
 
     Segmentation uses MONAI SwinUNETR or the project's U-Net (whichever the weights were pre-trained
     on), DiceCE with partial labels (organs a case does not contour are ignored, never background),
-    nnU-Net's recipe (patch from the data, a third of patches on an organ, augmentation, SGD Nesterov
-    with poly decay, sliding-window validation, keep-largest-component where it helps); metrics.csv,
+    nnU-Net's recipe (patch from the data, a third of patches on an organ, augmentation, poly decay,
+    output biases at the class prior, sliding-window validation, keep-largest-component where it helps); metrics.csv,
     TensorBoard and curve.png show convergence, result.json says whether it converged. Classification pools the encoder's
     bottleneck into a linear head (AUC/accuracy, or MAE for numbers such as age). Example:
 
