@@ -14,9 +14,9 @@ import json
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from mssl.config import BackboneConfig
+from mssl.config import BackboneConfig, BackboneName
 from mssl.nnunet_arch import NNUNET_CLASSES
 
 SIDECAR_FORMAT = "mssl-encoder/1"
@@ -25,7 +25,7 @@ SWIN_CLASS = "monai.networks.nets.SwinUNETR"
 UNET_CLASS = "mssl.models.backbones.UNetBackbone"
 VERSIONED_PACKAGES = ("mssl", "torch", "monai", "lightning", "safetensors", "numpy", "pydantic")
 HASH_CHUNK = 1 << 20
-BACKBONE_NAMES = ("swin", "unet")
+BACKBONE_NAMES = get_args(BackboneName)
 
 
 def backbone_spec(config: BackboneConfig) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def read_sidecar(weights_file: Path) -> dict[str, Any] | None:
 
 
 def _checked(sidecar: Any, source: object) -> dict[str, Any]:
-    """The sidecar if its shape is one readers can trust (an object; ``backbone`` naming swin or unet,
+    """The sidecar if its shape is one readers can trust (an object; ``backbone`` naming a known backbone,
     with ``args`` a mapping), else a one-line ValueError: a damaged or hostile file must not crash a reader."""
     if not isinstance(sidecar, dict):
         raise ValueError(f"{source}: a sidecar must be a JSON object, got {type(sidecar).__name__}")
@@ -96,7 +96,7 @@ def _checked(sidecar: Any, source: object) -> dict[str, Any]:
     if backbone is not None and not (
         isinstance(backbone, dict) and backbone.get("name") in BACKBONE_NAMES and isinstance(backbone.get("args", {}), dict)
     ):
-        raise ValueError(f"{source}: 'backbone' must look like {{\"name\": \"swin\" or \"unet\", \"args\": {{...}}}}, got {json.dumps(backbone)[:200]}")
+        raise ValueError(f"{source}: 'backbone' must look like {{\"name\": one of {list(BACKBONE_NAMES)}, \"args\": {{...}}}}, got {json.dumps(backbone)[:200]}")
     return sidecar
 
 
