@@ -69,3 +69,23 @@ def test_a_short_finetune_beats_its_initial_network(tmp_path: Path) -> None:
 
 
 STEPS = 60
+
+
+def test_a_label_value_outside_the_datalist_classes_is_refused_by_name(tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from mssl.downstream.finetune import finetune
+
+    path = _datalist(tmp_path)
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    source = nib.load(meta["training"][0]["label"])
+    label = np.asarray(source.dataobj).copy()
+    label[label == 7] = 9  # the datalist names classes 0..7
+    bad = tmp_path / "bad_label.nii.gz"
+    nib.save(nib.Nifti1Image(label, source.affine), str(bad))
+    meta["training"][0]["label"] = str(bad)
+    path.write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(ValueError, match="bad_label.nii.gz"):
+        finetune(data=path, backbone=TINY_UNET, spacing=COARSE, roi=(16, 16, 16), steps=1, out=tmp_path / "run")
+    assert not (tmp_path / "run" / "best.safetensors").exists()

@@ -202,7 +202,7 @@ def load_case(case: Case, preset: PresetConfig) -> dict:
     try:
         out = build_transforms(preset, with_label=case.label is not None, classes=case.classes)(data)
     except Exception as error:  # MONAI wraps every failure in RuntimeError("applying transform ...")
-        raise _as_data_error(error, case) from error
+        raise as_data_error(error, case) from error
     image = out["image"]
     check_min_side(image.shape[1:], case.image, " after cropping and resampling")  # e.g. a tiny body in a large field
     original_affine = np.asarray(image.meta["original_affine"], dtype=np.float64)
@@ -242,7 +242,7 @@ def _spacing(affine: np.ndarray) -> list[float]:
     return [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)]
 
 
-def _as_data_error(error: BaseException, case: Case) -> DataError:
+def as_data_error(error: BaseException, case: Case) -> DataError:
     """The :class:`DataError` inside a transform failure (MONAI wraps each in RuntimeError), or the
     innermost cause described as a one-line error on the image."""
     cause: BaseException | None = error

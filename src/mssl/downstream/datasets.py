@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from monai import transforms as mt
 
-from mssl.data.preprocess import PresetConfig, build_transforms
+from mssl.data.preprocess import PresetConfig, as_data_error, build_transforms
 from mssl.data.sources import Case, find_cases
 from mssl.downstream.partial_labels import present_mask
 
@@ -79,10 +79,11 @@ def labelled_subset(cases: Sequence[Case], k: int | None, seed: int) -> list[Cas
     return ordered[:k]
 
 
-def preprocessing(preset: PresetConfig, with_label: bool) -> mt.Compose:
+def preprocessing(preset: PresetConfig, with_label: bool, num_classes: int | None = None) -> mt.Compose:
     """The project's preprocessing (:func:`mssl.data.preprocess.build_transforms`), so downstream sees
-    volumes exactly as pre-training did; invertible, which evaluation relies on."""
-    return build_transforms(preset, with_label)
+    volumes exactly as pre-training did; invertible, which evaluation relies on. With ``num_classes``,
+    a label value outside 0..num_classes-1 is an error naming the file."""
+    return build_transforms(preset, with_label, range(num_classes) if num_classes is not None else None)
 
 
 def case_dict(case: Case, class_names: Sequence[str], with_label: bool) -> dict[str, Any]:
@@ -94,3 +95,11 @@ def case_dict(case: Case, class_names: Sequence[str], with_label: bool) -> dict[
         item["label"] = str(case.label)
         item["present"] = present_mask(case.extra.get("present_labels"), class_names)
     return item
+
+
+def preprocessed_item(preprocess: mt.Compose, case: Case, class_names: Sequence[str], with_label: bool) -> dict[str, Any]:
+    """``preprocess`` applied to one case; a bad file is one ``DataError`` naming it, not MONAI's wrapped traceback."""
+    try:
+        return preprocess(case_dict(case, class_names, with_label))
+    except RuntimeError as error:
+        raise as_data_error(error, case) from error

@@ -25,7 +25,7 @@ from rich.progress import track
 from mssl.downstream.config import EvaluateConfig
 from mssl.data.preprocess import PresetConfig
 from mssl.data.sources import Case
-from mssl.downstream.datasets import case_dict, load_dataset, preprocessing
+from mssl.downstream.datasets import load_dataset, preprocessed_item, preprocessing
 from mssl.downstream.inference import predict_log_probs
 from mssl.downstream.metrics import format_mean_std, mean_std, segmentation_metrics
 from mssl.downstream.partial_labels import restrict_to
@@ -63,8 +63,8 @@ def predict_case(
     (crop, spacing, orientation) before the argmax, so the map carries the input's geometry exactly.
     """
     allowed = torch.tensor(description["trained_classes"])
-    preprocess = preprocessing(PresetConfig(**description["preset"]), with_label=True)
-    item = preprocess(case_dict(case, class_names, with_label=True))
+    preprocess = preprocessing(PresetConfig(**description["preset"]), with_label=True, num_classes=len(class_names))
+    item = preprocessed_item(preprocess, case, class_names, with_label=True)
     device = next(network.parameters()).device
     log_probs = predict_log_probs(network, item["image"].unsqueeze(0).to(device), description["roi"], overlap, mirror_axes)[0].cpu()
     probabilities = MetaTensor(log_probs.exp(), meta=item["image"].meta, applied_operations=item["image"].applied_operations)

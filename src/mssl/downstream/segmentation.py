@@ -28,7 +28,7 @@ from torch.utils.tensorboard import SummaryWriter
 from mssl.downstream.augmentation import default_mirror_axes, training_augmentation
 from mssl.downstream.config import FinetuneConfig
 from mssl.downstream.convergence import on_plateau
-from mssl.downstream.datasets import case_dict, labelled_subset, preprocessing
+from mssl.downstream.datasets import labelled_subset, preprocessed_item, preprocessing
 from mssl.downstream.inference import predict_log_probs
 from mssl.downstream.metrics import segmentation_metrics
 from mssl.downstream.networks import build_segmentation_network, freeze_encoder, initialise_class_prior
@@ -99,9 +99,9 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
 
     train_cases = labelled_subset(dataset.splits["train"], config.labels, config.seed)
     val_cases = sorted(dataset.splits["validation"], key=lambda c: c.case_id)[: config.val_cases]
-    preprocess = preprocessing(setup.preset, with_label=True)
-    train_items = [preprocess(case_dict(c, class_names, with_label=True)) for c in train_cases]
-    val_items = [preprocess(case_dict(c, class_names, with_label=True)) for c in val_cases]
+    preprocess = preprocessing(setup.preset, with_label=True, num_classes=dataset.num_classes)
+    train_items = [preprocessed_item(preprocess, c, class_names, with_label=True) for c in train_cases]
+    val_items = [preprocessed_item(preprocess, c, class_names, with_label=True) for c in val_cases]
     stride = backbone_stride(setup.backbone)
     roi = config.roi or automatic_roi([item["image"].shape[1:] for item in train_items], stride, config.max_roi_voxels)
     check_roi(roi, setup.backbone)
