@@ -17,6 +17,16 @@ PANEL_COLUMNS = 3
 FIGURE_DPI = 110
 
 
+def save_figure(figure: Figure, path: str | Path, title: str = "") -> Path:
+    """Write ``figure`` (with an optional title) to ``path``, creating its folder."""
+    if title:
+        figure.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
+
+
 def read_metrics(run: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{name: (steps, values)}`` for every ``train/*`` column of the run's metrics.csv (empty cells skipped)."""
     path = Path(run) / METRICS_FILE
@@ -60,12 +70,7 @@ def plot_curves(run: str | Path, path: str | Path, title: str = "") -> Path:
         axis.grid(alpha=0.3)
     for axis in axes[len(names) :]:
         axis.set_visible(False)
-    if title:
-        figure.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
+    return save_figure(figure, path, title)
 
 
 def plot_finetune_curve(metrics_csv: str | Path, path: str | Path, title: str = "") -> Path:
@@ -94,9 +99,4 @@ def plot_finetune_curve(metrics_csv: str | Path, path: str | Path, title: str = 
         dice_axis.legend(fontsize=7, ncol=2)
     for axis in (loss_axis, dice_axis):
         axis.grid(alpha=0.3)
-    if title:
-        figure.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
+    return save_figure(figure, path, title)
