@@ -87,7 +87,7 @@ def write_report(config: dict, double: bool) -> None:
                 f"| {run['dataset']} | {k} | {steps} | {len(done)} | {_mean_std([s['scores']['mean_dice'] for s in summaries])} | "
                 f"{_mean_std([s['scores']['mean_hd95'] for s in summaries])} | {_mean_std([s['scores']['mean_nsd'] for s in summaries])} | "
                 f"{', '.join(str(r['best_step']) for r in results)} | {', '.join('yes' if r['converged'] else 'no' for r in results)} | "
-                f"{', '.join(f'{r["cpu_seconds"] / 60:.0f}' for r in results)} |"
+                f"{', '.join(str(round(r['cpu_seconds'] / 60)) for r in results)} |"
             )
             for name in summaries[0]["per_class"]:
                 per_class_rows.append(
