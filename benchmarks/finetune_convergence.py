@@ -51,11 +51,11 @@ def run_cell(config: dict, dataset: str, k: int | None, seed: int, steps: int) -
     return out
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], digits: int = 3) -> str:
     finite = [v for v in values if v == v]
     if not finite:
         return "–"
-    return f"{np.mean(finite):.3f} ± {np.std(finite, ddof=1) if len(finite) > 1 else 0.0:.3f}"
+    return f"{np.mean(finite):.{digits}f} ± {np.std(finite, ddof=1) if len(finite) > 1 else 0.0:.{digits}f}"
 
 
 def write_report(config: dict, double: bool) -> None:
@@ -85,14 +85,14 @@ def write_report(config: dict, double: bool) -> None:
             k = "all" if run["k"] is None else run["k"]
             lines.append(
                 f"| {run['dataset']} | {k} | {steps} | {len(done)} | {_mean_std([s['scores']['mean_dice'] for s in summaries])} | "
-                f"{_mean_std([s['scores']['mean_hd95'] for s in summaries])} | {_mean_std([s['scores']['mean_nsd'] for s in summaries])} | "
+                f"{_mean_std([s['scores']['mean_hd95'] for s in summaries], 1)} | {_mean_std([s['scores']['mean_nsd'] for s in summaries])} | "
                 f"{', '.join(str(r['best_step']) for r in results)} | {', '.join('yes' if r['converged'] else 'no' for r in results)} | "
                 f"{', '.join(str(round(r['cpu_seconds'] / 60)) for r in results)} |"
             )
             for name in summaries[0]["per_class"]:
                 per_class_rows.append(
                     f"| {run['dataset']} | {k} | {steps} | {name} | {_mean_std([s['per_class'][name]['dice'] for s in summaries])} | "
-                    f"{_mean_std([s['per_class'][name]['hd95'] for s in summaries])} | {_mean_std([s['per_class'][name]['nsd'] for s in summaries])} |"
+                    f"{_mean_std([s['per_class'][name]['hd95'] for s in summaries], 1)} | {_mean_std([s['per_class'][name]['nsd'] for s in summaries])} |"
                 )
             for f in done:
                 run_folder = f.parents[2]
