@@ -215,12 +215,15 @@ class UNetBackbone(Backbone):
         for i, encoder in enumerate(self.encoders):
             x = encoder(F.max_pool3d(x, 2) if i else x)
             pyramid.append(x)
-        local = None
-        if decode:
-            local = pyramid[-1]
-            for decoder, skip in zip(self.decoders, reversed(pyramid[:-1])):
-                local = decoder(local, skip)
+        local = self.decoder_maps(pyramid)[0] if decode else None
         return Features(pyramid=pyramid, bottleneck=pyramid[-1], local=local)
+
+    def decoder_maps(self, pyramid: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every decoder output, finest first: map i is (B, channels[i], *S / 2**i), i < len(channels) - 1."""
+        maps = [pyramid[-1]]
+        for decoder, skip in zip(self.decoders, reversed(pyramid[:-1])):
+            maps.append(decoder(maps[-1], skip))
+        return maps[:0:-1]
 
 
 def build_backbone(config: BackboneConfig) -> Backbone:
