@@ -162,7 +162,8 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
             best_dice, best_step = val_dice, step
             if fabric.is_global_zero:
                 save_weights(network, out)
-        console.print(f"step {step}/{total_steps} · val Dice {val_dice:.4f} (best {best_dice:.4f} @ {best_step}) · {time.perf_counter() - start:.0f} s")
+        best = f" (best {best_dice:.4f} @ {best_step})" if step else " (the initial network)"
+        console.print(f"step {step}/{total_steps} · val Dice {val_dice:.4f}{best} · {time.perf_counter() - start:.0f} s")
         if writer is not None:
             writer.add_scalar("val/dice", val_dice, step)
             for name, value in zip(class_names[1:], per_class):
