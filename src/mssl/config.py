@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from mssl.nnunet_arch import NNUNET_CLASSES, NnUNetArchConfig, fill_arch
 
@@ -345,3 +345,25 @@ def format_validation_error(error: ValidationError) -> str:
 
 def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def defaults_yaml(model: type[BaseModel], indent: int = 0) -> str:
+    """Every key of ``model`` with its default as YAML and its description as a comment (``--print-config``).
+
+    Nested config models are expanded; a required key shows ``null  # required``."""
+    lines = []
+    pad = " " * indent
+    for name, field in model.model_fields.items():
+        comment = f"  # {field.description}" if field.description else ""
+        if field.is_required():
+            lines.append(f"{pad}{name}: null  # required{'; ' + field.description if field.description else ''}")
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            lines.append(f"{pad}{name}:{comment}")
+            lines.append(defaults_yaml(type(default), indent + 2))
+            continue
+        value = yaml.safe_dump(TypeAdapter(Any).dump_python(default, mode="json"), default_flow_style=True, width=10**6).strip()
+        value = value.removesuffix("\n...").strip()
+        lines.append(f"{pad}{name}: {value}{comment}")
+    return "\n".join(lines)

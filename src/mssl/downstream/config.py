@@ -8,7 +8,7 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import Field
 
-from mssl.config import BackboneConfig, Precision, PresetName, Size3, StrictModel
+from mssl.config import BackboneConfig, Precision, PresetName, Size3, StrictModel, merge_overrides
 
 TaskName = Literal["seg", "cls"]
 StrictModelT = TypeVar("StrictModelT", bound=StrictModel)
@@ -147,5 +147,5 @@ def build_config(model: type[StrictModelT], config_file: Path | None, **options:
         if not isinstance(loaded, dict):
             raise ValueError(f"{config_file}: expected a mapping of options at the top level")
         values.update(loaded)
-    values.update({k: v for k, v in options.items() if v is not None})
-    return model(**values)
+    # a flag that sets one key of a section (e.g. finetune.roi) merges into the YAML's section
+    return model(**merge_overrides(values, {k: v for k, v in options.items() if v is not None}))
