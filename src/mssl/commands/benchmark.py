@@ -66,9 +66,12 @@ def command(
             max_test_cases=max_test_cases,
             preset=preset,
             probe=probe,
-            backbone={k: v for k, v in {"name": backbone, "unet_channels": parse_widths(unet_channels), "feature_size": feature_size}.items() if v is not None} or None,
+            backbone=backbone,
+            unet_channels=parse_widths(unet_channels),
+            feature_size=feature_size,
             spacing=tuple(float(v) for v in spacing.split(",")) if spacing else None,
-            finetune={k: v for k, v in {"roi": parse_size(roi) if roi else None, "steps": parse_steps(finetune_steps)}.items() if v is not None} or None,
+            roi=parse_size(roi) if roi else None,
+            finetune_steps=parse_steps(finetune_steps),
         )
         benchmark(settings, console=console)
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback

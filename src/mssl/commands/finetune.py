@@ -67,10 +67,6 @@ def command(
     from mssl.train.run_lock import run_lock
 
     console = Console()
-    scratch = {"name": backbone, "feature_size": feature_size, "window_size": window_size}
-    if unet_channels:
-        scratch["unet_channels"] = tuple(int(c) for c in unet_channels.split(","))
-    scratch = {k: v for k, v in scratch.items() if v is not None}
     try:
         settings = build_config(
             FinetuneConfig,
@@ -81,7 +77,10 @@ def command(
             labels=labels,
             seed=seed,
             out=out,
-            backbone=scratch or None,
+            backbone=backbone,
+            feature_size=feature_size,
+            window_size=window_size,
+            unet_channels=tuple(int(c) for c in unet_channels.split(",")) if unet_channels else None,
             roi=parse_size(roi) if roi else None,
             max_roi_voxels=max_roi_voxels,
             steps=(steps if steps == "auto" else int(steps)) if steps else None,

@@ -26,7 +26,7 @@ import numpy as np
 from rich.console import Console
 from rich.markdown import Markdown
 
-from mssl.downstream.config import BenchmarkConfig, FinetuneConfig
+from mssl.downstream.config import BenchmarkConfig, FinetuneConfig, build_config
 from mssl.downstream.datasets import Dataset, load_dataset
 from mssl.downstream.metrics import mean_std
 from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, read_model_description, write_json
@@ -159,7 +159,7 @@ def benchmark(config: BenchmarkConfig | None = None, console: Console | None = N
     ``mssl.benchmark(data="dataset.json", methods=["scratch", "s2dc"], labels=[2, 5], seeds=3)`` ≡
     ``mssl benchmark --data dataset.json --methods scratch,s2dc --labels 2,5 --seeds 3``.
     """
-    config = BenchmarkConfig(**{**(config.model_dump() if config else {}), **overrides})
+    config = build_config(BenchmarkConfig, config, **overrides)
     console = console or Console()
     config.out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(config.data, config.test_fraction, config.validation_fraction)

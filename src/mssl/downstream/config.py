@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from mssl.config import BackboneConfig, Precision, PresetName, Size3, StrictModel, merge_overrides
 
 TaskName = Literal["seg", "cls"]
+# flat option names (CLI flags and API keywords) that set one key of a nested section
+BACKBONE_OPTIONS = {"backbone": "backbone.name", "feature_size": "backbone.feature_size", "window_size": "backbone.window_size", "unet_channels": "backbone.unet_channels"}
 StrictModelT = TypeVar("StrictModelT", bound=StrictModel)
 
 
@@ -31,6 +34,8 @@ class DataConfig(SplitConfig):
 
 class FinetuneConfig(DataConfig):
     """``mssl finetune``: supervised training of a (pre-trained or scratch) network on k labelled cases."""
+
+    FLAT_OPTIONS: ClassVar[dict[str, str]] = BACKBONE_OPTIONS
 
     task: TaskName = "seg"
     out: Path = Path("runs/finetune")
@@ -91,6 +96,8 @@ class EvaluateConfig(SplitConfig):
 class ProbeConfig(DataConfig):
     """``mssl probe``: frozen-feature probes of pre-trained vs randomly initialised encoders."""
 
+    FLAT_OPTIONS: ClassVar[dict[str, str]] = BACKBONE_OPTIONS
+
     weights: Path | None = Field(None, description="export or run folder; None = random encoder only")
     backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig(), description="used when no weights")
     out: Path | None = Field(None, description="write probe.json / probe.md here")
@@ -107,6 +114,8 @@ class ProbeConfig(DataConfig):
 
 class BenchmarkConfig(DataConfig):
     """``mssl benchmark``: the few-label protocol (scratch vs pre-trainings × k × seeds, fixed test split)."""
+
+    FLAT_OPTIONS: ClassVar[dict[str, str]] = {**BACKBONE_OPTIONS, "roi": "finetune.roi", "finetune_steps": "finetune.steps"}
 
     out: Path = Path("runs/benchmark")
     methods: list[str] = ["scratch", "s2dc", "gvsl"]
@@ -139,13 +148,23 @@ def parse_size(text: str) -> Size3:
     return values  # type: ignore[return-value]
 
 
-def build_config(model: type[StrictModelT], config_file: Path | None, **options: object) -> StrictModelT:
-    """A command's config: YAML file (if given), then every flag the user set (None = not set)."""
-    values: dict[str, object] = {}
-    if config_file is not None:
-        loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+def build_config(model: type[StrictModelT], config: StrictModelT | str | Path | None = None, **options: Any) -> StrictModelT:
+    """A command's config, the same for its CLI and its Python function: ``config`` (a model, a YAML file or
+    None), then every option that is set (None = not set). Options are field names, dotted keys, or the
+    model's flat names (``feature_size`` → ``backbone.feature_size``); a mapping merges into its section."""
+    if isinstance(config, BaseModel):
+        values: dict[str, Any] = config.model_dump()
+    elif config is not None:
+        loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
         if not isinstance(loaded, dict):
-            raise ValueError(f"{config_file}: expected a mapping of options at the top level")
-        values.update(loaded)
-    # a flag that sets one key of a section (e.g. finetune.roi) merges into the YAML's section
-    return model(**merge_overrides(values, {k: v for k, v in options.items() if v is not None}))
+            raise ValueError(f"{config}: expected a mapping of options at the top level")
+        values = loaded
+    else:
+        values = {}
+    flat: dict[str, str] = getattr(model, "FLAT_OPTIONS", {})
+    dotted = {
+        key if isinstance(value, (Mapping, BaseModel)) else flat.get(key, key): value.model_dump() if isinstance(value, BaseModel) else value
+        for key, value in options.items()
+        if value is not None
+    }
+    return model(**merge_overrides(values, dotted))
