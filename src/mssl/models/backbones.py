@@ -8,6 +8,8 @@ Spatial sizes must be divisible by ``backbone.stride``.
 
 from __future__ import annotations
 
+import math
+
 import copy
 from dataclasses import dataclass
 from typing import Sequence
@@ -34,6 +36,22 @@ def backbone_stride(config: BackboneConfig) -> int:
     if config.name in NNUNET_CLASSES:
         return config.nnunet.total_stride()
     return SWIN_STRIDE if config.name == "swin" else unet_stride(config.unet_channels)
+
+
+def input_size_problem(config: BackboneConfig, size: Sequence[int], decode: bool) -> str | None:
+    """Why the backbone a config names cannot take inputs of ``size`` (None when it can), checked before
+    anything is built or written. Every side must be a multiple of the stride; SwinUNETR's decoder also
+    instance-normalises its bottleneck, which needs more than one voxel (one side ≥ 2 × 32)."""
+    stride = backbone_stride(config)
+    if any(side % stride for side in size):
+        fitting = tuple(max(stride, side // stride * stride) for side in size)
+        return f"{tuple(size)} is not a multiple of the {config.name} backbone's stride {stride} on every axis (e.g. {fitting})"
+    if decode and config.name == "swin" and math.prod(side // stride for side in size) < 2:
+        return (
+            f"{tuple(size)} leaves SwinUNETR's decoder a single bottleneck voxel, which it cannot normalise; "
+            f"make at least one side {2 * stride} or more"
+        )
+    return None
 
 
 @dataclass
