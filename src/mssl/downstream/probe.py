@@ -260,8 +260,8 @@ def probe_encoder(name: str, encoder: Backbone, data: ProbeData, config: ProbeCo
     # classes no training case contours are never predicted (-inf), as in fine-tuning
     log_prior_ratio = torch.full((num_classes,), float("-inf"))
     log_prior_ratio[seen] = (voxel_counts[seen] / voxel_counts.sum()).log() - (sampled_counts[seen] / sampled_counts.sum()).log()
+    torch.manual_seed(config.seed)  # before the classifier's initialisation: its scores must not depend on what ran before
     voxel_probe = VoxelProbe(channels, num_classes)
-    torch.manual_seed(config.seed)
     voxel_probe.fit(torch.cat(features), torch.cat(labels), torch.cat(presents), log_prior_ratio, config.fit_steps)
 
     dice_by_class: dict[int, list[float]] = {c: [] for c in data.reported}
