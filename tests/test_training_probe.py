@@ -8,6 +8,8 @@ unchanged through a resume.
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +120,71 @@ def test_a_missing_probe_datalist_is_one_config_error(demo: tuple[Path, Path], t
     with pytest.raises(ConfigError, match="probe.data.*missing.json"):
         _pretrain((tmp_path / "missing.json", cache), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_visualize_draws_the_probe_curve_next_to_the_losses(probed_run: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from mssl.viz.curves import FIGURE_DPI, PANEL_COLUMNS, plot_curves, read_metrics, read_probes
+
+    probes = read_probes(probed_run)
+    assert probes["mean_dice"][0].tolist() == [0, 4, 6] and "dice/Mandible" in probes and "knn" in probes
+    path = plot_curves(probed_run, tmp_path / "curves.png")
+    panels = len(read_metrics(probed_run)) + 2  # the losses, then probe Dice and probe patch accuracy
+    with Image.open(path) as image:
+        assert image.height == round(2.8 * -(-panels // PANEL_COLUMNS) * FIGURE_DPI)
+
+
+# ------------------------------------------------------------------ mssl probe --features encoder|decoder
+
+
+@pytest.fixture(scope="module")
+def gvsl_export(probed_run: Path) -> Path:
+    return mssl.export(probed_run, probed_run / "export")
+
+
+def test_decoder_probe_of_a_gvsl_export_reports_the_features_it_used(demo: tuple[Path, Path], gvsl_export: Path, tmp_path: Path) -> None:
+    from mssl.downstream.probe import probe
+
+    datalist, _ = demo
+    decoder = probe(weights=gvsl_export, data=datalist, features="decoder", out=tmp_path, **PROBE_SIZES)
+    encoder = probe(weights=gvsl_export, data=datalist, features="encoder", random_baseline=False, **PROBE_SIZES)
+    assert decoder.features == "decoder" and encoder.features == "encoder"
+    assert decoder.pretrained is not None and encoder.pretrained is not None and decoder.random is not None
+    assert decoder.pretrained.dice != encoder.pretrained.dice
+    assert "last decoder map" in (tmp_path / "probe.md").read_text(encoding="utf-8")
+    assert json.loads((tmp_path / "probe.json").read_text(encoding="utf-8"))["features"] == "decoder"
+
+
+def test_decoder_probe_of_an_encoder_only_pretraining_is_one_clear_error(demo: tuple[Path, Path], gvsl_export: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mssl.cli import app
+
+    datalist, _ = demo
+    # the same weights, declared as S²DC pre-training: its decoder never received a gradient
+    s2dc = tmp_path / "encoder.safetensors"
+    shutil.copy(gvsl_export, s2dc)
+    sidecar = json.loads(gvsl_export.with_suffix(".json").read_text(encoding="utf-8"))
+    s2dc.with_suffix(".json").write_text(json.dumps({**sidecar, "method": "s2dc"}), encoding="utf-8")
+    result = CliRunner().invoke(app, ["probe", "--weights", str(s2dc), "--data", str(datalist), "--features", "decoder"])
+    assert result.exit_code == 2
+    assert "s2dc pre-training trains only the encoder" in result.output and "Traceback" not in result.output
+
+
+def test_decoder_probe_needs_decoder_tensors_in_the_file(gvsl_export: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from mssl.downstream.pretrained import describe_weights, load_encoder
+    from mssl.downstream.probe import check_decoder_trained
+    from mssl.models.backbones import build_backbone
+
+    encoder_only = tmp_path / "encoder.safetensors"
+    save_file({k: v for k, v in load_file(str(gvsl_export)).items() if k.startswith("encoders.")}, str(encoder_only))
+    shutil.copy(gvsl_export.with_suffix(".json"), encoder_only.with_suffix(".json"))
+    info = describe_weights(encoder_only)
+    network = build_backbone(info.backbone)
+    with pytest.raises(ValueError, match="no decoder weights|has none for decoders"):
+        check_decoder_trained(network, info, load_encoder(network, encoder_only))
+    full = build_backbone(info.backbone)
+    check_decoder_trained(full, describe_weights(gvsl_export), load_encoder(full, gvsl_export))  # GVSL trained it: no error
