@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,6 +76,7 @@ def test_probes_do_not_change_the_training_trajectory(demo: tuple[Path, Path], p
     without = torch.load(plain / "checkpoints" / "last.ckpt", weights_only=True)
     assert with_probes["global_step"] == without["global_step"] == STEPS
     assert with_probes["state_dict"].keys() == without["state_dict"].keys()
+    assert torch.equal(with_probes["mssl"]["rng"]["torch"], without["mssl"]["rng"]["torch"])  # the RNG snapshot resume restores
     for key, value in without["state_dict"].items():
         assert torch.equal(with_probes["state_dict"][key], value), key
     for (_, a), (_, b) in zip(sorted(with_probes["optimizer_states"][0]["state"].items()), sorted(without["optimizer_states"][0]["state"].items())):
@@ -104,6 +107,28 @@ def test_resume_continues_the_curve_with_its_history_intact(demo: tuple[Path, Pa
         assert resumed["dice"] == reference["dice"] and resumed["knn_accuracy"] == reference["knn_accuracy"]
     with (run / "logs" / "probes.csv").open(newline="") as handle:
         assert [int(row["step"]) for row in csv.DictReader(handle)] == [0, EVERY, STEPS]
+
+
+def test_a_probe_leaves_rng_states_and_module_modes_as_it_found_them(demo: tuple[Path, Path], tmp_path: Path) -> None:
+    from mssl.data.cache import CacheIndex
+    from mssl.downstream.training_probe import TrainingProbe
+    from mssl.models.backbones import build_backbone
+    from mssl.train.pretrain import resolve_config
+
+    datalist, cache = demo
+    cfg = resolve_config(method="gvsl", data=cache, out=tmp_path, backbone=TINY_UNET, roi=32, probe=datalist, **{f"probe.{k}": v for k, v in PROBE_SIZES.items()})
+    callback = TrainingProbe.from_config(cfg, CacheIndex.open(cache).preset, tmp_path)
+    backbone = build_backbone(cfg.backbone).train()
+    torch.manual_seed(11)
+    np.random.seed(12)
+    random.seed(13)
+    expected = torch.rand(3), np.random.rand(3), random.random()
+    torch.manual_seed(11)
+    np.random.seed(12)
+    random.seed(13)
+    callback.probe_backbone(backbone)
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
+    assert all(module.training for module in backbone.modules())
 
 
 def test_probing_a_decoder_needs_a_method_that_trains_one(demo: tuple[Path, Path], tmp_path: Path) -> None:

@@ -24,8 +24,8 @@ from mssl.config import ConfigError, PretrainConfig
 from mssl.data.preprocess import PresetConfig
 from mssl.downstream.config import ProbeConfig
 from mssl.downstream.datasets import load_dataset
-from mssl.downstream.probe import ProbeData, load_probe_data, probe_encoder
-from mssl.models.backbones import backbone_stride
+from mssl.downstream.probe import EncoderProbe, ProbeData, load_probe_data, probe_encoder
+from mssl.models.backbones import Backbone, backbone_stride
 from mssl.train.loggers import LOG_DIR, PROBES_FILE
 from mssl.train.seeding import rng_state, set_rng_state
 
@@ -81,13 +81,12 @@ class TrainingProbe(pl.Callback):
     # ------------------------------------------------------------------------------------- hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._train_start = time.perf_counter()
-        if self.history and trainer.is_global_zero:
-            self._write_csv()  # a resumed run: drop the rows a crashed process wrote after its last checkpoint
         self._probe_if_due(trainer, pl_module)  # step 0: the random-encoder baseline
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not pl_module.micro_batch:  # an optimiser step has just completed
-            self._probe_if_due(trainer, pl_module)
+        # global_step changes only at an optimiser step, so with accumulation the first batch end that
+        # sees a new step is the one right after that step
+        self._probe_if_due(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         elapsed = time.perf_counter() - self._train_start
@@ -109,7 +108,7 @@ class TrainingProbe(pl.Callback):
         if not trainer.is_global_zero or not self.due(step, trainer.max_steps):
             return
         start = time.perf_counter()
-        record = {"step": step, **asdict(self._probe(pl_module.method.backbone))}
+        record = {"step": step, **asdict(self.probe_backbone(pl_module.method.backbone))}
         del record["encoder"]
         record["seconds"] = time.perf_counter() - start  # data loading of the first probe included
         self._probe_seconds += record["seconds"]
@@ -119,7 +118,7 @@ class TrainingProbe(pl.Callback):
                 logger.log_metrics(probe_row(record), step=step)
         self._write_csv()
 
-    def _probe(self, backbone: torch.nn.Module) -> Any:
+    def probe_backbone(self, backbone: Backbone) -> EncoderProbe:
         """Probe ``backbone`` in place, leaving training exactly as it was: RNG states and train/eval modes."""
         if self._data is None:
             self._data = load_probe_data(self.config, self.dataset, self.preset, backbone_stride(self.config.backbone))
