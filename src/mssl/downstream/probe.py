@@ -218,8 +218,6 @@ def load_probe_data(config: ProbeConfig, dataset: Dataset, preset: PresetConfig,
         raise ValueError(f"classes {config.classes} are not all in the dataset's labels {class_names[1:]}")
     train_cases = labelled_subset(dataset.splits["train"], config.train_cases, config.seed)
     test_cases = sorted(dataset.splits["test"], key=lambda c: c.case_id)[: config.test_cases]
-    if not test_cases:
-        raise ValueError(f"{dataset.path}: no case in the test split to score the probes on")
     shape = mt.ResizeWithPadOrCropd(["image", "label"], spatial_size=config.size) if config.size else mt.DivisiblePadd(["image", "label"], k=stride)
     # Plain tensors from here on: MetaTensor bookkeeping dominated the probe's fit and feature sampling.
     plain = mt.EnsureTyped(["image", "label"], track_meta=False)
