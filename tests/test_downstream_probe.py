@@ -48,3 +48,16 @@ def test_patches_labelled_by_dominant_contoured_organ() -> None:
     assert sorted(labels.tolist()) == [1, 2] and features.shape == (2, 6)
     _, labels = patch_samples([torch.randn(6, 4, 4, 4)], label, torch.tensor([True, False, True]), patch=4)
     assert labels.tolist() == [2]
+
+
+def test_decoder_features_are_the_networks_last_decoder_map() -> None:
+    from mssl.downstream.probe import pyramid_features
+    from mssl.models.backbones import UNetBackbone
+
+    network = UNetBackbone(channels=(8, 16, 32)).eval()
+    image = torch.randn(1, 16, 16, 8)
+    (decoder,) = pyramid_features(network, image, "decoder")
+    with torch.no_grad():
+        expected = network(image.unsqueeze(0)).local[0]
+    assert decoder.shape == (8, 16, 16, 8) and torch.equal(decoder, expected)
+    assert [level.shape[0] for level in pyramid_features(network, image)] == [8, 16, 32]

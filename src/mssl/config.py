@@ -26,6 +26,7 @@ OptimizerName = Literal["adamw", "adam"]
 StrategyName = Literal["auto", "ddp"]
 Precision = Literal["32", "bf16-mixed", "16-mixed"]
 PresetName = Literal["ct", "mri", "none"]
+FeatureSource = Literal["encoder", "decoder"]  # what a frozen probe reads: the encoder pyramid or the last decoder map
 
 
 class StrictModel(BaseModel):
@@ -240,6 +241,28 @@ class TrainerConfig(StrictModel):
         return value
 
 
+class ProbeOptions(StrictModel):
+    """Sizes of the frozen-feature probes, shared by ``mssl probe`` and the probes during ``mssl pretrain``."""
+
+    train_cases: int = Field(4, ge=1, description="labelled training cases the probes see")
+    test_cases: int = Field(4, ge=1, description="test cases the probes are scored on")
+    voxels_per_class: int = Field(2000, ge=10, description="sampled voxels per class and case for the linear probe")
+    patch: int = Field(16, ge=4, description="side of the cubes the patch classifier labels")
+    knn_k: int = Field(5, ge=1)
+    fit_steps: int = Field(300, ge=1, description="Adam steps fitting the linear voxel probe")
+    size: Size3 | None = Field(None, description="pad/crop volumes to this size; default: next multiple of the stride")
+    features: FeatureSource = Field(
+        "encoder", description="encoder: pyramid maps; decoder: the last decoder map (GVSL's 1×1×1 linear protocol), where the decoder was trained"
+    )
+
+
+class PretrainProbeConfig(ProbeOptions):
+    """Probes of the encoder being trained, at step 0, every ``every`` steps and at the last step (off without ``data``)."""
+
+    data: Path | None = Field(None, description="labelled dataset.json (its train split fits the probes, its test split scores them)")
+    every: int = Field(500, ge=1, description="optimiser steps between probes")
+
+
 class LoggingConfig(StrictModel):
     """What is written to RUN/logs and shown on screen."""
 
@@ -258,6 +281,7 @@ class PretrainConfig(StrictModel):
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
     logging: LoggingConfig = LoggingConfig()
+    probe: PretrainProbeConfig = PretrainProbeConfig()
     out: Path = Field(Path("runs/pretrain"), description="run folder")
     seed: int = Field(0, ge=0)
     resume: bool = Field(False, description="continue the run in `out` from its last checkpoint")

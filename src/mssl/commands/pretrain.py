@@ -43,6 +43,8 @@ def command(
     seed: Optional[int] = typer.Option(None, help="Seed of every random draw (crops, views, init). (default: 0)"),
     resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue the run in --out exactly from checkpoints/last.ckpt."),
     progress_bar: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show the progress bar. (default: on)"),
+    probe: Optional[Path] = typer.Option(None, help="Labelled dataset.json: frozen voxel probe + patch kNN of the encoder at step 0, every --probe-every steps and at the end, logged to TensorBoard and RUN/logs/probes.csv. Sizes: --set probe.train_cases=2 --set probe.fit_steps=100 (also probe.test_cases, probe.voxels_per_class, probe.patch, probe.size, probe.features=decoder). (default: off)"),
+    probe_every: Optional[int] = typer.Option(None, help="Optimiser steps between probes. (default: 500)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Any config key, dotted: --set s2dc.tau_ot=0.05 --set backbone.feature_size=24 (repeatable)."),
 ) -> None:
     """Pre-train an encoder with S²DC, GVSL or both, on CPU or many GPUs, resumable after any crash.
@@ -64,7 +66,7 @@ def command(
         "devices": _devices(devices), "num_nodes": num_nodes, "strategy": strategy, "precision": precision,
         "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
         "grad_clip": grad_clip, "checkpoint_every": checkpoint_every, "max_nonfinite": max_nonfinite, "log_every": log_every, "seed": seed,
-        "resume": resume, "progress_bar": progress_bar,
+        "resume": resume, "progress_bar": progress_bar, "probe": probe, "probe_every": probe_every,
     }
     flags = {key: value for key, value in flags.items() if value is not None}
     try:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, Field
 
-from mssl.config import BackboneConfig, Precision, PresetName, Size3, StrictModel, merge_overrides
+from mssl.config import BackboneConfig, Precision, PresetName, ProbeOptions, Size3, StrictModel, merge_overrides
 
 TaskName = Literal["seg", "cls"]
 # flat option names (CLI flags and API keywords) that set one key of a nested section
@@ -93,7 +93,7 @@ class EvaluateConfig(SplitConfig):
     nsd_tolerance_mm: float = Field(2.0, gt=0, description="seg: tolerance of the normalised surface Dice (mm)")
 
 
-class ProbeConfig(DataConfig):
+class ProbeConfig(DataConfig, ProbeOptions):
     """``mssl probe``: frozen-feature probes of pre-trained vs randomly initialised encoders."""
 
     FLAT_OPTIONS: ClassVar[dict[str, str]] = BACKBONE_OPTIONS
@@ -101,12 +101,6 @@ class ProbeConfig(DataConfig):
     weights: Path | None = Field(None, description="export or run folder; None = random encoder only")
     backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig(), description="used when no weights")
     out: Path | None = Field(None, description="write probe.json / probe.md here")
-    train_cases: int = Field(4, ge=1, description="labelled training cases the probes see")
-    test_cases: int = Field(4, ge=1, description="test cases the probes are scored on")
-    voxels_per_class: int = Field(2000, ge=10, description="sampled voxels per class and case for the linear probe")
-    patch: int = Field(16, ge=4, description="side of the cubes the patch classifier labels")
-    knn_k: int = Field(5, ge=1)
-    size: Size3 | None = Field(None, description="pad/crop volumes to this size; default: next multiple of the stride")
     classes: list[str] | None = Field(None, description="report only these classes; default all")
     seed: int = 0
     random_baseline: bool = True

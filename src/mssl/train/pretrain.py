@@ -5,7 +5,7 @@ Run folder::
     RUN/config.yaml                      resolved config
     RUN/checkpoints/last.ckpt            newest full state (model, EMA teacher, queue, optimiser, schedule, step, RNG)
     RUN/checkpoints/step-XXXXXXX.ckpt    periodic checkpoints
-    RUN/logs/                            TensorBoard events + metrics.csv
+    RUN/logs/                            TensorBoard events + metrics.csv (+ probes.csv with --probe)
     RUN/summary.json                     steps, wall time, final losses, data index hash, weights path
 """
 
@@ -56,12 +56,15 @@ FLAGS: dict[str, str] = {
     "warmup_steps": "optim.warmup_steps",
     "log_every": "logging.every_n_steps",
     "progress_bar": "logging.progress_bar",
+    "probe": "probe.data",
+    "probe_every": "probe.every",
 }
 ROI_FLAG = "roi"  # sets s2dc.roi (an int) and/or gvsl.roi (a cube) for the objectives being trained
 
 # Keys that may differ between a run and its resumption (everything else must match for an exact resume).
+# Probes restore every RNG state and module mode, so adding or changing them keeps the continuation exact.
 RESUMABLE_CHANGES = ("resume", "trainer.max_steps", "trainer.accelerator", "trainer.checkpoint_every",
-                     "trainer.max_nonfinite", "data.workers", "data.cache", "logging")
+                     "trainer.max_nonfinite", "data.workers", "data.cache", "logging", "probe")
 
 
 def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> PretrainConfig:
@@ -93,7 +96,17 @@ def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | Non
         merged = merge_overrides(merged, {f"{name}.roi": roi if name == "s2dc" else [roi] * 3 for name in objectives})
     resolved = build_config(PretrainConfig, merged).resolved()
     _check_crops_fit_backbone(resolved)
+    _check_probe_features(resolved)
     return resolved
+
+
+def _check_probe_features(cfg: PretrainConfig) -> None:
+    from mssl.methods import trains_decoder
+
+    if cfg.probe.data is not None and cfg.probe.features == "decoder" and not trains_decoder(cfg.method):
+        raise ConfigError(
+            f"config key 'probe.features': 'decoder' needs a trained decoder, but {cfg.method} trains only the encoder; use 'encoder'"
+        )
 
 
 def _check_crops_fit_backbone(cfg: PretrainConfig) -> None:
@@ -182,6 +195,11 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
     ]
     if cfg.logging.progress_bar:
         callbacks.append(StepProgressBar())
+    if cfg.probe.data is not None:
+        # the probes are downstream code; the training engine takes them only as a Lightning callback
+        from mssl.downstream.training_probe import TrainingProbe
+
+        callbacks.append(TrainingProbe.from_config(cfg, index.preset, run_dir))
     with _quiet_lightning():
         trainer = pl.Trainer(
             default_root_dir=run_dir,

@@ -3,7 +3,8 @@
 The volume is preprocessed exactly like the run's training data (the preset stored in its cache
 index), the method is rebuilt from the run's config and its last checkpoint (read weights-only), and
 three PNGs are written: ``features.png`` (PCA-RGB and k-means maps of the encoder's patch features),
-``registration.png`` (GVSL runs: fixed / moving / warped with the deformation grid) and ``curves.png``.
+``registration.png`` (GVSL runs: fixed / moving / warped with the deformation grid) and ``curves.png``
+(losses, and the probe curve of runs pre-trained with ``--probe``).
 """
 
 from __future__ import annotations
