@@ -65,6 +65,7 @@ class EncoderProbe:
     linear_accuracy: float
     linear_balanced_accuracy: float
     seconds: float
+    patch_note: str = ""  # why the patch scores are NaN, when they are
 
 
 @dataclass
@@ -92,7 +93,8 @@ class ProbeResult:
                 + " | ".join(f"{p.dice[c]:.3f}" for c in classes)
                 + f" | {p.knn_accuracy:.3f} ({p.knn_balanced_accuracy:.3f}) | {p.linear_accuracy:.3f} ({p.linear_balanced_accuracy:.3f}) |"
             )
-        return "\n".join(lines) + "\n"
+        notes = sorted({f"{p.encoder}: {p.patch_note}" for p in rows if p.patch_note})
+        return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,10 +184,15 @@ def patch_samples(pyramid: Sequence[torch.Tensor], label: torch.Tensor, present:
     return pooled[:, keep].T.numpy(), dominant[keep].numpy()
 
 
-def _patch_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], k: int, seed: int) -> dict[str, float]:
+def _patch_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], k: int, seed: int, patch: int) -> dict[str, Any]:
     (x_train, y_train), (x_test, y_test) = train, test
     if len(np.unique(y_train)) < 2 or not len(y_test):
-        return dict.fromkeys(("knn_accuracy", "knn_balanced_accuracy", "linear_accuracy", "linear_balanced_accuracy"), float("nan"))
+        note = (
+            f"no patch scores: cubes of {patch} voxels with at least {PATCH_FOREGROUND_FRACTION:.0%} of one organ: "
+            f"{len(y_train)} in the training cases ({len(np.unique(y_train))} organs; 2 needed), {len(y_test)} in the test cases "
+            f"(need ≥ 1); organs are small at this spacing, try a smaller patch (e.g. {max(4, patch // 2)})"
+        )
+        return {**dict.fromkeys(("knn_accuracy", "knn_balanced_accuracy", "linear_accuracy", "linear_balanced_accuracy"), float("nan")), "patch_note": note}
     knn = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=min(k, len(y_train)), metric="cosine")).fit(x_train, y_train)
     linear = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1, random_state=seed)).fit(x_train, y_train)
     knn_pred, linear_pred = knn.predict(x_test), linear.predict(x_test)
@@ -276,7 +283,9 @@ def probe_encoder(name: str, encoder: Backbone, data: ProbeData, config: ProbeCo
         test_y.append(y)
     per_class = {data.class_names[c]: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for c, v in dice_by_class.items()}
     measured = [v for v in per_class.values() if math.isfinite(v)]
-    patch = _patch_scores((np.concatenate(patches_x), np.concatenate(patches_y)), (np.concatenate(test_x), np.concatenate(test_y)), config.knn_k, config.seed)
+    patch = _patch_scores(
+        (np.concatenate(patches_x), np.concatenate(patches_y)), (np.concatenate(test_x), np.concatenate(test_y)), config.knn_k, config.seed, config.patch
+    )
     return EncoderProbe(
         encoder=name,
         dice=per_class,
