@@ -161,6 +161,8 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
     from mssl.train.module import PretrainModule
     from mssl.train.seeding import seed_init
     from mssl.train.summary import RunSummary
+    from mssl.weights.exporter import backbone_state
+    from mssl.weights.fingerprints import write_initial_fingerprints
 
     resume_from = _checkpoint_to_resume(cfg, run_dir)
     is_rank_zero = rank_zero_only.rank == 0
@@ -177,6 +179,8 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
 
     seed_init(cfg.seed)
     module = PretrainModule(cfg)
+    if is_rank_zero and resume_from is None:  # export compares against these to list the tensors training never changed
+        write_initial_fingerprints(backbone_state({"state_dict": module.state_dict()}, "the new run"), run_dir)
     requests = module.method.crop_requests()
     datamodule = CropDataModule(cfg, requests, index)
     crops_per_sample = sum(request.volumes for request in requests.values())

@@ -19,6 +19,7 @@ import torch
 
 from mssl.config import DataConfig, PretrainConfig, load_yaml
 from mssl.weights.checks import check_finite
+from mssl.weights.fingerprints import untrained_keys
 from mssl.weights.safe_io import EXPORT_DIR, LAST_CHECKPOINT, read_checkpoint, write_safetensors
 from mssl.weights.sidecar import (
     METADATA_KEY,
@@ -110,6 +111,8 @@ def build_sidecar(config: PretrainConfig, checkpoint: dict[str, Any], run: Path,
         "data_index_hash": index_hash,
         "data": data,  # cache folder, whether it was found, number of cases
         "tensors": len(tensors),
+        # bit-identical to the run's initialisation: loaded as "not trained by the method", not as pre-trained
+        "untrained": untrained_keys(tensors, run),
         # nnU-Net's decoder holds the encoder too: a tensor saved under two names counts once
         "parameters": int(sum(t.numel() for t in {(t.data_ptr(), t.shape): t for t in tensors.values()}.values())),
         "source": {"run": str(run.resolve()), "checkpoint": str((run / LAST_CHECKPOINT).resolve())},
