@@ -9,11 +9,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from mssl.config import BackboneConfig
 from mssl.downstream.networks import build_classifier, build_segmentation_network
+from mssl.train.checkpoint import atomic_torch_save
+from mssl.weights.checks import BadWeightsError, listed, nonfinite_names
 
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "best.safetensors"
@@ -21,9 +24,18 @@ RESULT_FILE = "result.json"
 
 
 def save_weights(network: nn.Module, out: Path) -> Path:
-    """Write the network's tensors (CPU, contiguous) as ``best.safetensors``."""
+    """Write the network's tensors (CPU, contiguous) as ``best.safetensors``, atomically.
+
+    A diverged network (NaN/inf anywhere) is refused with :class:`~mssl.weights.checks.BadWeightsError`
+    before anything is written, and a write that fails midway never replaces the file: either way the
+    previous best weights stay as they were.
+    """
     path = Path(out) / WEIGHTS_FILE
-    save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(path))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    bad = nonfinite_names(tensors)
+    if bad:
+        raise BadWeightsError(f"{path}: not written, the network diverged (NaN/inf in {listed(bad)}); the previous weights are kept")
+    atomic_torch_save(tensors, path, save=lambda content, file: file.write(safetensors_bytes(content)))
     return path
 
 
