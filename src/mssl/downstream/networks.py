@@ -5,6 +5,9 @@ Key layouts:
   ``decoder1..5.*`` convolutional blocks, ``out.*`` head).
 - unet segmentation: :class:`UNetSegmenter` = the GVSL U-Net (``encoders.{i}.*``, ``decoders.{j}.conv.*``)
   plus ``head.*``, a 1×1×1 convolution on the full-resolution decoder map.
+- plainconv / resenc segmentation: :class:`NnUNetSegmenter` = nnU-Net's network with nnU-Net's key names
+  (``encoder.*``, ``decoder.*``) whose segmentation layer is ``head.*`` (nnU-Net's last ``seg_layers``,
+  the only one used without deep supervision).
 - classification: :class:`EncoderClassifier` = ``backbone.*`` (the backbone's own keys) plus ``head.*``;
   pre-trained weights are loaded into ``network.backbone``.
 """
@@ -19,20 +22,40 @@ from torch import nn
 
 from mssl.config import BackboneConfig
 from mssl.models.backbones import Backbone, UNetBackbone, build_backbone
+from mssl.models.nnunet_backbones import NnUNetBackbone
+from mssl.nnunet_arch import NNUNET_CLASSES, NnUNetArchConfig
 
-# parameter-name prefixes of the part a pre-training actually shapes (frozen with ``freeze_encoder``)
-ENCODER_PREFIXES = {"swin": ("swinViT.",), "unet": ("encoders.",)}
+# parameter-name prefixes of the part a pre-training actually shapes (frozen with ``freeze_encoder``);
+# nnU-Net's ``decoder.encoder`` is the same module as ``encoder``, so its parameters are named ``encoder.*``
+ENCODER_PREFIXES = {"swin": ("swinViT.",), "unet": ("encoders.",), **{name: ("encoder.",) for name in NNUNET_CLASSES}}
 
 
-class UNetSegmenter(UNetBackbone):
-    """The GVSL U-Net with a 1×1×1 convolution head on its full-resolution decoder map."""
+class SegmentationHead(Backbone):
+    """A backbone's class logits: a 1×1×1 convolution (``head``) on its full-resolution decoder map."""
 
-    def __init__(self, in_channels: int, num_classes: int, channels: Sequence[int]) -> None:
-        super().__init__(in_channels=in_channels, channels=channels)
+    head: nn.Conv3d
+
+    def add_head(self, num_classes: int) -> None:
         self.head = nn.Conv3d(self.local_channels, num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return self.head(super().forward(x, decode=True).local)
+
+
+class UNetSegmenter(SegmentationHead, UNetBackbone):
+    """The GVSL U-Net with a segmentation head."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: Sequence[int]) -> None:
+        UNetBackbone.__init__(self, in_channels=in_channels, channels=channels)
+        self.add_head(num_classes)
+
+
+class NnUNetSegmenter(SegmentationHead, NnUNetBackbone):
+    """nnU-Net's PlainConvUNet / ResidualEncoderUNet (no deep supervision) with a segmentation head."""
+
+    def __init__(self, name: str, in_channels: int, num_classes: int, arch: NnUNetArchConfig) -> None:
+        NnUNetBackbone.__init__(self, name, in_channels, arch)
+        self.add_head(num_classes)
 
 
 class EncoderClassifier(nn.Module):
@@ -49,7 +72,8 @@ class EncoderClassifier(nn.Module):
 
 
 def build_segmentation_network(backbone: BackboneConfig, num_classes: int) -> nn.Module:
-    """SwinUNETR (MONAI) or the project's U-Net with ``num_classes`` output channels (background included)."""
+    """SwinUNETR (MONAI), the project's U-Net or nnU-Net's network with ``num_classes`` output channels
+    (background included)."""
     if backbone.name == "swin":
         return SwinUNETR(
             in_channels=backbone.in_channels,
@@ -60,6 +84,8 @@ def build_segmentation_network(backbone: BackboneConfig, num_classes: int) -> nn
             use_checkpoint=backbone.gradient_checkpointing,
             spatial_dims=3,
         )
+    if backbone.name in NNUNET_CLASSES:
+        return NnUNetSegmenter(backbone.name, backbone.in_channels, num_classes, backbone.nnunet)
     return UNetSegmenter(backbone.in_channels, num_classes, backbone.unet_channels)
 
 
@@ -85,7 +111,7 @@ def output_layer(network: nn.Module) -> nn.Conv3d:
     """The 1×1×1 convolution that produces a segmentation network's class logits."""
     if isinstance(network, SwinUNETR):
         return network.out.conv.conv
-    if isinstance(network, UNetSegmenter):
+    if isinstance(network, SegmentationHead):
         return network.head
     raise TypeError(f"no known output layer in {type(network).__name__}")
 

@@ -24,14 +24,15 @@ RESULT_FILE = "result.json"
 
 
 def save_weights(network: nn.Module, out: Path) -> Path:
-    """Write the network's tensors (CPU, contiguous) as ``best.safetensors``, atomically.
+    """Write copies of the network's tensors (CPU, contiguous) as ``best.safetensors``, atomically.
 
     A diverged network (NaN/inf anywhere) is refused with :class:`~mssl.weights.checks.BadWeightsError`
     before anything is written, and a write that fails midway never replaces the file: either way the
     previous best weights stay as they were.
     """
     path = Path(out) / WEIGHTS_FILE
-    tensors = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    # copies: safetensors refuses shared storage (nnU-Net's networks hold the encoder under two names)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in network.state_dict().items()}
     bad = nonfinite_names(tensors)
     if bad:
         raise BadWeightsError(f"{path}: not written, the network diverged (NaN/inf in {listed(bad)}); the previous weights are kept")
