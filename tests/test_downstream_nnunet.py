@@ -56,7 +56,7 @@ def _pretrain(method: str, cache: Path, out: Path) -> Path:
     return pretrain(method=method, data=str(cache), out=str(out), backbone=PLAINCONV, steps=2, progress_bar=False, **TINY_METHODS)
 
 
-@pytest.mark.parametrize("method", ["gvsl"])
+@pytest.mark.parametrize("method", ["gvsl", "s2dc"])
 def test_finetune_from_a_plainconv_pretraining_loads_its_encoder(method: str, demo_cache: Path, datalist: Path, tmp_path: Path) -> None:
     from mssl.downstream.finetune import finetune
     from mssl.downstream.run_files import load_finetuned

@@ -4,8 +4,8 @@ The student backbone (``method.backbone.*`` in the Lightning checkpoint) is writ
 names, which are MONAI's for ``swin`` (``swinViT.*``, ``encoder*``, ``decoder*``: loads into
 ``monai.networks.nets.SwinUNETR``) and the documented ``encoders.{i}.*`` / ``decoders.{j}.conv.*``
 for ``unet`` (loads into :class:`mssl.models.backbones.UNetBackbone`). Before anything is written the
-weights are loaded strictly into a freshly built backbone, so a broken export fails here, not at
-fine-tuning time.
+weights are loaded into a freshly built backbone (strictly, but for the decoder an S²DC student never
+had), so a broken export fails here, not at fine-tuning time.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from mssl.weights.sidecar import (
     package_versions,
     write_sidecar,
 )
+from mssl.methods import DECODING_OBJECTIVES
 from mssl.models.backbones import build_backbone
 
 ExportFormat = Literal["monai", "torch"]
@@ -56,6 +57,26 @@ def backbone_state(checkpoint: dict[str, Any], source: str) -> dict[str, torch.T
     if not tensors:
         raise ValueError(f"{source}: no '{BACKBONE_PREFIX}*' tensors in state_dict; not an mssl pre-training checkpoint")
     return tensors
+
+
+def full_backbone_state(config: PretrainConfig, tensors: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], bool]:
+    """Every tensor of the run's backbone, and whether its decoder was trained.
+
+    S²DC's student has no decoder (it would sit idle), yet exports keep the whole backbone's keys and
+    shapes, so they load into SwinUNETR or nnU-Net as before: an untrained decoder is the backbone's own
+    initialisation (seeded with the run's seed, so an export is reproducible) and the sidecar says so.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        backbone = build_backbone(config.backbone)
+    decoder = tuple(f"{name}." for name in backbone.decoder_names)
+    encoder_only = set(tensors) == {k for k in backbone.state_dict() if not k.startswith(decoder)}
+    try:
+        backbone.load_state_dict(tensors, strict=not encoder_only)
+    except RuntimeError as error:
+        raise ValueError(f"{source}: backbone weights do not match its config.backbone ({error})") from None
+    # runs from before S²DC's student lost its decoder saved an untrained one: the method decides, not the keys
+    return backbone.state_dict(), bool(DECODING_OBJECTIVES.intersection(config.objectives))
 
 
 def crop_sizes(config: PretrainConfig) -> dict[str, list[int]]:
@@ -95,7 +116,9 @@ def data_provenance(data: DataConfig) -> dict[str, Any]:
     }
 
 
-def build_sidecar(config: PretrainConfig, checkpoint: dict[str, Any], run: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+def build_sidecar(
+    config: PretrainConfig, checkpoint: dict[str, Any], run: Path, tensors: dict[str, torch.Tensor], decoder_trained: bool
+) -> dict[str, Any]:
     data = data_provenance(config.data)
     preset, spacing, index_hash = data.pop("preset"), data.pop("spacing"), data.pop("index_hash", None)
     return {
@@ -110,6 +133,7 @@ def build_sidecar(config: PretrainConfig, checkpoint: dict[str, Any], run: Path,
         "data_index_hash": index_hash,
         "data": data,  # cache folder, whether it was found, number of cases
         "tensors": len(tensors),
+        "decoder_trained": decoder_trained,  # False: the decoder tensors are an untrained initialisation (S²DC)
         # nnU-Net's decoder holds the encoder too: a tensor saved under two names counts once
         "parameters": int(sum(t.numel() for t in {(t.data_ptr(), t.shape): t for t in tensors.values()}.values())),
         "source": {"run": str(run.resolve()), "checkpoint": str((run / LAST_CHECKPOINT).resolve())},
@@ -141,11 +165,8 @@ def export(run: str | Path, out: str | Path | None = None, format: ExportFormat 
     checkpoint_file, checkpoint, config = read_run(run)
     tensors = backbone_state(checkpoint, str(checkpoint_file))
     check_finite(tensors, str(checkpoint_file))  # a diverged run exports nothing
-    try:
-        build_backbone(config.backbone).load_state_dict(tensors, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"{checkpoint_file}: backbone weights do not match its config.backbone ({error})") from None
-    sidecar = build_sidecar(config, checkpoint, run, tensors)
+    tensors, decoder_trained = full_backbone_state(config, tensors, str(checkpoint_file))
+    sidecar = build_sidecar(config, checkpoint, run, tensors, decoder_trained)
     weights = Path(out) if out is not None else run / EXPORT_DIR
     weights = weights / FILE_NAMES[format]
     if format == "monai":
