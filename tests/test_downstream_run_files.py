@@ -47,3 +47,20 @@ def test_the_first_save_of_a_diverged_network_writes_nothing(tmp_path: Path) -> 
     with pytest.raises(BadWeightsError, match="head.bias"):
         save_weights(network, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_that_fails_midway_keeps_the_previous_best(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mssl.downstream.run_files as run_files
+
+    network = UNetSegmenter(in_channels=1, num_classes=2, channels=(8, 16))
+    path = save_weights(network, tmp_path)
+    before = _digest(path)
+
+    def full_disk(tensors: dict, filename: str) -> None:
+        Path(filename).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run_files, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_weights(network, tmp_path)
+    assert _digest(path) == before and sorted(p.name for p in tmp_path.iterdir()) == [WEIGHTS_FILE]

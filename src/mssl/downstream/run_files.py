@@ -6,16 +6,15 @@ No pickle anywhere: ``mssl evaluate`` rebuilds the network from ``model.json`` a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mssl.config import BackboneConfig
 from mssl.downstream.networks import build_classifier, build_segmentation_network
-from mssl.train.checkpoint import atomic_torch_save
 from mssl.weights.checks import BadWeightsError, listed, nonfinite_names
 
 MODEL_FILE = "model.json"
@@ -36,7 +35,13 @@ def save_weights(network: nn.Module, out: Path) -> Path:
     bad = nonfinite_names(tensors)
     if bad:
         raise BadWeightsError(f"{path}: not written, the network diverged (NaN/inf in {listed(bad)}); the previous weights are kept")
-    atomic_torch_save(tensors, path, save=lambda content, file: file.write(safetensors_bytes(content)))
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        save_file(tensors, str(partial))
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return path
 
 
