@@ -15,7 +15,8 @@ from torch import nn
 
 from mssl.config import BackboneConfig
 from mssl.downstream.networks import build_classifier, build_segmentation_network
-from mssl.weights.checks import BadWeightsError, listed, nonfinite_names
+from mssl.train.checkpoint import NonFiniteStateError
+from mssl.weights.checks import listed, nonfinite_names
 
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "best.safetensors"
@@ -25,7 +26,7 @@ RESULT_FILE = "result.json"
 def save_weights(network: nn.Module, out: Path) -> Path:
     """Write copies of the network's tensors (CPU, contiguous) as ``best.safetensors``, atomically.
 
-    A diverged network (NaN/inf anywhere) is refused with :class:`~mssl.weights.checks.BadWeightsError`
+    A diverged network (NaN/inf anywhere) is refused with :class:`~mssl.train.checkpoint.NonFiniteStateError`
     before anything is written, and a write that fails midway never replaces the file: either way the
     previous best weights stay as they were.
     """
@@ -33,8 +34,11 @@ def save_weights(network: nn.Module, out: Path) -> Path:
     # copies: safetensors refuses shared storage (nnU-Net's networks hold the encoder under two names)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in network.state_dict().items()}
     bad = nonfinite_names(tensors)
-    if bad:
-        raise BadWeightsError(f"{path}: not written, the network diverged (NaN/inf in {listed(bad)}); the previous weights are kept")
+    if bad:  # the same refusal as a diverged pre-training's checkpoint write
+        raise NonFiniteStateError(
+            f"{path}: not written, the network diverged (NaN/inf in {listed(bad)}); the previous best weights are kept. "
+            "Try a lower --lr."
+        )
     partial = path.with_name(f".{path.name}.partial")
     try:
         save_file(tensors, str(partial))
