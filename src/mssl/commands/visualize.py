@@ -35,12 +35,10 @@ def command(
     from rich.console import Console
 
     from mssl.data.errors import DataError
-    from mssl.data.preprocess import PresetConfig
     from mssl.viz.visualize import visualize
 
-    chosen = PresetConfig(name=preset, spacing=spacing) if preset is not None else None
     try:
-        paths = visualize(run, volume, out=out, moving=moving, stride=stride, clusters=clusters, preset=chosen, seed=seed)
+        paths = visualize(run, volume, out=out, moving=moving, stride=stride, clusters=clusters, preset=preset, spacing=spacing, seed=seed)
     except (FileNotFoundError, ValueError, DataError) as error:
         fail(error)
     console = Console()

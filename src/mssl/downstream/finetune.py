@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from mssl.downstream.config import FinetuneConfig
+from mssl.downstream.config import FinetuneConfig, build_config
 
 
 def finetune(config: FinetuneConfig | None = None, console: Console | None = None, **overrides: Any) -> Path:
@@ -16,7 +16,7 @@ def finetune(config: FinetuneConfig | None = None, console: Console | None = Non
     ``mssl.finetune(data="dataset.json", weights="runs/s2dc", labels=5)`` ≡
     ``mssl finetune --data dataset.json --weights runs/s2dc --labels 5``.
     """
-    config = FinetuneConfig(**{**(config.model_dump() if config else {}), **overrides})
+    config = build_config(FinetuneConfig, config, **overrides)
     if config.task == "seg":
         from mssl.downstream.segmentation import finetune_segmentation
 

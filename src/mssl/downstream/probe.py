@@ -33,7 +33,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.nn import functional as F
 
-from mssl.downstream.config import ProbeConfig
+from mssl.downstream.config import ProbeConfig, build_config
 from mssl.downstream.datasets import case_dict, labelled_subset, preprocessing
 from mssl.downstream.metrics import segmentation_metrics
 from mssl.downstream.partial_labels import marginal_log_probs
@@ -245,7 +245,7 @@ def probe(config: ProbeConfig | None = None, console: Console | None = None, **o
 
     ``mssl.probe(weights="runs/s2dc", data="dataset.json")`` ≡ ``mssl probe --weights runs/s2dc --data dataset.json``.
     """
-    config = ProbeConfig(**{**(config.model_dump() if config else {}), **overrides})
+    config = build_config(ProbeConfig, config, **overrides)
     console = console or Console()
     setup = resolve_setup(config, config.weights, config.backbone)
     dataset = setup.dataset

@@ -99,19 +99,14 @@ def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | Non
 
 
 def _check_crops_fit_backbone(cfg: PretrainConfig) -> None:
-    """Crop sides must be multiples of the backbone's stride: say so now, not at the first step."""
-    from mssl.models.backbones import backbone_stride
+    """Crops the backbone cannot take (stride, SwinUNETR's bottleneck): say so now, not at the first step."""
+    from mssl.models.backbones import input_size_problem
 
-    stride = backbone_stride(cfg.backbone)
-    crops = {"s2dc.roi": (cfg.s2dc.roi,) * 3, "gvsl.roi": tuple(cfg.gvsl.roi)}
+    crops = {"s2dc": (cfg.s2dc.roi,) * 3, "gvsl": tuple(cfg.gvsl.roi)}
     for objective in cfg.objectives:
-        key = f"{objective}.roi"
-        if any(side % stride for side in crops[key]):
-            fitting = max(stride, crops[key][0] // stride * stride)
-            raise ConfigError(
-                f"config key {key!r}: crop {crops[key]} must be a multiple of the {cfg.backbone.name} backbone's stride {stride} "
-                f"on every axis (e.g. --roi {fitting})"
-            )
+        problem = input_size_problem(cfg.backbone, crops[objective], decode=objective == "gvsl")  # S²DC reads encoder maps only
+        if problem:
+            raise ConfigError(f"config key '{objective}.roi': crop {problem}; set --roi")
 
 
 def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> Path:

@@ -31,7 +31,7 @@ from mssl.weights.sidecar import (
 from mssl.methods import DECODING_OBJECTIVES
 from mssl.models.backbones import build_backbone
 
-ExportFormat = Literal["monai", "torch"]
+ExportFormat = Literal["monai", "torch", "nnunet"]
 BACKBONE_PREFIX = "method.backbone."
 RUN_CONFIG = "config.yaml"
 HPARAMS_CONFIG = ("hyper_parameters", "config")  # where PretrainModule stores the resolved config
@@ -152,15 +152,22 @@ def read_run(run: Path) -> tuple[Path, dict[str, Any], PretrainConfig]:
     return checkpoint_file, checkpoint, run_config(run, checkpoint)
 
 
-def export(run: str | Path, out: str | Path | None = None, format: ExportFormat = "monai") -> Path:
+def export(run: str | Path, out: str | Path | None = None, format: ExportFormat = "monai", in_channels: int | None = None) -> Path:
     """Export the encoder of ``run`` to ``out`` (default RUN/export); returns the weight file.
 
     ``monai``: ``encoder.safetensors`` (no pickle; the sidecar is embedded in its header too);
     ``torch``: ``encoder.pt``, a plain state dict readable with ``torch.load(weights_only=True)``.
-    Both come with ``encoder.json``.
+    Both come with ``encoder.json``. ``nnunet``: see :func:`mssl.weights.nnunet.export_nnunet`, whose
+    stem ``in_channels`` adapts to the target dataset (nnU-Net loads only matching shapes).
     """
+    if format == "nnunet":
+        from mssl.weights.nnunet import export_nnunet  # it builds on this module
+
+        return export_nnunet(run, out, in_channels)
+    if in_channels is not None:
+        raise ValueError("in_channels applies to format='nnunet' only (`mssl inspect --in-channels` adapts other exports)")
     if format not in FILE_NAMES:
-        raise ValueError(f"unknown export format {format!r}; choose one of {sorted(FILE_NAMES)}")
+        raise ValueError(f"unknown export format {format!r}; choose one of {sorted([*FILE_NAMES, 'nnunet'])}")
     run = Path(run)
     checkpoint_file, checkpoint, config = read_run(run)
     tensors = backbone_state(checkpoint, str(checkpoint_file))
