@@ -107,10 +107,10 @@ def test_every_flag_points_at_a_config_key() -> None:
             assert leaf in fields[section].annotation.model_fields, flag
 
 
-def test_several_devices_always_get_ddp_that_tolerates_unused_parameters() -> None:
+def test_several_devices_get_plain_ddp() -> None:
     from mssl.train.pretrain import lightning_strategy
 
     assert lightning_strategy(resolve_config().trainer) == "auto"
-    assert lightning_strategy(resolve_config(devices=4).trainer) == "ddp_find_unused_parameters_true"
-    assert lightning_strategy(resolve_config(num_nodes=2, strategy="ddp").trainer) == "ddp_find_unused_parameters_true"
-    assert lightning_strategy(resolve_config(devices=1, strategy="ddp").trainer) == "ddp_find_unused_parameters_true"
+    assert lightning_strategy(resolve_config(devices=4).trainer) == "ddp"
+    assert lightning_strategy(resolve_config(num_nodes=2, strategy="ddp").trainer) == "ddp"
+    assert lightning_strategy(resolve_config(devices=1, strategy="ddp").trainer) == "ddp"

@@ -64,6 +64,7 @@ def command(
 
     from mssl.downstream.config import FinetuneConfig, build_config, parse_size
     from mssl.downstream.finetune import finetune
+    from mssl.train.checkpoint import NonFiniteStateError
     from mssl.train.run_lock import run_lock
 
     console = Console()
@@ -109,5 +110,7 @@ def command(
             finetune(settings, console=console)
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
         fail(error)
+    except NonFiniteStateError as error:  # the fine-tuning diverged; the best weights so far are kept
+        fail(error, exit_code=1)
     except OSError as error:  # the output cannot be written (read-only, permissions, disk full)
         fail_environment(error, out)

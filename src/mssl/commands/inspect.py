@@ -1,4 +1,4 @@
-"""``mssl inspect``: which keys of a weight file load into SwinUNETR or the U-Net, module by module."""
+"""``mssl inspect``: which keys of a weight file load into SwinUNETR, the U-Net or nnU-Net's networks, module by module."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from mssl.commands import fail
 
 def command(
     weights: Path = typer.Argument(..., help="safetensors / .pt / .pth / Lightning .ckpt file, or an export or run folder.", exists=True),
-    into: Optional[Literal["swinunetr", "unet"]] = typer.Option(None, help="Target network: swinunetr (MONAI SwinUNETR) or unet (mssl U-Net). (default: from the sidecar or the keys)"),
+    into: Optional[Literal["swinunetr", "unet", "plainconv", "resenc"]] = typer.Option(None, help="Target network: swinunetr (MONAI SwinUNETR), unet (mssl U-Net), plainconv / resenc (nnU-Net's own network, from the sidecar). (default: from the sidecar or the keys)"),
     in_channels: Optional[int] = typer.Option(None, min=1, help="Build the target for N input channels; stem kernels are adapted (e.g. 1-channel CT → 4-channel MRI)."),
     keys: bool = typer.Option(False, "--keys", help="Also list every missing and unexpected key (adapted and mismatched ones are always listed)."),
 ) -> None:

@@ -5,6 +5,9 @@ Key layouts:
   ``decoder1..5.*`` convolutional blocks, ``out.*`` head).
 - unet segmentation: :class:`UNetSegmenter` = the GVSL U-Net (``encoders.{i}.*``, ``decoders.{j}.conv.*``)
   plus ``head.*``, a 1×1×1 convolution on the full-resolution decoder map.
+- plainconv / resenc segmentation: :class:`NnUNetSegmenter` = nnU-Net's network with nnU-Net's key names
+  (``encoder.*``, ``decoder.*``) whose segmentation layer is ``head.*`` (nnU-Net's last ``seg_layers``,
+  the only one used without deep supervision).
 - classification: :class:`EncoderClassifier` = ``backbone.*`` (the backbone's own keys) plus ``head.*``;
   pre-trained weights are loaded into ``network.backbone``.
 """
@@ -19,9 +22,12 @@ from torch import nn
 
 from mssl.config import BackboneConfig
 from mssl.models.backbones import Backbone, UNetBackbone, build_backbone
+from mssl.models.nnunet_backbones import NnUNetBackbone
+from mssl.nnunet_arch import NNUNET_CLASSES, NnUNetArchConfig
 
-# parameter-name prefixes of the part a pre-training actually shapes (frozen with ``freeze_encoder``)
-ENCODER_PREFIXES = {"swin": ("swinViT.",), "unet": ("encoders.",)}
+# parameter-name prefixes of the part a pre-training actually shapes (frozen with ``freeze_encoder``);
+# nnU-Net's ``decoder.encoder`` is the same module as ``encoder``, so its parameters are named ``encoder.*``
+ENCODER_PREFIXES = {"swin": ("swinViT.",), "unet": ("encoders.",), **{name: ("encoder.",) for name in NNUNET_CLASSES}}
 
 
 class UNetSegmenter(UNetBackbone):
@@ -46,6 +52,18 @@ class UNetSegmenter(UNetBackbone):
         return [self.head(maps[0]), *(head(m) for head, m in zip(self.auxiliary_heads, maps[1:]))]
 
 
+class NnUNetSegmenter(NnUNetBackbone):
+    """nnU-Net's PlainConvUNet / ResidualEncoderUNet (no deep supervision) with a 1×1×1 convolution head
+    on its full-resolution decoder map."""
+
+    def __init__(self, name: str, in_channels: int, num_classes: int, arch: NnUNetArchConfig) -> None:
+        super().__init__(name, in_channels, arch)
+        self.head = nn.Conv3d(self.local_channels, num_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.head(super().forward(x, decode=True).local)
+
+
 class EncoderClassifier(nn.Module):
     """Global-average-pooled bottleneck of a backbone → dropout → linear (classes or one regression output)."""
 
@@ -60,8 +78,8 @@ class EncoderClassifier(nn.Module):
 
 
 def build_segmentation_network(backbone: BackboneConfig, num_classes: int, deep_supervision: int = 0) -> nn.Module:
-    """SwinUNETR (MONAI) or the project's U-Net with ``num_classes`` output channels (background included);
-    ``deep_supervision`` auxiliary outputs (U-Net only)."""
+    """SwinUNETR (MONAI), the project's U-Net or nnU-Net's network with ``num_classes`` output channels
+    (background included); ``deep_supervision`` auxiliary outputs (U-Net only)."""
     if backbone.name == "swin":
         return SwinUNETR(
             in_channels=backbone.in_channels,
@@ -74,6 +92,8 @@ def build_segmentation_network(backbone: BackboneConfig, num_classes: int, deep_
         )
     if deep_supervision and backbone.name != "unet":
         raise ValueError(f"deep supervision needs the unet backbone, not {backbone.name}")
+    if backbone.name in NNUNET_CLASSES:
+        return NnUNetSegmenter(backbone.name, backbone.in_channels, num_classes, backbone.nnunet)
     return UNetSegmenter(backbone.in_channels, num_classes, backbone.unet_channels, deep_supervision)
 
 
@@ -99,7 +119,7 @@ def output_layer(network: nn.Module) -> nn.Conv3d:
     """The 1×1×1 convolution that produces a segmentation network's class logits."""
     if isinstance(network, SwinUNETR):
         return network.out.conv.conv
-    if isinstance(network, UNetSegmenter):
+    if isinstance(network, (UNetSegmenter, NnUNetSegmenter)):
         return network.head
     raise TypeError(f"no known output layer in {type(network).__name__}")
 

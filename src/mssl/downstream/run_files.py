@@ -6,6 +6,7 @@ No pickle anywhere: ``mssl evaluate`` rebuilds the network from ``model.json`` a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from torch import nn
 
 from mssl.config import BackboneConfig
 from mssl.downstream.networks import build_classifier, build_segmentation_network
+from mssl.train.checkpoint import NonFiniteStateError
+from mssl.weights.checks import listed, nonfinite_names
 
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "best.safetensors"
@@ -21,9 +24,28 @@ RESULT_FILE = "result.json"
 
 
 def save_weights(network: nn.Module, out: Path) -> Path:
-    """Write the network's tensors (CPU, contiguous) as ``best.safetensors``."""
+    """Write copies of the network's tensors (CPU, contiguous) as ``best.safetensors``, atomically.
+
+    A diverged network (NaN/inf anywhere) is refused with :class:`~mssl.train.checkpoint.NonFiniteStateError`
+    before anything is written, and a write that fails midway never replaces the file: either way the
+    previous best weights stay as they were.
+    """
     path = Path(out) / WEIGHTS_FILE
-    save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(path))
+    # copies: safetensors refuses shared storage (nnU-Net's networks hold the encoder under two names)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in network.state_dict().items()}
+    bad = nonfinite_names(tensors)
+    if bad:  # the same refusal as a diverged pre-training's checkpoint write
+        raise NonFiniteStateError(
+            f"{path}: not written, the network diverged (NaN/inf in {listed(bad)}); the previous best weights are kept. "
+            "Try a lower --lr."
+        )
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        save_file(tensors, str(partial))
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return path
 
 

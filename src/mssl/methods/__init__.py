@@ -27,14 +27,14 @@ def _gvsl(backbone: Backbone, config: PretrainConfig) -> PretrainMethod:
 
 # method name -> factory(shared backbone, run config); "both" combines every objective of the config
 METHODS: dict[str, MethodFactory] = {"s2dc": _s2dc, "gvsl": _gvsl}
-# objectives whose loss reaches the backbone's decoder (GVSL registers and restores from f^l; S²DC reads encoder maps only)
-DECODER_OBJECTIVES = frozenset({"gvsl"})
+# objectives that read the backbone's decoder (GVSL's full-resolution map f^l); S²DC uses encoder maps only
+DECODING_OBJECTIVES = frozenset({"gvsl"})
 
 
 def trains_decoder(method: str) -> bool:
     """Whether pre-training with ``method`` (a name of ``METHODS`` or ``both``) trains the backbone's decoder."""
     objectives = METHODS if method == "both" else (method,)
-    return any(name in DECODER_OBJECTIVES for name in objectives)
+    return any(name in DECODING_OBJECTIVES for name in objectives)
 
 
 def build_method(config: PretrainConfig) -> PretrainMethod:
@@ -42,10 +42,12 @@ def build_method(config: PretrainConfig) -> PretrainMethod:
     from mssl.methods.combined import CombinedMethod
 
     backbone = build_backbone(config.backbone)
+    if not DECODING_OBJECTIVES.intersection(config.objectives):
+        backbone.drop_decoder()  # no idle parameters: plain DDP needs no unused-parameter search, exports add the decoder back
     objectives = {name: METHODS[name](backbone, config) for name in config.objectives}
     if len(objectives) == 1:
         return next(iter(objectives.values()))
     return CombinedMethod(objectives)
 
 
-__all__ = ["METHODS", "CropRequest", "MethodOutput", "PretrainMethod", "build_method", "trains_decoder"]
+__all__ = ["DECODING_OBJECTIVES", "METHODS", "CropRequest", "MethodOutput", "PretrainMethod", "build_method", "trains_decoder"]

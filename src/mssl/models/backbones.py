@@ -90,16 +90,22 @@ class Backbone(nn.Module):
                 f"got {tuple(spatial)}; choose crops such as {tuple(max(self.stride, s // self.stride * self.stride) for s in spatial)}"
             )
 
-    def encoder_copy(self) -> "Backbone":
-        """A frozen-ready deep copy without the decoder, for passes that never decode (EMA teachers).
+    def drop_decoder(self) -> None:
+        """Delete the decoder in place, for backbones that never decode (S²DC's student and teacher).
 
-        S²DC's teacher only needs encoder maps; copying the Swin decoder would cost ~54 M idle
-        parameters (feature size 48) in memory and in every EMA update.
+        The Swin decoder alone holds ~54 M parameters (feature size 48) that would otherwise sit idle in
+        memory, in every EMA update and in DDP's search for parameters without gradients.
         """
+        if self.has_decoder:
+            for name in self.decoder_names:
+                delattr(self, name)
+            self.has_decoder = False
+            self.register_load_state_dict_pre_hook(_skip_decoder_tensors)
+
+    def encoder_copy(self) -> "Backbone":
+        """A frozen-ready deep copy without the decoder, for passes that never decode (EMA teachers)."""
         clone = copy.deepcopy(self)
-        for name in self.decoder_names:
-            delattr(clone, name)
-        clone.has_decoder = False
+        clone.drop_decoder()
         return clone
 
     def _check_decode(self, decode: bool) -> None:
@@ -108,6 +114,14 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor, decode: bool = True) -> Features:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _skip_decoder_tensors(module: Backbone, state_dict: dict[str, torch.Tensor], prefix: str, *args: object) -> None:
+    """An encoder-only backbone ignores decoder tensors: S²DC checkpoints written before the student lost
+    its decoder hold an untrained one, and must still resume and load strictly."""
+    decoder = tuple(f"{prefix}{name}." for name in module.decoder_names)
+    for key in [k for k in state_dict if k.startswith(decoder)]:
+        del state_dict[key]
 
 
 class SwinBackbone(Backbone, SwinUNETR):

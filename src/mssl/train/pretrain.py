@@ -23,6 +23,8 @@ import yaml
 from mssl.config import ConfigError, PretrainConfig, TrainerConfig, build_config, load_yaml, merge_overrides
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from mssl.data.cache import CacheIndex
 
 log = logging.getLogger(__name__)
@@ -212,7 +214,7 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
             accelerator=cfg.trainer.accelerator,
             devices=cfg.trainer.devices,
             num_nodes=cfg.trainer.num_nodes,
-            strategy=lightning_strategy(cfg.trainer),
+            **distribution_options(cfg.trainer, module),
             precision=cfg.trainer.precision,
             gradient_clip_val=cfg.trainer.grad_clip,
             accumulate_grad_batches=cfg.trainer.accumulate,
@@ -276,14 +278,31 @@ def _quiet_lightning() -> Iterator[None]:
         rank_zero_log.removeFilter(advert)
 
 
+def distribution_options(trainer: TrainerConfig, module: nn.Module) -> dict[str, Any]:
+    """The ``Trainer`` options that spread ``module`` over devices: strategy and BatchNorm synchronisation."""
+    return {"strategy": lightning_strategy(trainer), "sync_batchnorm": sync_batchnorm(trainer, module)}
+
+
+def _several_processes(trainer: TrainerConfig) -> bool:
+    return (isinstance(trainer.devices, int) and trainer.devices > 1) or trainer.num_nodes > 1
+
+
 def lightning_strategy(trainer: TrainerConfig) -> str:
-    """Lightning's strategy name. S²DC leaves the decoder unused in a step, which plain DDP rejects:
-    every DDP variant here finds unused parameters (one graph walk per step)."""
-    name = trainer.strategy
-    several = (isinstance(trainer.devices, int) and trainer.devices > 1) or trainer.num_nodes > 1
-    if name == "auto" and several:
-        name = "ddp"  # what Lightning would pick for several devices, with unused parameters allowed
-    return "ddp_find_unused_parameters_true" if name == "ddp" else name
+    """Lightning's strategy name: plain DDP for several devices. Every trainable parameter gets a gradient
+    in every step (S²DC's student carries no decoder), so DDP needs no per-step search for unused ones."""
+    return "ddp" if trainer.strategy == "auto" and _several_processes(trainer) else trainer.strategy
+
+
+def sync_batchnorm(trainer: TrainerConfig, module: nn.Module) -> bool:
+    """Whether BatchNorm layers (S²DC's projection heads) normalise over the crops of every rank, as they
+    do on one device. GPUs only: torch's SyncBatchNorm has no CPU implementation (CPU DDP keeps per-rank
+    statistics)."""
+    import torch
+    from torch import nn
+
+    gpus = trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
+    has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    return gpus and has_batchnorm and _several_processes(trainer)
 
 
 def _checkpoint_to_resume(cfg: PretrainConfig, run_dir: Path) -> Path | None:

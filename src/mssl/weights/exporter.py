@@ -4,8 +4,8 @@ The student backbone (``method.backbone.*`` in the Lightning checkpoint) is writ
 names, which are MONAI's for ``swin`` (``swinViT.*``, ``encoder*``, ``decoder*``: loads into
 ``monai.networks.nets.SwinUNETR``) and the documented ``encoders.{i}.*`` / ``decoders.{j}.conv.*``
 for ``unet`` (loads into :class:`mssl.models.backbones.UNetBackbone`). Before anything is written the
-weights are loaded strictly into a freshly built backbone, so a broken export fails here, not at
-fine-tuning time.
+weights are loaded into a freshly built backbone (strictly, but for the decoder an S²DC student never
+had), so a broken export fails here, not at fine-tuning time.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from mssl.weights.sidecar import (
     package_versions,
     write_sidecar,
 )
+from mssl.methods import DECODING_OBJECTIVES
 from mssl.models.backbones import build_backbone
 
 ExportFormat = Literal["monai", "torch", "nnunet"]
@@ -57,6 +58,37 @@ def backbone_state(checkpoint: dict[str, Any], source: str) -> dict[str, torch.T
     if not tensors:
         raise ValueError(f"{source}: no '{BACKBONE_PREFIX}*' tensors in state_dict; not an mssl pre-training checkpoint")
     return tensors
+
+
+def full_backbone_state(config: PretrainConfig, tensors: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Every tensor of the run's backbone, and the decoder keys that are an initialisation (S²DC: all of them).
+
+    S²DC's student has no decoder (it would sit idle), yet exports keep the whole backbone's keys and
+    shapes, so they load into SwinUNETR or nnU-Net as before: an untrained decoder is the backbone's own
+    initialisation (seeded with the run's seed, so an export is reproducible) and the sidecar says so.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        backbone = build_backbone(config.backbone)
+    decoder = tuple(f"{name}." for name in backbone.decoder_names)
+    encoder_only = set(tensors) == {k for k in backbone.state_dict() if not k.startswith(decoder)}
+    try:
+        backbone.load_state_dict(tensors, strict=not encoder_only)
+    except RuntimeError as error:
+        raise ValueError(f"{source}: backbone weights do not match its config.backbone ({error})") from None
+    # runs from before S²DC's student lost its decoder saved an untrained one: the method decides, not the keys
+    state = backbone.state_dict()
+    trained = bool(DECODING_OBJECTIVES.intersection(config.objectives))
+    return state, [] if trained else [k for k in state if k.startswith(decoder)]
+
+
+def untrained_tensors(tensors: dict[str, torch.Tensor], run: Path, initialised_decoder: list[str]) -> list[str] | None:
+    """Keys of ``tensors`` pre-training left as initialised: unchanged since the run's first fingerprints, or
+    a decoder the method never had. None when neither is known (runs from before this was measured)."""
+    measured = untrained_keys(tensors, run)
+    if measured is None and not initialised_decoder:
+        return None
+    return sorted(set(measured or []) | set(initialised_decoder))
 
 
 def crop_sizes(config: PretrainConfig) -> dict[str, list[int]]:
@@ -96,7 +128,9 @@ def data_provenance(data: DataConfig) -> dict[str, Any]:
     }
 
 
-def build_sidecar(config: PretrainConfig, checkpoint: dict[str, Any], run: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+def build_sidecar(
+    config: PretrainConfig, checkpoint: dict[str, Any], run: Path, tensors: dict[str, torch.Tensor], initialised_decoder: list[str]
+) -> dict[str, Any]:
     data = data_provenance(config.data)
     preset, spacing, index_hash = data.pop("preset"), data.pop("spacing"), data.pop("index_hash", None)
     return {
@@ -111,8 +145,10 @@ def build_sidecar(config: PretrainConfig, checkpoint: dict[str, Any], run: Path,
         "data_index_hash": index_hash,
         "data": data,  # cache folder, whether it was found, number of cases
         "tensors": len(tensors),
-        # bit-identical to the run's initialisation: loaded as "not trained by the method", not as pre-trained
-        "untrained": untrained_keys(tensors, run),
+        "decoder_trained": not initialised_decoder,  # False: the decoder tensors are an untrained initialisation (S²DC)
+        # tensors no step of the method changed (measured against the run's initial fingerprints, plus an
+        # initialised decoder): loaded as "not trained by the method", never as pre-trained
+        "untrained": untrained_tensors(tensors, run, initialised_decoder),
         # nnU-Net's decoder holds the encoder too: a tensor saved under two names counts once
         "parameters": int(sum(t.numel() for t in {(t.data_ptr(), t.shape): t for t in tensors.values()}.values())),
         "source": {"run": str(run.resolve()), "checkpoint": str((run / LAST_CHECKPOINT).resolve())},
@@ -151,11 +187,8 @@ def export(run: str | Path, out: str | Path | None = None, format: ExportFormat 
     checkpoint_file, checkpoint, config = read_run(run)
     tensors = backbone_state(checkpoint, str(checkpoint_file))
     check_finite(tensors, str(checkpoint_file))  # a diverged run exports nothing
-    try:
-        build_backbone(config.backbone).load_state_dict(tensors, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"{checkpoint_file}: backbone weights do not match its config.backbone ({error})") from None
-    sidecar = build_sidecar(config, checkpoint, run, tensors)
+    tensors, initialised_decoder = full_backbone_state(config, tensors, str(checkpoint_file))
+    sidecar = build_sidecar(config, checkpoint, run, tensors, initialised_decoder)
     weights = Path(out) if out is not None else run / EXPORT_DIR
     weights = weights / FILE_NAMES[format]
     if format == "monai":

@@ -1,7 +1,9 @@
-"""``mssl inspect WEIGHTS --into swinunetr|unet``: build the target network and report what loads.
+"""``mssl inspect WEIGHTS --into swinunetr|unet|plainconv|resenc``: build the target network and report what loads.
 
 The network is built from the sidecar when there is one, else from the tensor shapes themselves
 (feature size, window size, v2 blocks, U-Net widths), so third-party files can be checked too.
+nnU-Net's networks (``plainconv``, ``resenc``: nnU-Net's own class, segmentation layers included) need
+the sidecar, since strides cannot be read off the shapes.
 ``in_channels`` builds the target for that many input channels and adapts the stem kernels.
 """
 
@@ -13,16 +15,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
+from mssl.config import BackboneConfig, one_line_errors
+from mssl.nnunet_arch import NNUNET_CLASSES
 from mssl.weights.load_report import LoadReport
-from mssl.weights.loading import canonical, load_pretrained
+from mssl.weights.loading import align_keys, canonical, load_pretrained
 from mssl.weights.safe_io import read_weights, resolve_weights
 from mssl.weights.sidecar import read_sidecar, sidecar_path
 
-Target = Literal["swinunetr", "unet"]
-TARGET_OF_BACKBONE: dict[str, Target] = {"swin": "swinunetr", "unet": "unet"}
-TASK_CHANNELS = 2  # SwinUNETR's output layer belongs to the downstream task; inspect reports it as missing
+Target = Literal["swinunetr", "unet", "plainconv", "resenc"]
+TARGET_OF_BACKBONE: dict[str, Target] = {"swin": "swinunetr", "unet": "unet", "plainconv": "plainconv", "resenc": "resenc"}
+TASK_CHANNELS = 2  # the output layer belongs to the downstream task; inspect reports it as missing
 CLAIMED_SIZES = ("in_channels", "feature_size", "channels")  # constructor arguments the tensor shapes pin down
 _UNET_ENCODER = re.compile(r"(?:^|\.)encoders\.(\d+)\.0\.weight$")
 
@@ -58,6 +63,8 @@ def check_claimed_sizes(spec: dict[str, Any], tensors: dict[str, torch.Tensor], 
     name, claimed = spec.get("name"), spec.get("args", {})
     if name not in TARGET_OF_BACKBONE:
         raise ValueError(f"{source}: unknown backbone {name!r}; expected one of {sorted(TARGET_OF_BACKBONE)}")
+    if name in NNUNET_CLASSES:
+        return check_nnunet_claim(nnunet_config(spec, source), tensors, source)
     actual = infer_swin_args(tensors, source) if name == "swin" else infer_unet_args(tensors, source)
     wrong = [k for k in CLAIMED_SIZES if k in claimed and k in actual and _plain(claimed[k]) != actual[k]]
     if wrong:
@@ -66,11 +73,38 @@ def check_claimed_sizes(spec: dict[str, Any], tensors: dict[str, torch.Tensor], 
         raise ValueError(f"{source}: the backbone description says {says} but the weights have {has}; refusing to build a network from it")
 
 
+def nnunet_config(spec: dict[str, Any], source: str) -> BackboneConfig:
+    """The backbone config a sidecar's nnU-Net ``spec`` describes (one ValueError line when it is invalid)."""
+    try:
+        return BackboneConfig.model_validate({"name": spec["name"], **spec.get("args", {})})
+    except ValidationError as error:
+        raise ValueError(f"{source}: backbone: {one_line_errors(error)}") from None
+
+
+def check_nnunet_claim(config: BackboneConfig, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """The described nnU-Net network, built on the ``meta`` device (no memory, whatever it claims), must
+    take the weights' tensors with their shapes."""
+    from mssl.models.backbones import build_backbone
+
+    with torch.device("meta"):
+        expected = build_backbone(config).state_dict()
+    mapping = align_keys(tensors, expected)
+    wrong = [f"{name} {tuple(tensors[k].shape)} vs {tuple(expected[name].shape)}" for k, name in mapping.items() if tensors[k].shape != expected[name].shape]
+    if not mapping or wrong:
+        found = f"shapes differ: {'; '.join(wrong[:3])}" if mapping else "no tensor of it is in the weights"
+        raise ValueError(f"{source}: the backbone description ({config.name}) does not match the weights ({found}); refusing to build a network from it")
+
+
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def build_target(into: Target, args: dict[str, Any]) -> nn.Module:
+    if into in NNUNET_CLASSES:
+        from mssl.models.nnunet_backbones import build_nnunet_network
+
+        config = BackboneConfig(name=into, **args)
+        return build_nnunet_network(into, config.in_channels, config.nnunet, num_classes=TASK_CHANNELS)
     if into == "swinunetr":
         from monai.networks.nets import SwinUNETR
 
@@ -81,12 +115,12 @@ def build_target(into: Target, args: dict[str, Any]) -> nn.Module:
 
 
 def describe(into: Target, args: dict[str, Any]) -> str:
-    name = "monai.networks.nets.SwinUNETR" if into == "swinunetr" else "mssl UNetBackbone"
+    name = {"swinunetr": "monai.networks.nets.SwinUNETR", "unet": "mssl UNetBackbone"}.get(into) or NNUNET_CLASSES[into]
     return f"{name}({', '.join(f'{k}={v}' for k, v in args.items())})"
 
 
 def inspect_weights(weights: str | Path, into: Target | None = None, in_channels: int | None = None) -> LoadReport:
-    """Load ``weights`` into a fresh SwinUNETR or U-Net and report per module what loaded.
+    """Load ``weights`` into a fresh SwinUNETR, U-Net or nnU-Net network and report per module what loaded.
 
     into: the target network (default: the sidecar's backbone, else guessed from the keys).
     in_channels: build the target with this many input channels; stem kernels are adapted.
@@ -103,6 +137,8 @@ def inspect_weights(weights: str | Path, into: Target | None = None, in_channels
     if TARGET_OF_BACKBONE.get(spec.get("name", "")) == into:
         check_claimed_sizes(spec, tensors, str(sidecar_path(path)))
         args = dict(spec["args"])
+    elif into in NNUNET_CLASSES:
+        raise ValueError(f"{path}: --into {into} needs the sidecar (encoder.json) naming the {into} architecture the weights were trained with")
     else:
         args = infer_swin_args(tensors, str(path)) if into == "swinunetr" else infer_unet_args(tensors, str(path))
     if in_channels is not None:

@@ -23,7 +23,7 @@ import torch
 from mssl.config import PretrainConfig
 from mssl.models.backbones import build_backbone
 from mssl.nnunet_arch import NNUNET_CLASSES, REQUIRES_IMPORT
-from mssl.weights.exporter import backbone_state, build_sidecar, read_run
+from mssl.weights.exporter import backbone_state, build_sidecar, full_backbone_state, read_run
 from mssl.weights.nnunet_plans import CHECKPOINT_FILE, CONFIGURATION, PLANS_FILE, PLANS_FORMAT
 from mssl.weights.safe_io import EXPORT_DIR
 from mssl.weights.sidecar import file_sha256, write_sidecar
@@ -105,15 +105,12 @@ def export_nnunet(run: str | Path, out: str | Path | None = None, in_channels: i
         )
     if in_channels is not None and in_channels < 1:
         raise ValueError(f"in_channels must be ≥ 1, got {in_channels}")
-    tensors = backbone_state(checkpoint, str(checkpoint_file))
+    tensors, initialised_decoder = full_backbone_state(config, backbone_state(checkpoint, str(checkpoint_file)), str(checkpoint_file))
     channels = in_channels or config.backbone.in_channels
-    try:
-        state = nnunet_state(config, tensors, in_channels)
-    except RuntimeError as error:
-        raise ValueError(f"{checkpoint_file}: backbone weights do not match its config.backbone ({error})") from None
+    state = nnunet_state(config, tensors, in_channels)
     check_against_nnunet(config, state, channels, str(checkpoint_file))
 
-    sidecar = build_sidecar(config, checkpoint, run, tensors)
+    sidecar = build_sidecar(config, checkpoint, run, tensors, initialised_decoder)
     sidecar["in_channels"] = sidecar["backbone"]["args"]["in_channels"] = channels
     sidecar["stem_adapted_from"] = config.backbone.in_channels if channels != config.backbone.in_channels else None
     folder = Path(out) if out is not None else run / EXPORT_DIR
