@@ -17,7 +17,10 @@ from mssl.cli import app
 from mssl.config import ConfigError
 from mssl.methods import METHODS
 from mssl.methods.base import MethodOutput, PretrainMethod
+from mssl.models.backbones import UNetBackbone
 from mssl.train.module import NonFiniteLossError
+from mssl.weights.safe_io import read_weights
+from mssl.weights.sidecar import read_sidecar
 
 # Test-sized models (DESIGN §10): U-Net (8, 16, 32); GVSL on 32³ pairs; S²DC on a 64×64×32 field of 32³ crops.
 TINY: dict[str, Any] = {
@@ -80,6 +83,15 @@ def test_few_step_run_writes_the_run_folder(cache: Path, tmp_path: Path, method:
     assert summary["weights"] == "checkpoints/last.ckpt" and len(summary["data_index_hash"]) == 64
     assert {"loss"} | {t for t in terms if "match_acc" not in t} <= set(summary["final_losses"])
     assert all(math.isfinite(v) for v in summary["final_losses"].values())
+
+    # the export says which tensors the method never changed: S²DC's (initialised) decoder, nothing of GVSL's
+    weights = mssl.export(run)
+    untrained = read_sidecar(weights)["untrained"]
+    decoder = sorted(k for k in read_weights(weights) if k.startswith("decoders."))
+    assert untrained == (decoder if method == "s2dc" else [])
+    report = mssl.load_pretrained(UNetBackbone(1, TINY["backbone"]["unet_channels"]), weights, verbose=False)
+    assert report.trained_known and sorted(report.untrained) == untrained
+    assert "not trained" in str(report) and "pre-trained" in str(report)
 
 
 @pytest.mark.realdata

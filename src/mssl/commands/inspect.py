@@ -47,6 +47,8 @@ def command(
             for key in getattr(report, kind):
                 console.print(f"{kind:<10} {key}", markup=False, highlight=False, soft_wrap=True)
     verdict = "every tensor loaded" if report.ok else f"{len(report.unexpected)} unexpected, {len(report.mismatched)} mismatched"
+    if report.untrained:
+        verdict += f" ({len(report.untrained)} of them as initialised: {(sidecar or {}).get('method')} pre-training never changed them)"
     console.print(f"[bold]{verdict}[/bold]; {len(report.missing) + len(report.mismatched)} network tensors keep their initialisation")
     if not report.ok:
         raise typer.Exit(1)

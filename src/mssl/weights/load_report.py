@@ -3,6 +3,8 @@
 ``loaded`` target keys received a tensor, ``adapted`` ones received a stem kernel converted to the
 network's input channels, ``missing`` target keys kept their own initialisation, ``unexpected``
 source keys had no home, ``mismatched`` pairs had the same name but incompatible shapes (skipped).
+``untrained`` loaded keys hold a tensor the pre-training never changed (the export's sidecar lists them):
+they are shown apart, never as pre-trained.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 Shape = tuple[int, ...]
-COLUMNS = ("loaded", "adapted", "missing", "unexpected", "mismatched")
+COLUMNS = ("loaded", "untrained", "adapted", "missing", "unexpected", "mismatched")
+UNTRAINED_TITLE = "not trained"  # loaded, but an initialisation the method never changed
 
 
 def module_of(key: str, depth: int = 1) -> str:
@@ -37,6 +40,8 @@ class LoadReport:
     mismatched: dict[str, tuple[Shape, Shape]] = field(default_factory=dict)  # target key -> (source, target) shape
     renamed: dict[str, str] = field(default_factory=dict)  # source key -> target key, where they differ
     network_keys: list[str] = field(default_factory=list)  # the network's keys in registration order
+    untrained: list[str] = field(default_factory=list)  # loaded target keys whose tensors pre-training never changed
+    trained_known: bool = False  # the source said which tensors were trained: "loaded" then means pre-trained
     hints: list[str] = field(default_factory=list)  # one line each: what to change when the pattern is known
 
     @property
@@ -47,9 +52,11 @@ class LoadReport:
     def by_module(self, depth: int = 1) -> dict[str, dict[str, list[str]]]:
         """Keys of each kind grouped by module (target names; unexpected ones by their source name)."""
         groups: dict[str, dict[str, list[str]]] = defaultdict(lambda: {c: [] for c in COLUMNS})
+        untrained = set(self.untrained)
         for column in ("loaded", "adapted", "missing", "mismatched"):
             for key in getattr(self, column):
-                groups[module_of(key, depth)][column].append(key)
+                kind = "untrained" if column == "loaded" and key in untrained else column
+                groups[module_of(key, depth)][kind].append(key)
         for key in self.unexpected:
             groups[module_of(key, depth)]["unexpected"].append(key)
         rank: dict[str, int] = {}
@@ -60,8 +67,9 @@ class LoadReport:
     def table(self, depth: int = 1) -> Table:
         table = Table()
         table.add_column("module")
+        titles = {"loaded": "pre-trained" if self.trained_known else "loaded", "untrained": UNTRAINED_TITLE}
         for column in COLUMNS:
-            table.add_column(column, justify="right")
+            table.add_column(titles.get(column, column), justify="right")
         totals = dict.fromkeys(COLUMNS, 0)
         for module, keys in self.by_module(depth).items():
             counts = {c: len(keys[c]) for c in COLUMNS}

@@ -9,7 +9,7 @@ all of these and returns a :class:`LoadReport` instead of failing or silently lo
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from torch import nn
 from mssl.weights.checks import check_loadable
 from mssl.weights.load_report import LoadReport
 from mssl.weights.safe_io import read_weights, resolve_weights, unwrap_state_dict
+from mssl.weights.sidecar import read_sidecar
 from mssl.weights.stem import adapt_input_channels, is_input_channel_mismatch
 
 V2_BLOCK = re.compile(r"(^|\.)layers\dc\.")  # SwinUNETR v2's extra residual block per stage
@@ -94,6 +95,7 @@ def load_pretrained(
     strict: bool = False,
     source: str | None = None,
     verbose: bool = True,
+    untrained: Sequence[str] | None = None,
 ) -> LoadReport:
     """Load ``weights`` into ``network`` in place and report what loaded, per top-level module.
 
@@ -104,13 +106,18 @@ def load_pretrained(
     strict: raise instead of loading when any key is missing, unexpected or shape-mismatched.
     source: the name messages give a state dict (default "state dict"; files are named by their path).
     verbose: print the report (per-module table, shape problems, hints such as a SwinUNETR v1/v2 mismatch).
+    untrained: source keys pre-training never changed, reported as "not trained" instead of pre-trained
+        (default: the ``untrained`` list of a file's sidecar; unknown for a state dict).
     Keys that do not load keep the network's own initialisation. NaN/inf tensors, or integer/bool ones
     for float weights, refuse the whole file (:class:`~mssl.weights.checks.BadWeightsError`).
     """
+    untrained_source = untrained
     if isinstance(weights, Mapping):
         source, tensors = source or "state dict", unwrap_state_dict(weights, source=source or "state dict")
     else:
         source, tensors = str(resolve_weights(weights)), read_weights(weights)
+        if untrained_source is None:
+            untrained_source = (read_sidecar(resolve_weights(weights)) or {}).get("untrained")
     target = network.state_dict()
     target_channels = in_channels if in_channels is not None else input_channels_of(target)
     report = LoadReport(source=source, target=type(network).__name__, network_keys=list(target))
@@ -131,6 +138,9 @@ def load_pretrained(
             report.mismatched[name] = (tuple(tensor.shape), tuple(expected.shape))
     report.unexpected = [k for k in tensors if k not in mapping]
     report.missing = [k for k in target if k not in to_load and k not in report.mismatched]
+    if untrained_source is not None:
+        report.trained_known = True
+        report.untrained = [mapping[key] for key in untrained_source if key in mapping and mapping[key] in to_load]
     report.hints = swin_version_hints(report)
     if verbose:
         Console(stderr=True).print(report)
