@@ -40,7 +40,9 @@ class BackboneConfig(StrictModel):
     feature_size: int = Field(48, ge=12, description="SwinUNETR feature size; must be a multiple of 12")
     window_size: int = Field(7, ge=2, description="attention window; 4 is much cheaper for small crops")
     use_v2: bool = True
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False, description="recompute block activations in the backward pass (swin, unet): less memory, slower steps"
+    )
     # unet (GVSL 3D U-Net)
     unet_channels: tuple[int, ...] = (32, 64, 128, 256, 512)
     # plainconv / resenc (nnU-Net's PlainConvUNet / ResidualEncoderUNet): preset, plans file or explicit stages
@@ -61,6 +63,8 @@ class BackboneConfig(StrictModel):
     def _nnunet_stages(self) -> "BackboneConfig":
         if self.name in NNUNET_CLASSES:
             self.nnunet.check(self.name)
+            if self.gradient_checkpointing:
+                raise ValueError(f"gradient_checkpointing is available for the swin and unet backbones, not {self.name}")
         return self
 
     @field_validator("feature_size")
