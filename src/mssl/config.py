@@ -217,7 +217,8 @@ class TrainerConfig(StrictModel):
     num_nodes: int = Field(1, ge=1)
     # no ddp_spawn: its workers' state (final losses, skipped steps) never returns to the launching process
     strategy: StrategyName = Field("auto", description="ddp: one process per device (torchrun/SLURM for several nodes)")
-    precision: Precision = "32"
+    precision: Precision = Field("32", description="bf16-mixed keeps NCC, Sinkhorn, token/InfoNCE logits and warps in float32")
+    compile: bool = Field(False, description="torch.compile every backbone of the method (compiled at the first step)")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value (off when unset)")
     accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step")
     checkpoint_every: int = Field(1000, ge=1, description="steps between periodic checkpoints")

@@ -46,6 +46,8 @@ FLAGS: dict[str, str] = {
     "num_nodes": "trainer.num_nodes",
     "strategy": "trainer.strategy",
     "precision": "trainer.precision",
+    "compile": "trainer.compile",
+    "checkpoint_activations": "backbone.gradient_checkpointing",
     "grad_clip": "trainer.grad_clip",
     "accumulate": "trainer.accumulate",
     "checkpoint_every": "trainer.checkpoint_every",
@@ -60,8 +62,10 @@ FLAGS: dict[str, str] = {
 ROI_FLAG = "roi"  # sets s2dc.roi (an int) and/or gvsl.roi (a cube) for the objectives being trained
 
 # Keys that may differ between a run and its resumption (everything else must match for an exact resume).
+# Compiling and checkpointing activations change how a step runs, not what it computes.
 RESUMABLE_CHANGES = ("resume", "trainer.max_steps", "trainer.accelerator", "trainer.checkpoint_every",
-                     "trainer.max_nonfinite", "data.workers", "data.cache", "logging")
+                     "trainer.max_nonfinite", "trainer.compile", "backbone.gradient_checkpointing",
+                     "data.workers", "data.cache", "logging")
 
 
 def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> PretrainConfig:
@@ -139,7 +143,7 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.utilities import rank_zero_only
 
-    from mssl.train.callbacks import CropThroughput, FinalLastCheckpoint, StepProgressBar
+    from mssl.train.callbacks import CompileTime, CropThroughput, FinalLastCheckpoint, StepProgressBar
     from mssl.train.checkpoint import (
         PERIODIC_FORMAT,
         AtomicCheckpointIO,
@@ -185,6 +189,9 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
         FinalLastCheckpoint(last_checkpoint(run_dir), cfg.trainer.checkpoint_every),
         CropThroughput(crops_per_sample * cfg.data.batch_size),
     ]
+    compile_time = CompileTime() if cfg.trainer.compile else None
+    if compile_time is not None:
+        callbacks.append(compile_time)
     if cfg.logging.progress_bar:
         callbacks.append(StepProgressBar())
     with _quiet_lightning():
@@ -226,6 +233,7 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
             data_index_hash=datamodule.index_hash,
             weights=str(last_checkpoint(run_dir).relative_to(run_dir)),
             resumed_from_step=resumed_step if resume_from is not None else None,
+            compile_s=None if compile_time is None or compile_time.compile_s is None else round(compile_time.compile_s, 2),
         )
         summary.write(run_dir)
         summary.render(run_dir)
