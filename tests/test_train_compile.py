@@ -8,16 +8,20 @@ step 198 s wall, 62 s CPU, on the shared 2 cores), so that test runs only with M
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import pytest
 import torch
+from test_pretrain_run import TINY, _metrics
 
+import mssl
 from mssl.config import BackboneConfig, GVSLConfig, S2DCConfig
 from mssl.methods.base import PretrainMethod
 from mssl.methods.gvsl import GVSLMethod
 from mssl.methods.s2dc import S2DCMethod
 from mssl.models.backbones import build_backbone
+from mssl.train import module
 from mssl.train.module import compile_backbones
 
 TINY_UNET = BackboneConfig(name="unet", unet_channels=(8, 16, 32))
@@ -48,8 +52,11 @@ def _assert_compiled_step_matches_eager(build, backend: str) -> None:
     assert compile_backbones(compiled, backend) == (2 if isinstance(compiled, S2DCMethod) else 1)  # student (+ EMA teacher)
     assert list(compiled.state_dict()) == keys  # checkpoints and exports unchanged
 
+    traced = []  # the backbone's forward ran under the compiler, not eagerly
+    compiled.backbone.register_forward_pre_hook(lambda _module, _inputs: traced.append(torch.compiler.is_compiling()))
     eager_terms, eager_grads = _step(eager, batch)
     compiled_terms, compiled_grads = _step(compiled, batch)
+    assert traced and all(traced)
     assert compiled_terms == pytest.approx(eager_terms, rel=1e-5, abs=1e-6)
     assert compiled_grads.keys() == eager_grads.keys()
     for name, grad in eager_grads.items():
@@ -65,3 +72,17 @@ def test_compiled_backbones_give_the_eager_loss_and_gradients(build):
 @pytest.mark.skipif(not os.environ.get("MSSL_TEST_COMPILE"), reason="inductor takes minutes on this CPU; set MSSL_TEST_COMPILE=1")
 def test_inductor_compiled_gvsl_step_gives_the_eager_loss():
     _assert_compiled_step_matches_eager(_gvsl, "inductor")
+
+
+@pytest.mark.realdata
+def test_compiled_run_reports_its_compile_time(tiny_ct_cache, tmp_path, monkeypatch):
+    torch.compiler.reset()  # compiled graphs are reused across modules of the same structure: start cold
+    monkeypatch.setattr(module, "compile_backbones", lambda method: compile_backbones(method, "aot_eager"))
+    run = mssl.pretrain(method="gvsl", data=tiny_ct_cache, out=tmp_path / "run", steps=3, compile=True, **TINY)
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    assert summary["compile_s"] > 0 and summary["steps"] == 3
+    logged = {int(row["step"]): float(row["train/compile_s"]) for row in _metrics(run) if row.get("train/compile_s")}
+    assert min(logged) == 1  # measured once the second step has run, then carried along by Lightning
+    assert all(value == pytest.approx(summary["compile_s"], abs=0.01) for value in logged.values())
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert "method.backbone.encoders.0.0.weight" in state  # in-place compilation: the usual keys
