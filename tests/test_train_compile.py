@@ -1,8 +1,9 @@
 """``--compile``: the compiled backbones give the eager step's loss and gradients, with unchanged state-dict keys.
 
 The ``aot_eager`` backend captures the same graphs as the default ``inductor`` one without generating
-code (~10 s here); the full inductor compile of even the tiny U-Net takes minutes on this CPU (first
-step 198 s wall, 62 s CPU, on the shared 2 cores), so that test runs only with MSSL_TEST_COMPILE=1.
+code (~10 s here); a cold inductor compile of even the tiny U-Net costs more than a minute on this CPU
+(first step 62 s CPU, 198 s wall on the shared 2 cores; 26 s once inductor's on-disk cache holds the
+graphs), so that test runs only with MSSL_TEST_COMPILE=1.
 """
 
 from __future__ import annotations
