@@ -70,7 +70,7 @@ def test_compiled_backbones_give_the_eager_loss_and_gradients(build):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("MSSL_TEST_COMPILE"), reason="inductor takes minutes on this CPU; set MSSL_TEST_COMPILE=1")
+@pytest.mark.skipif(not os.environ.get("MSSL_TEST_COMPILE"), reason="a cold inductor compile takes over a minute on this CPU; set MSSL_TEST_COMPILE=1")
 def test_inductor_compiled_gvsl_step_gives_the_eager_loss():
     _assert_compiled_step_matches_eager(_gvsl, "inductor")
 
