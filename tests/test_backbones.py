@@ -44,3 +44,37 @@ def test_unet_gradients_reach_every_parameter():
     features = backbone(torch.randn(2, 1, 16, 16, 16))
     (features.local.square().mean() + features.bottleneck.mean()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone.parameters())
+
+
+def _saved_bytes_and_gradients(backbone, x):
+    """Bytes the autograd graph keeps for backward, and every parameter's gradient after one backward."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
+        features = backbone(x)
+    (features.local.square().mean() + features.bottleneck.mean()).backward()
+    return sum(saved), {name: p.grad for name, p in backbone.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "config, size",
+    [
+        (BackboneConfig(name="unet", unet_channels=(8, 16, 32)), 32),
+        (BackboneConfig(name="swin", feature_size=12, window_size=4), 64),
+    ],
+)
+def test_checkpointed_activations_give_the_same_gradients_and_keep_less(config, size):
+    x = torch.randn(1, 1, size, size, size)
+    plain = build_backbone(config)
+    checkpointed = build_backbone(config.model_copy(update={"gradient_checkpointing": True}))
+    checkpointed.load_state_dict(plain.state_dict())
+    plain_saved, plain_grads = _saved_bytes_and_gradients(plain, x)
+    checkpointed_saved, checkpointed_grads = _saved_bytes_and_gradients(checkpointed, x)
+    assert checkpointed_saved < 0.7 * plain_saved  # the recomputed blocks keep only their inputs
+    assert plain_grads.keys() == checkpointed_grads.keys()
+    for name, grad in plain_grads.items():  # the backward recomputes the same forward: same gradients
+        torch.testing.assert_close(checkpointed_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_checkpointing_is_refused_for_nnunet_backbones():
+    with pytest.raises(ValueError, match="gradient_checkpointing is available for the swin and unet backbones"):
+        BackboneConfig(name="plainconv", gradient_checkpointing=True)

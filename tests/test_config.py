@@ -59,6 +59,13 @@ def test_roi_flag_sets_only_the_trained_objectives() -> None:
     assert both.s2dc.roi == 64 and both.gvsl.roi == (64, 64, 64)
 
 
+def test_speed_options_are_off_by_default_and_set_by_their_flags() -> None:
+    default = resolve_config()
+    assert not default.trainer.compile and not default.backbone.gradient_checkpointing and default.trainer.precision == "32"
+    config = resolve_config(compile=True, checkpoint_activations=True, precision="bf16-mixed")
+    assert config.trainer.compile and config.backbone.gradient_checkpointing and config.trainer.precision == "bf16-mixed"
+
+
 def test_yaml_then_flags_then_dotted_overrides(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"method": "gvsl", "trainer": {"max_steps": 50, "precision": "bf16-mixed"}, "seed": 3}), encoding="utf-8")

@@ -31,3 +31,11 @@ def test_leading_axes_only_batch_the_tokens():
     head = _head()
     tokens = torch.randn(3, 12, 6)
     assert torch.allclose(head(tokens), head(tokens.reshape(36, 6)).reshape(3, 12, 8), atol=1e-6)
+
+
+def test_embeddings_are_float32_unit_vectors_under_bf16_autocast():
+    head, tokens = _head(), torch.randn(2, 10, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(tokens)
+    assert out.dtype == torch.float32  # the cosine / InfoNCE logits start from fp32 unit vectors
+    assert torch.allclose(out.norm(dim=-1), torch.ones(2, 10), atol=1e-6)  # bf16 normalisation is off by ~4e-3

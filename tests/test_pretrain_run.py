@@ -185,7 +185,8 @@ def test_cli_help_lists_the_options() -> None:
     result = CliRunner().invoke(app, ["pretrain", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for option in ("--method", "--data", "--out", "--backbone", "--steps", "--devices", "--strategy", "--precision",
-                   "--resume", "--set", "--config", "--grad-clip", "--accumulate", "--workers", "--lr", "--seed"):
+                   "--resume", "--set", "--config", "--grad-clip", "--accumulate", "--workers", "--lr", "--seed",
+                   "--compile", "--checkpoint-activations"):
         assert option in result.output, option
     assert "s2dc|gvsl|both" in result.output and "bf16-mixed" in result.output
 

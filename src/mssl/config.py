@@ -44,7 +44,9 @@ class BackboneConfig(StrictModel):
     feature_size: int = Field(48, ge=12, description="SwinUNETR feature size; must be a multiple of 12")
     window_size: int = Field(7, ge=2, description="attention window; 4 is much cheaper for small crops")
     use_v2: bool = True
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False, description="recompute block activations in the backward pass (swin, unet): less memory, slower steps"
+    )
     # unet (GVSL 3D U-Net)
     unet_channels: tuple[int, ...] = (32, 64, 128, 256, 512)
     # plainconv / resenc (nnU-Net's PlainConvUNet / ResidualEncoderUNet): preset, plans file or explicit stages
@@ -65,6 +67,8 @@ class BackboneConfig(StrictModel):
     def _nnunet_stages(self) -> "BackboneConfig":
         if self.name in NNUNET_CLASSES:
             self.nnunet.check(self.name)
+            if self.gradient_checkpointing:
+                raise ValueError(f"gradient_checkpointing is available for the swin and unet backbones, not {self.name}")
         return self
 
     @field_validator("feature_size")
@@ -227,7 +231,8 @@ class TrainerConfig(StrictModel):
     num_nodes: int = Field(1, ge=1)
     # no ddp_spawn: its workers' state (final losses, skipped steps) never returns to the launching process
     strategy: StrategyName = Field("auto", description="ddp: one process per device (torchrun/SLURM for several nodes)")
-    precision: Precision = "32"
+    precision: Precision = Field("32", description="bf16-mixed keeps NCC, Sinkhorn, token/InfoNCE logits and warps in float32")
+    compile: bool = Field(False, description="torch.compile every backbone of the method (compiled at the first step)")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value (off when unset)")
     accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step")
     checkpoint_every: int = Field(1000, ge=1, description="steps between periodic checkpoints")

@@ -58,11 +58,13 @@ def local_ncc_loss(x: torch.Tensor, y: torch.Tensor, window: int = 9, eps: float
 
 def smoothness_loss(flow: torch.Tensor) -> torch.Tensor:
     """Mean squared forward difference of a (B, 3, X, Y, Z) flow, averaged over the three axes; 0 for a constant flow."""
-    flow = flow.float()
-    diffs = [flow.diff(dim=axis) for axis in (2, 3, 4)]
-    return sum(d.square().mean() for d in diffs) / 3
+    with torch.autocast(flow.device.type, enabled=False):  # differences of nearby values: bf16 would cancel them
+        flow = flow.float()
+        diffs = [flow.diff(dim=axis) for axis in (2, 3, 4)]
+        return sum(d.square().mean() for d in diffs) / 3
 
 
 def restoration_loss(restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Voxel-wise mean squared error between the restored and the clean image, in float32."""
-    return F.mse_loss(restored.float(), target.float())
+    with torch.autocast(restored.device.type, enabled=False):
+        return F.mse_loss(restored.float(), target.float())

@@ -18,6 +18,7 @@ import torch
 from monai.networks.nets import SwinUNETR
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from mssl.config import BackboneConfig
 from mssl.nnunet_arch import NNUNET_CLASSES
@@ -210,10 +211,15 @@ class UNetBackbone(Backbone):
 
     State-dict keys (documented for export): ``encoders.{i}.*`` (i = 0 full resolution … 4 bottleneck,
     each a DoubleConv after a 2× max-pool for i > 0) and ``decoders.{j}.conv.*`` (j = 0 coarsest).
+    ``checkpoint_activations``: keep only each block's input while the graph is built and recompute the
+    block's inner activations in the backward pass (less memory, one more forward per block).
     """
 
-    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128, 256, 512)) -> None:
+    def __init__(
+        self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128, 256, 512), checkpoint_activations: bool = False
+    ) -> None:
         super().__init__()
+        self.checkpoint_activations = checkpoint_activations
         channels = tuple(channels)
         if len(channels) < 2:
             raise ValueError(f"unet needs at least 2 widths, got {channels}")
@@ -245,7 +251,7 @@ class UNetBackbone(Backbone):
         self._check_decode(decode)
         pyramid = []
         for i, encoder in enumerate(self.encoders):
-            x = encoder(F.max_pool3d(x, 2) if i else x)
+            x = self._block(encoder, F.max_pool3d(x, 2) if i else x)
             pyramid.append(x)
         local = self.decoder_maps(pyramid)[0] if decode else None
         return Features(pyramid=pyramid, bottleneck=pyramid[-1], local=local)
@@ -254,8 +260,13 @@ class UNetBackbone(Backbone):
         """Every decoder output, finest first: map i is (B, channels[i], *S / 2**i), i < len(channels) - 1."""
         maps = [pyramid[-1]]
         for decoder, skip in zip(self.decoders, reversed(pyramid[:-1])):
-            maps.append(decoder(maps[-1], skip))
+            maps.append(self._block(decoder, maps[-1], skip))
         return maps[:0:-1]
+
+    def _block(self, block: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint_activations and torch.is_grad_enabled():  # no-grad passes (EMA teacher) store nothing anyway
+            return checkpoint(block, *inputs, use_reentrant=False)
+        return block(*inputs)
 
 
 def build_backbone(config: BackboneConfig) -> Backbone:
@@ -272,4 +283,4 @@ def build_backbone(config: BackboneConfig) -> Backbone:
             use_v2=config.use_v2,
             use_checkpoint=config.gradient_checkpointing,
         )
-    return UNetBackbone(in_channels=config.in_channels, channels=config.unet_channels)
+    return UNetBackbone(config.in_channels, config.unet_channels, checkpoint_activations=config.gradient_checkpointing)

@@ -30,4 +30,6 @@ class ProjectionHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])  # (B·N, in_features)
-        return F.normalize(self.mlp(flat), dim=-1).reshape(*x.shape[:-1], -1)
+        projected = self.mlp(flat)
+        with torch.autocast(projected.device.type, enabled=False):  # unit vectors for the fp32 cosine / InfoNCE logits
+            return F.normalize(projected.float(), dim=-1).reshape(*x.shape[:-1], -1)

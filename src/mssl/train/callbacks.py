@@ -1,4 +1,4 @@
-"""Small callbacks Lightning does not ship: crops per second, a step-labelled progress bar, the final last.ckpt."""
+"""Small callbacks Lightning does not ship: crops per second, compile time, a step-labelled progress bar, the final last.ckpt."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.utilities import rank_zero_info
 
 
 class CropThroughput(pl.Callback):
@@ -32,6 +33,32 @@ class CropThroughput(pl.Callback):
         if self._last_time is not None:
             pl_module.log("train/crops_per_s", self._crops / (now - self._last_time), batch_size=1)
         self._last_time, self._crops = now, 0
+
+
+class CompileTime(pl.Callback):
+    """Reports ``torch.compile``'s cost: the first optimiser step (which compiles) minus the second (which does not).
+
+    Logged as ``train/compile_s`` and printed once; ``compile_s`` stays None until two steps have run.
+    """
+
+    def __init__(self) -> None:
+        self.step_times: list[float] = []
+        self.compile_s: float | None = None
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if not pl_module.micro_batch:  # the first micro-batch of an optimiser step
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if pl_module.micro_batch or len(self.step_times) >= 2:
+            return
+        self.step_times.append(time.perf_counter() - self._start)
+        if len(self.step_times) == 2:
+            first, second = self.step_times
+            self.compile_s = max(first - second, 0.0)
+            pl_module.log("train/compile_s", self.compile_s, batch_size=1)
+            rank_zero_info(f"torch.compile: first step {first:.1f} s, second {second:.1f} s: about {self.compile_s:.1f} s compiling")
 
 
 class StepProgressBar(RichProgressBar):

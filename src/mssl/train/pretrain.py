@@ -48,6 +48,8 @@ FLAGS: dict[str, str] = {
     "num_nodes": "trainer.num_nodes",
     "strategy": "trainer.strategy",
     "precision": "trainer.precision",
+    "compile": "trainer.compile",
+    "checkpoint_activations": "backbone.gradient_checkpointing",
     "grad_clip": "trainer.grad_clip",
     "accumulate": "trainer.accumulate",
     "checkpoint_every": "trainer.checkpoint_every",
@@ -64,9 +66,11 @@ FLAGS: dict[str, str] = {
 ROI_FLAG = "roi"  # sets s2dc.roi (an int) and/or gvsl.roi (a cube) for the objectives being trained
 
 # Keys that may differ between a run and its resumption (everything else must match for an exact resume).
-# Probes restore every RNG state and module mode, so adding or changing them keeps the continuation exact.
+# Probes restore every RNG state and module mode, and compiling and checkpointing activations change how a
+# step runs, not what it computes: adding or changing them keeps the continuation exact.
 RESUMABLE_CHANGES = ("resume", "trainer.max_steps", "trainer.accelerator", "trainer.checkpoint_every",
-                     "trainer.max_nonfinite", "data.workers", "data.cache", "logging", "probe")
+                     "trainer.max_nonfinite", "trainer.compile", "backbone.gradient_checkpointing",
+                     "data.workers", "data.cache", "logging", "probe")
 
 
 def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> PretrainConfig:
@@ -149,7 +153,7 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.utilities import rank_zero_only
 
-    from mssl.train.callbacks import CropThroughput, FinalLastCheckpoint, StepProgressBar
+    from mssl.train.callbacks import CompileTime, CropThroughput, FinalLastCheckpoint, StepProgressBar
     from mssl.train.checkpoint import (
         PERIODIC_FORMAT,
         AtomicCheckpointIO,
@@ -199,6 +203,9 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
         FinalLastCheckpoint(last_checkpoint(run_dir), cfg.trainer.checkpoint_every),
         CropThroughput(crops_per_sample * cfg.data.batch_size),
     ]
+    compile_time = CompileTime() if cfg.trainer.compile else None
+    if compile_time is not None:
+        callbacks.append(compile_time)
     if cfg.logging.progress_bar:
         callbacks.append(StepProgressBar())
     if cfg.probe.data is not None:
@@ -245,6 +252,7 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
             data_index_hash=datamodule.index_hash,
             weights=str(last_checkpoint(run_dir).relative_to(run_dir)),
             resumed_from_step=resumed_step if resume_from is not None else None,
+            compile_s=None if compile_time is None or compile_time.compile_s is None else round(compile_time.compile_s, 2),
         )
         summary.write(run_dir)
         summary.render(run_dir)

@@ -29,6 +29,7 @@ class RunSummary:
     data_index_hash: str | None
     weights: str
     resumed_from_step: int | None = None
+    compile_s: float | None = None  # torch.compile's estimated cost (--compile only)
 
     def write(self, run_dir: Path) -> Path:
         path = run_dir / SUMMARY_FILE
@@ -44,6 +45,8 @@ class RunSummary:
         skipped = f" ({self.skipped_steps} skipped: non-finite loss)" if self.skipped_steps else ""
         table.add_row("steps", f"{self.steps} / {self.max_steps}{skipped}" + (f" (resumed at step {self.resumed_from_step})" if self.resumed_from_step is not None else ""))
         table.add_row("wall time", _duration(self.wall_time_s))
+        if self.compile_s is not None:
+            table.add_row("compiling", f"≈ {self.compile_s:.1f} s of it")
         for name, value in {**self.final_losses, **self.final_metrics}.items():
             table.add_row(name, f"{value:.4g}")
         table.add_row("weights", str(run_dir / self.weights))
