@@ -46,6 +46,8 @@ def command(
     precision: Optional[str] = typer.Option(None, help="32, bf16-mixed or 16-mixed. (default: 32)"),
     accelerator: Optional[str] = typer.Option(None, help="auto, cpu, gpu, cuda or mps. (default: auto)"),
     devices: Optional[int] = typer.Option(None, help="Devices (several → DDP). (default: 1)"),
+    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue the run in --out from its last.ckpt (refreshed at every validation)."),
+    dry_run: Optional[bool] = typer.Option(None, "--dry-run", help="Run a few steps in a temporary folder, print the cost and a projection of the whole run, write nothing to --out."),
 ) -> None:
     """Fine-tune a network on k labelled cases and keep the best validation checkpoint.
 
@@ -58,6 +60,8 @@ def command(
 
         mssl finetune --data openkbp/dataset.json --weights runs/s2dc --labels 5 --out runs/ft
     """
+    from contextlib import nullcontext
+
     from rich.console import Console
 
     from mssl.downstream.config import FinetuneConfig, build_config, parse_size
@@ -101,8 +105,10 @@ def command(
             precision=precision,
             accelerator=accelerator,
             devices=devices,
+            resume=resume,
+            dry_run=dry_run,
         )
-        with run_lock(settings.out):  # one writer per run folder
+        with nullcontext() if settings.dry_run else run_lock(settings.out):  # one writer per run folder
             finetune(settings, console=console)
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
         fail(error)

@@ -13,7 +13,7 @@ import math
 import resource
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
@@ -165,7 +165,8 @@ class CostReporter:
     Call :meth:`start` before the first step and :meth:`step_done` after every optimiser step; wrap
     validation in :meth:`paused`. ``lines``: print progress lines (a log file, or ``--no-progress``);
     ``validate_every``: steps between validations (validation at each multiple and at the last step),
-    so the ETA counts the validations still to come.
+    so the ETA counts the validations still to come. Process CPU time is timed alongside wall time: on a
+    shared machine it says what the run needs whatever else runs.
     """
 
     def __init__(
@@ -178,17 +179,18 @@ class CostReporter:
         validate_every: int | None = None,
         emit: Emit = print_line,
         clock: Clock = time.perf_counter,
+        cpu_clock: Clock = time.process_time,
     ) -> None:
         self.plan, self.device, self.lines, self.validate_every = plan, device, lines, validate_every
         self.every_steps, self.every_seconds = every_steps, every_seconds
-        self.emit, self.clock = emit, clock
-        self.timer = StepTimer(clock=clock)
+        self.emit, self.clock, self.cpu_clock = emit, clock, cpu_clock
+        self.timer, self.cpu_timer = StepTimer(clock=clock), StepTimer(clock=cpu_clock)
         self._last_line: tuple[int, float] = (0, clock())
 
     def start(self, first_step: int = 0) -> None:
         """Print the plan and start the clock; ``first_step``: where a resumed run starts."""
         self.emit(self.plan.describe())
-        self.timer = StepTimer(clock=self.clock)
+        self.timer, self.cpu_timer = StepTimer(clock=self.clock), StepTimer(clock=self.cpu_clock)
         self._last_line = (first_step, self.clock())
 
     @property
@@ -196,12 +198,17 @@ class CostReporter:
         """Enough steps timed for an estimate (what a dry run waits for)."""
         return self.timer.measured_steps >= MEASURED_STEPS
 
-    def paused(self):  # noqa: ANN201 - a context manager
-        return self.timer.paused()
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        with ExitStack() as stack:
+            for timer in (self.timer, self.cpu_timer):
+                stack.enter_context(timer.paused())
+            yield
 
     def step_done(self, step: int, values: Callable[[], Mapping[str, float]]) -> None:
         """``step``: steps completed so far; ``values``: the losses and lr to show (only called when a line is due)."""
         self.timer.step_done()
+        self.cpu_timer.step_done()
         now = self.clock()
         if self.timer.measured_steps == MEASURED_STEPS:
             self.emit(f"measured: {self.timer.seconds_per_step:.3f} s/step · ETA {self._eta(step)} · {peak_memory(self.device)}")
@@ -217,24 +224,32 @@ class CostReporter:
         timing = f"{speed:.3f} s/step · ETA {self._eta(step)}" if speed is not None else "timing after warm-up"
         return f"step {step}/{self.plan.planned_steps} · {shown} · {timing}"
 
-    def projection(self, validations: int = 0) -> Projection:
-        """The planned run extrapolated from the steps (and pauses) measured so far."""
-        if self.timer.seconds_per_step is None:
+    def projection(self, validations: int = 0, cpu: bool = False) -> Projection:
+        """The planned run extrapolated from the steps (and pauses) measured so far, in wall or (``cpu``) process CPU seconds."""
+        timer = self.cpu_timer if cpu else self.timer
+        if timer.seconds_per_step is None:
             raise RuntimeError(f"no step measured yet (the first {WARMUP_STEPS} are warm-up)")
         return Projection(
             steps=self.plan.planned_steps,
-            seconds_per_step=self.timer.seconds_per_step,
-            warmup_steps=self.timer.warmup_steps,
-            warmup_seconds=self.timer.warmup_seconds,
+            seconds_per_step=timer.seconds_per_step,
+            warmup_steps=timer.warmup_steps,
+            warmup_seconds=timer.warmup_seconds,
             validations=validations,
-            seconds_per_validation=self.timer.seconds_per_pause or 0.0,
+            seconds_per_validation=timer.seconds_per_pause or 0.0,
             devices=self.plan.devices,
         )
 
-    def dry_run_report(self, validations: int = 0) -> None:
-        """The lines a dry run ends with: what was measured and the projection of the planned run."""
+    def dry_run_report(self, validations: int = 0) -> Projection:
+        """Print what a dry run measured and the projection of the planned run; returns the (wall-time) projection."""
+        projection = self.projection(validations)
+        cpu = self.projection(validations, cpu=True)
         self.emit(f"dry run: {self.timer.steps} steps run ({self.timer.warmup_steps} warm-up), {peak_memory(self.device)}")
-        self.emit(self.projection(validations).describe())
+        self.emit(projection.describe())
+        self.emit(
+            f"process CPU time: {cpu.seconds_per_step:.3f} CPU-s/step, ≈ {format_duration(cpu.total_seconds)} for the run "
+            "(all threads; wall time above depends on what else runs on the machine)"
+        )
+        return projection
 
     def validations_after(self, step: int) -> int:
         """Validations still to run after ``step``: at each multiple of ``validate_every`` and at the last step."""

@@ -210,9 +210,9 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
             plugins=[AtomicCheckpointIO()],
             **_trainer_options(cfg, progress_bar=_progress_bar(cfg)),
         )
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-        wall_time = time.perf_counter() - start
+        wall_time, cpu_time = time.perf_counter() - start, time.process_time() - cpu_start
 
     if trainer.is_global_zero:
         summary = RunSummary(
@@ -227,6 +227,7 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
             data_index_hash=datamodule.index_hash,
             weights=str(last_checkpoint(run_dir).relative_to(run_dir)),
             resumed_from_step=resumed_step if resume_from is not None else None,
+            cpu_time_s=round(cpu_time, 2),
         )
         summary.write(run_dir)
         summary.render(run_dir)
@@ -260,8 +261,7 @@ def _dry_run(cfg: PretrainConfig, index: CacheIndex) -> Projection:
         trainer.fit(module, datamodule=datamodule)
     reporter = next(c for c in callbacks if isinstance(c, CostReport)).reporter
     assert reporter is not None  # a single-device run is rank 0
-    reporter.dry_run_report()
-    return reporter.projection()
+    return reporter.dry_run_report()
 
 
 def _trainer_options(cfg: PretrainConfig, progress_bar: bool) -> dict[str, Any]:

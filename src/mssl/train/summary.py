@@ -29,6 +29,7 @@ class RunSummary:
     data_index_hash: str | None
     weights: str
     resumed_from_step: int | None = None
+    cpu_time_s: float | None = None  # process CPU time of the training loop, all threads (DataLoader workers not included)
 
     def write(self, run_dir: Path) -> Path:
         path = run_dir / SUMMARY_FILE

@@ -1,0 +1,94 @@
+"""`mssl finetune`: cost plan and plain progress lines, --dry-run, a resumable last.ckpt, TensorBoard for classification."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from mssl.cli import app
+from mssl.train.cost import MEASURED_STEPS, WARMUP_STEPS
+
+TINY = {"backbone": {"name": "unet", "unet_channels": (8, 16, 32)}, "roi": (32, 32, 32), "spacing": (6.0, 6.0, 6.0), "batch_size": 1}
+
+
+def _subset(source: Path, out: Path, per_split: dict[str, int]) -> Path:
+    meta = json.loads((source / "dataset.json").read_text(encoding="utf-8"))
+    chosen = []
+    for split, count in per_split.items():
+        entries = [e for e in meta["training"] if e.get("split", split) == split][:count]
+        chosen += [{**e, "image": str(source / e["image"]), "label": str(source / e["label"])} for e in entries]
+    path = out / "dataset.json"
+    path.write_text(json.dumps({**meta, "training": chosen}), encoding="utf-8")
+    return path
+
+
+def _steps(metrics: Path) -> list[int]:
+    with metrics.open(newline="") as file:
+        return [int(row["step"]) for row in csv.DictReader(file)]
+
+
+def _console() -> tuple[Console, io.StringIO]:
+    text = io.StringIO()
+    return Console(file=text, width=60), text  # narrower than a line: lines must not wrap
+
+
+@pytest.mark.realdata
+def test_segmentation_prints_lines_and_resumes_from_last_checkpoint(openkbp_dir: Path, tmp_path: Path) -> None:
+    from mssl.downstream.finetune import finetune
+
+    data = _subset(openkbp_dir, tmp_path, {"train": 1, "validation": 1})
+    console, text = _console()
+    run = finetune(data=data, out=tmp_path / "run", steps=4, val_every=2, line_every_steps=1, postprocess=False, console=console, **TINY)
+    lines = text.getvalue().splitlines()
+    assert next(line for line in lines if line.startswith("plan: ")).endswith("· 4 steps")
+    assert [line.split(" · ")[0] for line in lines if line.startswith("step ") and " · loss " in line] == [f"step {s}/4" for s in range(1, 5)]
+    assert torch.load(run / "last.ckpt", weights_only=True)["loop"]["step"] == 4
+
+    console, text = _console()
+    finetune(data=data, out=run, steps=6, val_every=2, line_every_steps=1, postprocess=False, resume=True, console=console, **TINY)
+    assert [line.split(" · ")[0] for line in text.getvalue().splitlines() if " · loss " in line] == ["step 5/6", "step 6/6"]
+    assert _steps(run / "metrics.csv") == list(range(7))  # step 0 = initial validation; every step once
+    state = torch.load(run / "last.ckpt", weights_only=True)
+    assert state["loop"]["step"] == 6 and len(state["loop"]["history"]) == 4  # validations at 0, 2, 4, 6
+    assert all(int(moments["step"]) == 6 for moments in state["optimizer"]["state"].values())  # Adam moments continued
+    assert state["schedule"]["last_epoch"] == 6
+    result = json.loads((run / "result.json").read_text(encoding="utf-8"))
+    assert result["steps"] == 6 and len(result["validation_history"]) == 4
+
+
+@pytest.mark.realdata
+def test_segmentation_dry_run_projects_and_writes_nothing(openkbp_dir: Path, tmp_path: Path) -> None:
+    data = _subset(openkbp_dir, tmp_path, {"train": 1, "validation": 1})
+    out = tmp_path / "run"
+    arguments = ["finetune", "--data", str(data), "--out", str(out), "--backbone", "unet", "--unet-channels", "8,16,32", "--roi", "32",
+                 "--spacing", "6,6,6", "--batch-size", "1", "--steps", "1000", "--val-every", "100", "--dry-run"]
+    result = CliRunner().invoke(app, arguments, env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "per step: 1 crop (1 × 32×32×32), 32.77 k voxels · 1,000 steps" in result.output
+    assert f"dry run: {WARMUP_STEPS + MEASURED_STEPS} steps run" in result.output
+    projection = next(line for line in result.output.splitlines() if line.startswith("projection: "))
+    assert "1,000 steps ×" in projection and "+ 11 validations ×" in projection  # step 0, 100, ..., 1000
+    assert not out.exists()
+
+
+@pytest.mark.realdata
+def test_classification_writes_tensorboard_and_resumes(ixi_dir: Path, tmp_path: Path) -> None:
+    from mssl.downstream.finetune import finetune
+
+    data = _subset(ixi_dir, tmp_path, {"train": 2, "validation": 1})
+    options = {**TINY, "task": "cls", "target": "sex", "spacing": (8.0, 8.0, 8.0), "val_every": 2, "line_every_steps": 1}
+    console, text = _console()
+    run = finetune(data=data, out=tmp_path / "cls", steps=2, console=console, **options)
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
+    assert "step 2/2 · loss " in text.getvalue()
+    finetune(data=data, out=run, steps=3, resume=True, console=console, **options)
+    assert _steps(run / "metrics.csv") == [1, 2, 3]
+    state = torch.load(run / "last.ckpt", weights_only=True)
+    assert state["loop"]["step"] == 3 and all(int(m["step"]) == 3 for m in state["optimizer"]["state"].values())
