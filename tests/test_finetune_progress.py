@@ -10,23 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
+from test_downstream_end_to_end import _subset  # a dataset.json of the first cases of each split
 from typer.testing import CliRunner
 
 from mssl.cli import app
 from mssl.train.cost import MEASURED_STEPS, WARMUP_STEPS
 
 TINY = {"backbone": {"name": "unet", "unet_channels": (8, 16, 32)}, "roi": (32, 32, 32), "spacing": (6.0, 6.0, 6.0), "batch_size": 1}
-
-
-def _subset(source: Path, out: Path, per_split: dict[str, int]) -> Path:
-    meta = json.loads((source / "dataset.json").read_text(encoding="utf-8"))
-    chosen = []
-    for split, count in per_split.items():
-        entries = [e for e in meta["training"] if e.get("split", split) == split][:count]
-        chosen += [{**e, "image": str(source / e["image"]), "label": str(source / e["label"])} for e in entries]
-    path = out / "dataset.json"
-    path.write_text(json.dumps({**meta, "training": chosen}), encoding="utf-8")
-    return path
 
 
 def _steps(metrics: Path) -> list[int]:
