@@ -45,6 +45,9 @@ def test_segmentation_prints_lines_and_resumes_from_last_checkpoint(openkbp_dir:
     finetune(data=data, out=run, steps=6, val_every=2, line_every_steps=1, postprocess=False, resume=True, console=console, **TINY)
     assert [line.split(" · ")[0] for line in text.getvalue().splitlines() if " · loss " in line] == ["step 5/6", "step 6/6"]
     assert _steps(run / "metrics.csv") == list(range(7))  # step 0 = initial validation; every step once
+    with (run / "metrics.csv").open(newline="") as file:
+        lr = {int(row["step"]): float(row["lr"]) for row in csv.DictReader(file) if row["lr"]}
+    assert lr[5] > lr[6] > 0.0  # the poly schedule spans the 6 steps of the resumed run, not the 4 of the first
     state = torch.load(run / "last.ckpt", weights_only=True)
     assert state["loop"]["step"] == 6 and len(state["loop"]["history"]) == 4  # validations at 0, 2, 4, 6
     assert all(int(moments["step"]) == 6 for moments in state["optimizer"]["state"].values())  # Adam moments continued
@@ -78,7 +81,9 @@ def test_classification_writes_tensorboard_and_resumes(ixi_dir: Path, tmp_path: 
     run = finetune(data=data, out=tmp_path / "cls", steps=2, console=console, **options)
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
     assert "step 2/2 · loss " in text.getvalue()
+    console, text = _console()
     finetune(data=data, out=run, steps=3, resume=True, console=console, **options)
+    assert [line.split(" · ")[0] for line in text.getvalue().splitlines() if " · loss " in line and "validation" not in line] == ["step 3/3"]
     assert _steps(run / "metrics.csv") == [1, 2, 3]
     state = torch.load(run / "last.ckpt", weights_only=True)
     assert state["loop"]["step"] == 3 and all(int(m["step"]) == 3 for m in state["optimizer"]["state"].values())
