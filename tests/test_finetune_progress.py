@@ -47,7 +47,7 @@ def test_segmentation_prints_lines_and_resumes_from_last_checkpoint(openkbp_dir:
     assert _steps(run / "metrics.csv") == list(range(7))  # step 0 = initial validation; every step once
     with (run / "metrics.csv").open(newline="") as file:
         lr = {int(row["step"]): float(row["lr"]) for row in csv.DictReader(file) if row["lr"]}
-    assert lr[5] > lr[6] > 0.0  # the poly schedule spans the 6 steps of the resumed run, not the 4 of the first
+    assert lr[5] > 0.0 == lr[6]  # the poly schedule spans the 6 steps of the resumed run, not the 4 of the first
     state = torch.load(run / "last.ckpt", weights_only=True)
     assert state["loop"]["step"] == 6 and len(state["loop"]["history"]) == 4  # validations at 0, 2, 4, 6
     assert all(int(moments["step"]) == 6 for moments in state["optimizer"]["state"].values())  # Adam moments continued
