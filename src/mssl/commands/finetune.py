@@ -38,7 +38,7 @@ def command(
     optimizer: Optional[str] = typer.Option(None, help="adamw or sgd (Nesterov, momentum 0.99, as nnU-Net; use --lr 1e-2); poly decay. (default: adamw)"),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate. (default: 3e-3)"),
     freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--train-encoder", help="Keep the pre-trained encoder fixed."),
-    val_every: Optional[int] = typer.Option(None, help="Validate every N steps (sliding window); the best checkpoint is kept. (default: 100)"),
+    val_every: Optional[int] = typer.Option(None, help="Validate every N steps (sliding window); the best checkpoint is kept and last.ckpt (for --resume) refreshed. (default: 100)"),
     val_cases: Optional[int] = typer.Option(None, help="Validate on at most N cases of the validation split. (default: all)"),
     target: Optional[str] = typer.Option(None, help="cls: the datalist key to predict; strings → classes, numbers → regression. (default: sex)"),
     preset: Optional[str] = typer.Option(None, help="Intensity preset ct, mri or none. (default: the weights', else from the modality)"),
@@ -55,7 +55,8 @@ def command(
     on), DiceCE with partial labels (organs a case does not contour are ignored, never background),
     nnU-Net's recipe (patch from the data, a third of patches on an organ, augmentation, poly decay,
     output biases at the class prior, sliding-window validation, keep-largest-component where it helps); metrics.csv,
-    TensorBoard and curve.png show convergence, result.json says whether it converged. Classification pools the encoder's
+    TensorBoard and curve.png show convergence, result.json says whether it converged; the plan and a plain progress line
+    every line_every_steps steps or line_every_s seconds go to the terminal or log file. Classification pools the encoder's
     bottleneck into a linear head (AUC/accuracy, or MAE for numbers such as age). Example:
 
         mssl finetune --data openkbp/dataset.json --weights runs/s2dc --labels 5 --out runs/ft
