@@ -49,14 +49,14 @@ def test_wrong_value_names_key_expectation_and_value() -> None:
 
 def test_cross_field_rule_is_reported_with_its_section() -> None:
     with pytest.raises(ConfigError, match=r"'s2dc'.*multiple of roi 64"):
-        resolve_config(method="s2dc", roi=64)  # default field 384×384×96 is not a multiple of 64
+        resolve_config(method="s2dc", roi=64, **{"s2dc.field_size": [384, 384, 96]})  # 96 is not a multiple of 64
 
 
 def test_roi_flag_sets_only_the_trained_objectives() -> None:
     config = resolve_config(method="gvsl", roi=32)
     assert config.gvsl.roi == (32, 32, 32) and config.s2dc.roi == S2DCConfig().roi
-    both = resolve_config(method="both", roi=32, **{"s2dc.field_size": [64, 64, 32]})
-    assert both.s2dc.roi == 32 and both.gvsl.roi == (32, 32, 32)
+    both = resolve_config(method="both", roi=64, **{"s2dc.field_size": [128, 128, 64]})
+    assert both.s2dc.roi == 64 and both.gvsl.roi == (64, 64, 64)
 
 
 def test_yaml_then_flags_then_dotted_overrides(tmp_path: Path) -> None:
@@ -92,7 +92,7 @@ def test_dotted_assignment_parsing_and_merging() -> None:
 
 
 def test_resolved_config_round_trips_through_yaml(tmp_path: Path) -> None:
-    config = resolve_config(method="both", roi=32, **{"s2dc.field_size": [64, 64, 32]}, data="/cache", devices="auto")
+    config = resolve_config(method="both", roi=64, **{"s2dc.field_size": [128, 128, 64]}, data="/cache", devices="auto")
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")), encoding="utf-8")
     assert PretrainConfig.from_yaml(path) == config

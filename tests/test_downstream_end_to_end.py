@@ -23,13 +23,13 @@ TINY = {"name": "unet", "unet_channels": (8, 16, 32)}
 TINY_TRAINING = {"roi": (32, 32, 32), "steps": 2, "val_every": 2, "crops_per_case": 1}
 
 
-def _subset(source: Path, out: Path, per_split: dict[str, int]) -> Path:
-    """A dataset.json with the first cases of each split of a real dataset (absolute paths)."""
+def _subset(source: Path, out: Path, picks: dict[str, tuple[str, int, int]]) -> Path:
+    """A dataset.json (absolute paths) whose split S holds entries [start, stop) of the source's split."""
     meta = json.loads((source / "dataset.json").read_text(encoding="utf-8"))
     chosen = []
-    for split, count in per_split.items():
-        entries = [e for e in meta["training"] if e.get("split", split) == split][:count]
-        chosen += [{**e, "image": str(source / e["image"]), "label": str(source / e["label"])} for e in entries]
+    for split, (source_split, start, stop) in picks.items():
+        entries = [e for e in meta["training"] if e.get("split") == source_split][start:stop]
+        chosen += [{**e, "split": split, "image": str(source / e["image"]), "label": str(source / e["label"])} for e in entries]
     path = out / "dataset.json"
     path.write_text(json.dumps({**meta, "training": chosen}), encoding="utf-8")
     return path
@@ -37,11 +37,11 @@ def _subset(source: Path, out: Path, per_split: dict[str, int]) -> Path:
 
 @pytest.fixture(scope="module")
 def openkbp_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import SHARED_DATA
+    """Four of the package's demo CTs: two to train on, one to validate (a demo training case), one to test."""
+    from conftest import DEMO_DATA
 
-    if not (SHARED_DATA / "openkbp" / "dataset.json").is_file():
-        pytest.skip("real data not available: openkbp")
-    return _subset(SHARED_DATA / "openkbp", tmp_path_factory.mktemp("openkbp"), {"train": 2, "validation": 1, "test": 1})
+    picks = {"train": ("train", 0, 2), "validation": ("train", 2, 3), "test": ("test", 0, 1)}
+    return _subset(DEMO_DATA, tmp_path_factory.mktemp("openkbp"), picks)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,6 @@ def finetuned(openkbp_small: Path, tiny_export: Path, tmp_path_factory: pytest.T
     return finetune(data=openkbp_small, weights=tiny_export, out=tmp_path_factory.mktemp("ft") / "run", **TINY_TRAINING)
 
 
-@pytest.mark.realdata
 def test_finetune_writes_a_loadable_run(finetuned: Path, tiny_export: Path) -> None:
     from mssl.downstream.run_files import load_finetuned
 
@@ -75,7 +74,6 @@ def test_finetune_writes_a_loadable_run(finetuned: Path, tiny_export: Path) -> N
     assert torch.allclose(network.state_dict()[key], source[key], atol=1e-2)
 
 
-@pytest.mark.realdata
 def test_evaluate_scores_on_the_input_grid(finetuned: Path, openkbp_small: Path, tmp_path: Path) -> None:
     from mssl.downstream.evaluate import evaluate
 
@@ -92,7 +90,6 @@ def test_evaluate_scores_on_the_input_grid(finetuned: Path, openkbp_small: Path,
     assert (tmp_path / "per_case.csv").read_text(encoding="utf-8").count("\n") == 1 + 2 * len(result.per_class)  # raw and post-processed rows
 
 
-@pytest.mark.realdata
 def test_probe_compares_with_a_random_encoder(openkbp_small: Path, tiny_export: Path, tmp_path: Path) -> None:
     from mssl.downstream.probe import probe
 
@@ -119,7 +116,6 @@ def test_classification_on_ixi_sex(ixi_dir: Path, tmp_path: Path) -> None:
     assert evaluate(run=age, data=data).scores["mae"] >= 0.0
 
 
-@pytest.mark.realdata
 def test_benchmark_resumes_without_training(openkbp_small: Path, tiny_export: Path, tmp_path: Path) -> None:
     from mssl.downstream.benchmark import benchmark
 
@@ -147,7 +143,6 @@ def test_benchmark_resumes_without_training(openkbp_small: Path, tiny_export: Pa
         benchmark(**{**options, "finetune": {**TINY_TRAINING, "steps": 3}})
 
 
-@pytest.mark.realdata
 def test_cli_evaluate_and_clear_errors(finetuned: Path, openkbp_small: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     done = runner.invoke(app, ["evaluate", str(finetuned), "--data", str(openkbp_small), "--out", str(tmp_path), "--no-predictions", "--classes", "Brainstem"])

@@ -20,12 +20,30 @@ def _batch(num_classes: int = 4, size: int = 8) -> tuple[torch.Tensor, torch.Ten
     return logits, labels
 
 
+@pytest.mark.parametrize("batch_dice", [False, True])
 @pytest.mark.parametrize("include_background", [False, True])
-def test_all_present_equals_monai_dice_ce(include_background: bool) -> None:
+def test_all_present_equals_monai_dice_ce(include_background: bool, batch_dice: bool) -> None:
     logits, labels = _batch()
     present = torch.ones(2, 4, dtype=torch.bool)
-    expected = DiceCELoss(include_background=include_background, to_onehot_y=True, softmax=True)(logits, labels)
-    assert torch.allclose(PartialDiceCELoss(include_background)(logits, labels, present), expected, atol=1e-5)
+    expected = DiceCELoss(include_background=include_background, to_onehot_y=True, softmax=True, batch=batch_dice)(logits, labels)
+    loss = PartialDiceCELoss(include_background, batch_dice=batch_dice)(logits, labels, present)
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_batch_dice_pools_a_class_over_the_cases_that_contour_it() -> None:
+    """Case 0 does not contour class 2: its class-2 channel is left out of the pooled overlap, so the batch
+    Dice of class 2 is case 1's alone, and Brainstem/Mandible pool both cases."""
+    logits, labels = _batch()
+    labels[0][labels[0] == 2] = 0
+    present = torch.ones(2, 4, dtype=torch.bool)
+    present[0, 2] = False
+    loss_fn = PartialDiceCELoss(batch_dice=True, lambda_ce=0.0)
+    probs = marginal_log_probs(logits, present).exp()
+    one_hot = torch.nn.functional.one_hot(labels[:, 0], 4).movedim(-1, 1).float()
+    overlap, volume = (probs * one_hot).sum((2, 3, 4)), (probs + one_hot).sum((2, 3, 4))
+    pooled = [1 - (2 * overlap[:, c].sum() + 1e-5) / (volume[:, c].sum() + 1e-5) for c in (1, 3)]
+    alone = 1 - (2 * overlap[1, 2] + 1e-5) / (volume[1, 2] + 1e-5)
+    assert torch.allclose(loss_fn(logits, labels, present), torch.stack([pooled[0], alone, pooled[1]]).mean(), atol=1e-6)
 
 
 def test_absent_class_equals_loss_without_that_class() -> None:

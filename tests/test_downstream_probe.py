@@ -48,3 +48,32 @@ def test_patches_labelled_by_dominant_contoured_organ() -> None:
     assert sorted(labels.tolist()) == [1, 2] and features.shape == (2, 6)
     _, labels = patch_samples([torch.randn(6, 4, 4, 4)], label, torch.tensor([True, False, True]), patch=4)
     assert labels.tolist() == [2]
+
+
+def test_decoder_features_are_the_networks_last_decoder_map() -> None:
+    from mssl.downstream.probe import pyramid_features
+    from mssl.models.backbones import UNetBackbone
+
+    network = UNetBackbone(channels=(8, 16, 32)).eval()
+    image = torch.randn(1, 16, 16, 8)
+    (decoder,) = pyramid_features(network, image, "decoder")
+    with torch.no_grad():
+        expected = network(image.unsqueeze(0)).local[0]
+    assert decoder.shape == (8, 16, 16, 8) and torch.equal(decoder, expected)
+    assert [level.shape[0] for level in pyramid_features(network, image)] == [8, 16, 32]
+
+
+def test_nan_patch_scores_come_with_their_reason() -> None:
+    """With cubes too large for the organs, the patch classifier has nothing to learn: the report says why
+    instead of printing an unexplained 'nan (nan)'."""
+    import numpy as np
+
+    from mssl.downstream.probe import EncoderProbe, ProbeResult, _patch_scores
+
+    one_organ = (np.zeros((3, 4)), np.ones(3, dtype=int))
+    scores = _patch_scores(one_organ, (np.zeros((0, 4)), np.zeros(0, dtype=int)), k=5, seed=0, patch=16)
+    assert np.isnan(scores["knn_accuracy"])
+    assert "3 in the training cases (1 organs; 2 needed), 0 in the test cases" in scores["patch_note"] and "e.g. 8" in scores["patch_note"]
+    probe = EncoderProbe(encoder="random", dice={"Brainstem": 0.1}, mean_dice=0.1, seconds=1.0, **scores)
+    text = ProbeResult(pretrained=None, random=probe, train_cases=["a"], test_cases=["b"]).markdown()
+    assert "nan (nan)" in text and "random: no patch scores" in text

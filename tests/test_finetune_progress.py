@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
-from test_downstream_end_to_end import _subset  # a dataset.json of the first cases of each split
+from conftest import DEMO_DATA
+from test_downstream_end_to_end import _subset  # a dataset.json of chosen cases of each split
 from typer.testing import CliRunner
 
 from mssl.cli import app
@@ -29,11 +30,13 @@ def _console() -> tuple[Console, io.StringIO]:
     return Console(file=text, width=60), text  # narrower than a line: lines must not wrap
 
 
-@pytest.mark.realdata
-def test_segmentation_prints_lines_and_resumes_from_last_checkpoint(openkbp_dir: Path, tmp_path: Path) -> None:
+DEMO_PICKS = {"train": ("train", 0, 1), "validation": ("train", 1, 2)}  # two of the package's demo CTs
+
+
+def test_segmentation_prints_lines_and_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     from mssl.downstream.finetune import finetune
 
-    data = _subset(openkbp_dir, tmp_path, {"train": 1, "validation": 1})
+    data = _subset(DEMO_DATA, tmp_path, DEMO_PICKS)
     console, text = _console()
     run = finetune(data=data, out=tmp_path / "run", steps=4, val_every=2, line_every_steps=1, postprocess=False, console=console, **TINY)
     lines = text.getvalue().splitlines()
@@ -56,9 +59,8 @@ def test_segmentation_prints_lines_and_resumes_from_last_checkpoint(openkbp_dir:
     assert result["steps"] == 6 and len(result["validation_history"]) == 4
 
 
-@pytest.mark.realdata
-def test_segmentation_dry_run_projects_and_writes_nothing(openkbp_dir: Path, tmp_path: Path) -> None:
-    data = _subset(openkbp_dir, tmp_path, {"train": 1, "validation": 1})
+def test_segmentation_dry_run_projects_and_writes_nothing(tmp_path: Path) -> None:
+    data = _subset(DEMO_DATA, tmp_path, DEMO_PICKS)
     out = tmp_path / "run"
     arguments = ["finetune", "--data", str(data), "--out", str(out), "--backbone", "unet", "--unet-channels", "8,16,32", "--roi", "32",
                  "--spacing", "6,6,6", "--batch-size", "1", "--steps", "1000", "--val-every", "100", "--dry-run"]
@@ -75,7 +77,11 @@ def test_segmentation_dry_run_projects_and_writes_nothing(openkbp_dir: Path, tmp
 def test_classification_writes_tensorboard_and_resumes(ixi_dir: Path, tmp_path: Path) -> None:
     from mssl.downstream.finetune import finetune
 
-    data = _subset(ixi_dir, tmp_path, {"train": 2, "validation": 1})
+    meta = json.loads((ixi_dir / "dataset.json").read_text(encoding="utf-8"))
+    entries = [{**e, "image": str(ixi_dir / e["image"]), "label": str(ixi_dir / e["label"]), "split": split}
+               for e, split in zip(meta["training"], ["train", "train", "validation"])]
+    data = tmp_path / "dataset.json"
+    data.write_text(json.dumps({**meta, "training": entries}), encoding="utf-8")
     options = {**TINY, "task": "cls", "target": "sex", "spacing": (8.0, 8.0, 8.0), "val_every": 2, "line_every_steps": 1}
     console, text = _console()
     run = finetune(data=data, out=tmp_path / "cls", steps=2, console=console, **options)

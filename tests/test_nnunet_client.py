@@ -19,7 +19,7 @@ import torch
 
 pytest.importorskip("nnunetv2")
 
-from conftest import SUBPROCESS_ENV  # noqa: E402
+from conftest import DEMO_DATA, SUBPROCESS_ENV, TINY_CACHE_CASES  # noqa: E402
 from test_pretrain_run import TINY  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -27,7 +27,7 @@ from mssl.cli import app  # noqa: E402
 
 CLIENT = Path(__file__).with_name("nnunet_client.py")
 DATASET = "Dataset501_OpenKBPTiny"
-CASES = ("pt_10", "pt_11", "pt_12", "pt_13")
+CASES = TINY_CACHE_CASES
 LABELS = ("Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible")
 SHRINK = 2  # every 2nd voxel: 64³ volumes keep nnU-Net's fingerprint, preprocessing and steps cheap
 PATCH = (32, 32, 32)
@@ -53,9 +53,8 @@ def raw_dataset(openkbp: Path, raw: Path) -> None:
     (folder / "dataset.json").write_text(json.dumps(dataset), encoding="utf-8")
 
 
-@pytest.mark.realdata
 @pytest.mark.slow
-def test_stock_nnunet_fine_tunes_from_an_mssl_export(openkbp_dir: Path, tiny_ct_cache: Path, tmp_path: Path) -> None:
+def test_stock_nnunet_fine_tunes_from_an_mssl_export(tiny_ct_cache: Path, tmp_path: Path) -> None:
     import mssl
 
     # mssl: pre-train nnU-Net's ResidualEncoderUNet (tiny) with both objectives, export for nnU-Net
@@ -67,7 +66,7 @@ def test_stock_nnunet_fine_tunes_from_an_mssl_export(openkbp_dir: Path, tiny_ct_
 
     # nnU-Net plans and preprocesses, mssl adapts the plans, nnU-Net's trainer loads the export and trains
     folders = {name: tmp_path / name for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    raw_dataset(openkbp_dir, folders["nnUNet_raw"])
+    raw_dataset(DEMO_DATA, folders["nnUNet_raw"])
     out = tmp_path / "client"
     out.mkdir()
     # nnUNet_n_proc_DA=1: nnU-Net's planner sets its thread count from it (0 is refused)

@@ -86,7 +86,7 @@ def test_cli_export_and_its_errors(run: Path, tmp_path: Path):
     assert result.exit_code == 0, result.output
     assert "nnunet_pretrained.pth" in result.output
     result = runner.invoke(app, ["export", str(run), "--format", "monai", "--in-channels", "2"])
-    assert result.exit_code == 2 and "--format nnunet only" in result.output
+    assert result.exit_code == 2 and "format='nnunet' only" in result.output
     unet_run, _, _ = make_run(tmp_path / "unet", UNET)
     result = runner.invoke(app, ["export", str(unet_run), "--format", "nnunet"])
     assert result.exit_code == 2 and "trained backbone 'unet'; --format nnunet needs" in result.output

@@ -21,7 +21,7 @@ def test_dry_run_prints_plan_and_projection_and_writes_nothing(tiny_ct_cache: Pa
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     plan = next(line for line in lines if line.startswith("plan: "))
-    assert "trainable, 0 frozen" in plan and "2 crops (2 × 32×32×32), 65.54 k voxels" in plan and "500 steps on 4 devices" in plan
+    assert "trainable, 0 frozen" in plan and "4 crops (4 × 32×32×32), 131.07 k voxels" in plan  # GVSL: batch 2 of pairs and "500 steps on 4 devices" in plan
     assert any(line.startswith("measured: ") and "s/step · ETA" in line and "peak RSS" in line for line in lines)
     assert f"dry run: {WARMUP_STEPS + MEASURED_STEPS} steps run ({WARMUP_STEPS} warm-up)" in result.output
     projection = next(line for line in lines if line.startswith("projection: "))

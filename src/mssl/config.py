@@ -6,15 +6,18 @@ never a silently ignored option.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from mssl.nnunet_arch import NNUNET_CLASSES, NnUNetArchConfig, fill_arch
 
 Size3 = tuple[int, int, int]
+WARMUP_SHARE = 0.1  # longest warm-up, as a fraction of the run
+GVSL_PAPER_BATCH = 2  # pairs per step in the GVSL paper
 
 # The choices a user can name, defined once; the CLI offers exactly these (Typer reads Literal types).
 MethodName = Literal["s2dc", "gvsl", "both"]
@@ -23,6 +26,7 @@ OptimizerName = Literal["adamw", "adam"]
 StrategyName = Literal["auto", "ddp"]
 Precision = Literal["32", "bf16-mixed", "16-mixed"]
 PresetName = Literal["ct", "mri", "none"]
+FeatureSource = Literal["encoder", "decoder"]  # what a frozen probe reads: the encoder pyramid or the last decoder map
 
 
 class StrictModel(BaseModel):
@@ -113,6 +117,16 @@ class S2DCConfig(StrictModel):
     ema_start: float = Field(0.996, ge=0, le=1)
     ema_end: float = Field(1.0, ge=0, le=1)
     optim: OptimDefaults = OptimDefaults(optimizer="adamw", lr=3e-4, weight_decay=0.1, warmup_steps=500, schedule="cosine")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _field_follows_roi(cls, data: Any) -> Any:
+        """A roi without a field keeps the paper's grid of 4 × 4 × 1 crops, not a 384 × 384 × 96 field of tiny crops."""
+        if isinstance(data, Mapping) and data.get("roi") is not None and data.get("field_size") is None:
+            roi = int(data["roi"])
+            default_roi, default_field = cls.model_fields["roi"].default, cls.model_fields["field_size"].default
+            return {**data, "field_size": tuple(side // default_roi * roi for side in default_field)}
+        return data
 
     @model_validator(mode="after")
     def _grid(self) -> "S2DCConfig":
@@ -228,6 +242,28 @@ class TrainerConfig(StrictModel):
         return value
 
 
+class ProbeOptions(StrictModel):
+    """Sizes of the frozen-feature probes, shared by ``mssl probe`` and the probes during ``mssl pretrain``."""
+
+    train_cases: int = Field(4, ge=1, description="labelled training cases the probes see")
+    test_cases: int = Field(4, ge=1, description="test cases the probes are scored on")
+    voxels_per_class: int = Field(2000, ge=10, description="sampled voxels per class and case for the linear probe")
+    patch: int = Field(16, ge=4, description="side of the cubes the patch classifier labels")
+    knn_k: int = Field(5, ge=1)
+    fit_steps: int = Field(300, ge=1, description="Adam steps fitting the linear voxel probe")
+    size: Size3 | None = Field(None, description="pad/crop volumes to this size; default: next multiple of the stride")
+    features: FeatureSource = Field(
+        "encoder", description="encoder: pyramid maps; decoder: the last decoder map (GVSL's 1×1×1 linear protocol), where the decoder was trained"
+    )
+
+
+class PretrainProbeConfig(ProbeOptions):
+    """Probes of the encoder being trained, at step 0, every ``every`` steps and at the last step (off without ``data``)."""
+
+    data: Path | None = Field(None, description="labelled dataset.json (its train split fits the probes, its test split scores them)")
+    every: int = Field(500, ge=1, description="optimiser steps between probes")
+
+
 class LoggingConfig(StrictModel):
     """What is written to RUN/logs and shown on screen."""
 
@@ -248,6 +284,7 @@ class PretrainConfig(StrictModel):
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
     logging: LoggingConfig = LoggingConfig()
+    probe: PretrainProbeConfig = PretrainProbeConfig()
     out: Path = Field(Path("runs/pretrain"), description="run folder")
     seed: int = Field(0, ge=0)
     resume: bool = Field(False, description="continue the run in `out` from its last checkpoint")
@@ -261,9 +298,36 @@ class PretrainConfig(StrictModel):
         """The recipe of the method (S²DC's for ``both``: AdamW with decay and warm-up suits the shared Swin)."""
         return self.gvsl.optim if self.method == "gvsl" else self.s2dc.optim
 
+    @model_validator(mode="before")
+    @classmethod
+    def _paper_defaults_of_gvsl(cls, data: Any) -> Any:
+        """GVSL alone defaults to its paper's network and batch (U-Net, 2 pairs) instead of S²DC's Swin and 1."""
+        if not isinstance(data, Mapping) or data.get("method") != "gvsl":
+            return data
+        data = dict(data)
+        backbone = data.get("backbone")
+        if backbone is None or (isinstance(backbone, Mapping) and "name" not in backbone):
+            data["backbone"] = {**(backbone or {}), "name": "unet"}
+        section = data.get("data")
+        if section is None or (isinstance(section, Mapping) and "batch_size" not in section):
+            data["data"] = {**(section or {}), "batch_size": GVSL_PAPER_BATCH}
+        return data
+
     def resolved(self) -> "PretrainConfig":
-        """A copy with the optimiser's unset fields filled from the method's recipe (what RUN/config.yaml stores)."""
-        return self.model_copy(update={"optim": self.optim.resolve(self.method_optim())})
+        """A copy with the optimiser's unset fields filled from the method's recipe (what RUN/config.yaml stores).
+
+        A warm-up longer than WARMUP_SHARE of the run is shortened to it, with a warning: the recipes'
+        500 warm-up steps would leave a 30-step run at 6 % of its learning rate."""
+        optim = self.optim.resolve(self.method_optim())
+        longest = int(WARMUP_SHARE * self.trainer.max_steps)
+        if optim.warmup_steps > longest:
+            warnings.warn(
+                f"warm-up of {optim.warmup_steps} steps shortened to {longest} ({WARMUP_SHARE:.0%} of the {self.trainer.max_steps}-step run)",
+                UserWarning,
+                stacklevel=2,
+            )
+            optim = optim.model_copy(update={"warmup_steps": longest})
+        return self.model_copy(update={"optim": optim})
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "PretrainConfig":
@@ -348,3 +412,25 @@ def format_validation_error(error: ValidationError) -> str:
 
 def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def defaults_yaml(model: type[BaseModel], indent: int = 0) -> str:
+    """Every key of ``model`` with its default as YAML and its description as a comment (``--print-config``).
+
+    Nested config models are expanded; a required key shows ``null  # required``."""
+    lines = []
+    pad = " " * indent
+    for name, field in model.model_fields.items():
+        comment = f"  # {field.description}" if field.description else ""
+        if field.is_required():
+            lines.append(f"{pad}{name}: null  # required{'; ' + field.description if field.description else ''}")
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            lines.append(f"{pad}{name}:{comment}")
+            lines.append(defaults_yaml(type(default), indent + 2))
+            continue
+        value = yaml.safe_dump(TypeAdapter(Any).dump_python(default, mode="json"), default_flow_style=True, width=10**6).strip()
+        value = value.removesuffix("\n...").strip()
+        lines.append(f"{pad}{name}: {value}{comment}")
+    return "\n".join(lines)

@@ -23,6 +23,13 @@ def command(
     max_test_cases: Optional[int] = typer.Option(None, help="Score on the first N test cases only (CPU budgets)."),
     preset: Optional[str] = typer.Option(None, help="Intensity preset ct, mri or none (e.g. mri for a CT-pretrained encoder on MRI)."),
     probe: Optional[bool] = typer.Option(None, "--probe/--no-probe", help="Also run frozen-feature probes per pre-training. (default: on)"),
+    backbone: Optional[str] = typer.Option(None, help="Backbone of the pre-trainings and of scratch: swin, unet, plainconv or resenc. (default: swin)"),
+    unet_channels: Optional[str] = typer.Option(None, help="U-Net widths, e.g. 8,16,32,64. (default: 32,64,128,256,512)"),
+    feature_size: Optional[int] = typer.Option(None, help="SwinUNETR feature size (multiple of 12). (default: 48)"),
+    spacing: Optional[str] = typer.Option(None, help="Resample every volume to this spacing in mm, e.g. 4,4,3. (default: native)"),
+    roi: Optional[str] = typer.Option(None, help="Fine-tuning patch, e.g. 96 or 128,128,64. (default: from the data, as mssl finetune)"),
+    finetune_steps: Optional[str] = typer.Option(None, help="Fine-tuning steps per run, or auto. (default: as mssl finetune)"),
+    print_config: bool = typer.Option(False, "--print-config", help="Print every YAML key with its default and exit."),
 ) -> None:
     """Pre-train (or reuse runs), fine-tune and evaluate every method × k × seed on a fixed test split.
 
@@ -34,9 +41,12 @@ def command(
     from rich.console import Console
 
     from mssl.downstream.benchmark import benchmark
-    from mssl.downstream.config import BenchmarkConfig, build_config
+    from mssl.downstream.config import BenchmarkConfig, build_config, parse_size
 
     console = Console()
+    if print_config:
+        print_benchmark_schema()
+        return
     try:
         malformed = [item for item in runs or [] if "=" not in item]
         if malformed:
@@ -56,7 +66,32 @@ def command(
             max_test_cases=max_test_cases,
             preset=preset,
             probe=probe,
+            backbone=backbone,
+            unet_channels=parse_widths(unet_channels),
+            feature_size=feature_size,
+            spacing=tuple(float(v) for v in spacing.split(",")) if spacing else None,
+            roi=parse_size(roi) if roi else None,
+            finetune_steps=parse_steps(finetune_steps),
         )
         benchmark(settings, console=console)
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
         fail(error)
+
+
+def parse_widths(text: str | None) -> tuple[int, ...] | None:
+    return tuple(int(c) for c in text.split(",")) if text else None
+
+
+def parse_steps(text: str | None) -> int | str | None:
+    return None if text is None else text if text == "auto" else int(text)
+
+
+def print_benchmark_schema() -> None:
+    """The benchmark's YAML keys with defaults, then the keys its ``finetune:`` and ``probe_options:`` sections take."""
+    from mssl.config import defaults_yaml
+    from mssl.downstream.config import BenchmarkConfig, FinetuneConfig, ProbeConfig
+
+    print(defaults_yaml(BenchmarkConfig))
+    for section, model in (("finetune", FinetuneConfig), ("probe_options", ProbeConfig)):
+        print(f"\n# keys of the {section}: section ({model.__name__}); data, out and the budget keys above are set per run")
+        print("\n".join(f"#   {line}" for line in defaults_yaml(model).splitlines()))

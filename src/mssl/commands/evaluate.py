@@ -19,7 +19,7 @@ def command(
     save_predictions: bool = typer.Option(True, "--save-predictions/--no-predictions", help="Write predictions as NIfTI with each input's affine."),
     max_cases: Optional[int] = typer.Option(None, help="Score only the first N cases (quick checks)."),
     tta: bool = typer.Option(True, "--tta/--no-tta", help="Average the predictions of the run's mirrored views (test-time augmentation)."),
-    nsd_tolerance: float = typer.Option(2.0, help="Tolerance of the normalised surface Dice, mm."),
+    nsd_tolerance_mm: float = typer.Option(2.0, "--nsd-tolerance-mm", "--nsd-tolerance", help="Tolerance of the normalised surface Dice, mm."),
 ) -> None:
     """Score a fine-tuned run on a split with sliding-window inference.
 
@@ -48,7 +48,7 @@ def command(
             save_predictions=save_predictions,
             max_cases=max_cases,
             tta=tta,
-            nsd_tolerance_mm=nsd_tolerance,
+            nsd_tolerance_mm=nsd_tolerance_mm,
         )
         evaluate(settings, console=console)
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback

@@ -29,14 +29,11 @@ def command(
     from rich.console import Console
 
     from mssl.weights.exporter import export
-    from mssl.weights.nnunet import export_nnunet
     from mssl.weights.sidecar import read_sidecar, sidecar_path
 
     console = Console()
-    if in_channels is not None and format != "nnunet":
-        fail("--in-channels applies to --format nnunet only (`mssl inspect --in-channels` adapts other exports)")
     try:
-        weights = export_nnunet(run, out, in_channels) if format == "nnunet" else export(run, out=out, format=format)
+        weights = export(run, out=out, format=format, in_channels=in_channels)
     except (FileNotFoundError, ValueError) as error:
         fail(error)
     except OSError as error:  # the output cannot be written (read-only, permissions, disk full)

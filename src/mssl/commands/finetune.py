@@ -32,6 +32,8 @@ def command(
     batch_size: Optional[int] = typer.Option(None, help="Cases per step, drawn with replacement. (default: 2)"),
     crops_per_case: Optional[int] = typer.Option(None, help="Patches per case and step (seg). (default: 1)"),
     foreground_fraction: Optional[float] = typer.Option(None, help="Share of patches centred on a labelled organ (seg). (default: 1/3, as nnU-Net)"),
+    batch_dice: Optional[bool] = typer.Option(None, "--batch-dice/--case-dice", help="Pool each class's Dice over the batch, as nnU-Net does in 3D (seg). (default: per case)"),
+    deep_supervision: Optional[int] = typer.Option(None, help="U-Net: extra outputs at 1/2, 1/4, … resolution in the loss, weights 1/2**i as nnU-Net (seg). (default: 0)"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="nnU-Net-style spatial and intensity augmentation (seg). (default: on)"),
     mirror_axes: Optional[str] = typer.Option(None, help="Axes mirrored in training and test-time augmentation, e.g. 1,2 or none. (default: all but left-right when classes name Left/Right)"),
     postprocess: Optional[bool] = typer.Option(None, "--postprocess/--no-postprocess", help="Keep-largest-component per class where it raises validation Dice (seg). (default: on)"),
@@ -70,10 +72,6 @@ def command(
     from mssl.train.run_lock import run_lock
 
     console = Console()
-    scratch = {"name": backbone, "feature_size": feature_size, "window_size": window_size}
-    if unet_channels:
-        scratch["unet_channels"] = tuple(int(c) for c in unet_channels.split(","))
-    scratch = {k: v for k, v in scratch.items() if v is not None}
     try:
         settings = build_config(
             FinetuneConfig,
@@ -84,7 +82,10 @@ def command(
             labels=labels,
             seed=seed,
             out=out,
-            backbone=scratch or None,
+            backbone=backbone,
+            feature_size=feature_size,
+            window_size=window_size,
+            unet_channels=tuple(int(c) for c in unet_channels.split(",")) if unet_channels else None,
             roi=parse_size(roi) if roi else None,
             max_roi_voxels=max_roi_voxels,
             steps=(steps if steps == "auto" else int(steps)) if steps else None,
@@ -92,6 +93,8 @@ def command(
             batch_size=batch_size,
             crops_per_case=crops_per_case,
             foreground_fraction=foreground_fraction,
+            batch_dice=batch_dice,
+            deep_supervision=deep_supervision,
             augment=augment,
             mirror_axes=(() if mirror_axes == "none" else tuple(int(a) for a in mirror_axes.split(","))) if mirror_axes else None,
             postprocess=postprocess,

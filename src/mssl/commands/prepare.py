@@ -48,17 +48,12 @@ def command(
     from mssl.config import one_line_errors
     from mssl.data.errors import DataError
     from mssl.data.prepare import prepare
-    from mssl.data.preprocess import PresetConfig
 
+    options = dict(spacing=spacing, a_min=a_min, a_max=a_max, lower=lower, upper=upper, foreground_crop=foreground_crop, channel_axis=channel_axis)
     try:
-        config = PresetConfig(
-            name=preset, spacing=spacing, a_min=a_min, a_max=a_max, lower=lower, upper=upper,
-            foreground_crop=foreground_crop, channel_axis=channel_axis,
-        )  # fmt: skip
+        report = prepare(source, out, preset, workers=workers, on_error=on_error, base_dir=base_dir, progress=True, **options)
     except ValidationError as error:
         fail(one_line_errors(error))
-    try:
-        report = prepare(source, out, config, workers=workers, on_error=on_error, base_dir=base_dir, progress=True)
     except DataError as error:
         fail(error, exit_code=1)
     except OSError as error:  # the cache folder cannot be written (read-only, permissions, disk full)

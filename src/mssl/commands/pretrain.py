@@ -45,6 +45,8 @@ def command(
     resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue the run in --out exactly from checkpoints/last.ckpt."),
     progress_bar: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on a terminal; off, or in a log file: a plain line every logging.line_every_steps steps or line_every_s seconds. (default: on)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Run a few steps on one device, print the cost and a projection of the whole run, write nothing to --out."),
+    probe: Optional[Path] = typer.Option(None, help="Labelled dataset.json: frozen voxel probe + patch kNN of the encoder at step 0, every --probe-every steps and at the end, logged to TensorBoard and RUN/logs/probes.csv. Sizes: --set probe.train_cases=2 --set probe.fit_steps=100 (also probe.test_cases, probe.voxels_per_class, probe.patch, probe.size, probe.features=decoder). (default: off)"),
+    probe_every: Optional[int] = typer.Option(None, help="Optimiser steps between probes. (default: 500)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Any config key, dotted: --set s2dc.tau_ot=0.05 --set backbone.feature_size=24 (repeatable)."),
 ) -> None:
     """Pre-train an encoder with S²DC, GVSL or both, on CPU or many GPUs, resumable after any crash.
@@ -66,7 +68,7 @@ def command(
         "devices": _devices(devices), "num_nodes": num_nodes, "strategy": strategy, "precision": precision,
         "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
         "grad_clip": grad_clip, "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints, "max_nonfinite": max_nonfinite, "log_every": log_every, "seed": seed,
-        "resume": resume, "progress_bar": progress_bar,
+        "resume": resume, "progress_bar": progress_bar, "probe": probe, "probe_every": probe_every,
     }
     flags = {key: value for key, value in flags.items() if value is not None}
     try:

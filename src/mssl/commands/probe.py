@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from mssl.commands import fail
+from mssl.config import FeatureSource
 
 
 def command(
@@ -20,6 +21,8 @@ def command(
     patch: int = typer.Option(16, help="Side of the cubes the patch classifier labels (voxels)."),
     size: Optional[str] = typer.Option(None, help="Pad/crop volumes to this size, e.g. 128 or 128,128,96. (default: next stride multiple)"),
     classes: Optional[str] = typer.Option(None, help="Comma-separated class names to report. (default: all)"),
+    fit_steps: int = typer.Option(300, help="Adam steps fitting the linear voxel probe."),
+    features: FeatureSource = typer.Option("encoder", help="encoder: the encoder's pyramid maps; decoder: the full network's last decoder map (GVSL's 1×1×1 linear protocol), for weights whose decoder was pre-trained (GVSL, both)."),
     seed: int = typer.Option(0, help="Seed of the case choice, voxel sampling and the random encoder."),
     random_baseline: bool = typer.Option(True, "--random-baseline/--no-random-baseline", help="Also probe a randomly initialised encoder."),
 ) -> None:
@@ -50,6 +53,8 @@ def command(
             patch=patch,
             size=parse_size(size) if size else None,
             classes=classes.split(",") if classes else None,
+            fit_steps=fit_steps,
+            features=features,
             seed=seed,
             random_baseline=random_baseline,
         )

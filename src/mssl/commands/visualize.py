@@ -27,7 +27,8 @@ def command(
 
     features.png: the encoder's patch features on axial, coronal and sagittal slices, as a PCA → RGB map
     and a k-means structure map (same colour = similar features). registration.png (GVSL runs): fixed,
-    moving and warped images with the deformation grid. curves.png: every logged loss term over steps.
+    moving and warped images with the deformation grid. curves.png: every logged loss term over steps,
+    and the frozen-probe curve of runs pre-trained with --probe.
     The volume is preprocessed like the run's training data.
 
     Example: mssl visualize runs/gvsl --volume data/case_001.nii.gz
@@ -35,12 +36,10 @@ def command(
     from rich.console import Console
 
     from mssl.data.errors import DataError
-    from mssl.data.preprocess import PresetConfig
     from mssl.viz.visualize import visualize
 
-    chosen = PresetConfig(name=preset, spacing=spacing) if preset is not None else None
     try:
-        paths = visualize(run, volume, out=out, moving=moving, stride=stride, clusters=clusters, preset=chosen, seed=seed)
+        paths = visualize(run, volume, out=out, moving=moving, stride=stride, clusters=clusters, preset=preset, spacing=spacing, seed=seed)
     except (FileNotFoundError, ValueError, DataError) as error:
         fail(error)
     console = Console()

@@ -19,11 +19,12 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from filelock import FileLock
 
+from mssl.config import PresetName
 from mssl.data.cache import FOREGROUND, IMAGES, INDEX_NAME, LABELS, read_index, remove_stale_temporaries, write_array, write_index
 from mssl.data.errors import DataError
 from mssl.data.preprocess import PresetConfig, load_case
@@ -65,25 +66,34 @@ class PrepareReport:
 def prepare(
     source: str | Path,
     out: str | Path,
-    preset: PresetConfig,
+    preset: PresetName | PresetConfig = "ct",
     workers: int = 1,
     on_error: OnError = "skip",
-    base_dir: Path | None = None,
+    base_dir: str | Path | None = None,
     *,
     progress: bool = False,
+    **preset_options: Any,
 ) -> PrepareReport:
     """Preprocess ``source`` (folder, glob, datalist JSON, nnU-Net raw folder, DICOM folders) into ``out``.
 
+    The same values as ``mssl prepare``: ``preset`` is a name ("ct", "mri", "none") refined by the
+    command's preset options as keywords (``spacing=(1.5, 1.5, 1.5)``, ``a_min``, ``a_max``, ``lower``,
+    ``upper``, ``foreground_crop``, ``channel_axis``), or a whole :class:`PresetConfig`.
     ``workers`` > 1 runs a spawn-safe process pool; ``progress`` shows a Rich progress bar and prints one
     line per bad file on stderr. Raises :class:`DataError` for an empty or missing source, or a cache
     that was prepared with another preset (use another ``out`` for that).
     """
+    if isinstance(preset, PresetConfig):
+        if preset_options:
+            raise ValueError(f"give preset options ({', '.join(preset_options)}) either in the PresetConfig or as keywords, not both")
+    else:
+        preset = PresetConfig(name=preset, **preset_options)
     if on_error not in ("skip", "stop"):
         raise ValueError(f"on_error must be 'skip' or 'stop', got {on_error!r}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     out = Path(out)
-    cases = find_cases(source, base_dir, missing="keep")
+    cases = find_cases(source, Path(base_dir) if base_dir is not None else None, missing="keep")
     out.mkdir(parents=True, exist_ok=True)
     with FileLock(out / LOCK_NAME):
         return _prepare_locked(cases, out, preset, workers, on_error, progress)

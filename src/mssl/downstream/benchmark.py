@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markdown import Markdown
 
-from mssl.downstream.config import BenchmarkConfig, FinetuneConfig
+from mssl.downstream.config import BenchmarkConfig, FinetuneConfig, build_config
 from mssl.downstream.datasets import Dataset, load_dataset
 from mssl.downstream.metrics import mean_std
 from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, read_model_description, write_json
@@ -34,6 +35,7 @@ SCRATCH = "scratch"
 EVALUATION = Path("evaluation") / "test" / "summary.json"
 PROBE_FILE = "probe.json"
 PLOT_FILE = "label_efficiency.png"
+TIE_DICE = 0.0005  # a paired difference that prints as ±0.000 is a tie, not a win
 
 
 @dataclass
@@ -157,7 +159,7 @@ def benchmark(config: BenchmarkConfig | None = None, console: Console | None = N
     ``mssl.benchmark(data="dataset.json", methods=["scratch", "s2dc"], labels=[2, 5], seeds=3)`` ≡
     ``mssl benchmark --data dataset.json --methods scratch,s2dc --labels 2,5 --seeds 3``.
     """
-    config = BenchmarkConfig(**{**(config.model_dump() if config else {}), **overrides})
+    config = build_config(BenchmarkConfig, config, **overrides)
     console = console or Console()
     config.out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(config.data, config.test_fraction, config.validation_fraction)
@@ -192,8 +194,15 @@ def benchmark(config: BenchmarkConfig | None = None, console: Console | None = N
     )
     plot_curves(result, config.out / PLOT_FILE)
     (config.out / "benchmark.md").write_text(benchmark_markdown(result, config, time.perf_counter() - start), encoding="utf-8")
-    console.print((config.out / "benchmark.md").read_text(encoding="utf-8"))
+    show_report(console, config.out)
     return result
+
+
+def show_report(console: Console, out: Path) -> None:
+    """benchmark.md rendered for a terminal: tables drawn, the image link replaced by the plot's path."""
+    report = (out / "benchmark.md").read_text(encoding="utf-8")
+    console.print(Markdown(report.replace(f"![label efficiency]({PLOT_FILE})", "")))
+    console.print(f"plot: {out / PLOT_FILE}")
 
 
 def paired_to_scratch(result: BenchmarkResult) -> dict[str, dict[int, list[float]]]:
@@ -218,7 +227,7 @@ def _paired_cell(differences: list[float]) -> str:
     mean, std, n = mean_std(differences)
     if n == 0:
         return "–"
-    better = sum(d > 0 for d in differences)
+    better = sum(d >= TIE_DICE for d in differences)
     return f"{mean:+.3f} ± {std:.3f} ({better}/{n})"
 
 
@@ -246,7 +255,7 @@ def benchmark_markdown(result: BenchmarkResult, config: BenchmarkConfig, seconds
     if paired:
         lines += [
             "Paired difference to scratch (per seed, the same labelled cases: method − scratch test mean Dice; "
-            "mean ± std, and in how many seeds the pre-trained encoder was better):",
+            f"mean ± std, and in how many seeds the pre-trained encoder was better by at least {TIE_DICE}; smaller gaps are ties):",
             "",
             header,
             rule,
@@ -313,6 +322,7 @@ def plot_curves(result: BenchmarkResult, path: Path) -> Path:
     axis.xaxis.set_minor_locator(NullLocator())  # no log-scale minor labels such as 3×10⁰
     axis.set_xlabel("labelled training cases (k)")
     axis.set_ylabel("test mean Dice")
+    axis.set_ylim(0, 1)  # a fixed scale: a gap of 0.0001 must not look like a gap of 0.5
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()

@@ -151,7 +151,7 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
     train_items = [preprocess(item) for item in classification_items(train_cases, config.target, encoding)]
     val_items = [preprocess(item) for item in classification_items(val_cases, config.target, encoding)]
     roi = config.roi or automatic_roi([item["image"].shape[1:] for item in train_items], backbone_stride(setup.backbone), config.max_roi_voxels)
-    check_roi(roi, setup.backbone)
+    check_roi(roi, setup.backbone, decode=False)
     fit = mt.ResizeWithPadOrCropd("image", spatial_size=tuple(roi))
     train_data = CacheDataset(train_items, transform=fit, progress=False)
     val_data = CacheDataset(val_items, transform=fit, progress=False)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from mssl.config import BackboneConfig, Precision, PresetName, Size3, StrictModel
+from mssl.config import BackboneConfig, Precision, PresetName, ProbeOptions, Size3, StrictModel, merge_overrides
 
 TaskName = Literal["seg", "cls"]
+# flat option names (CLI flags and API keywords) that set one key of a nested section
+BACKBONE_OPTIONS = {"backbone": "backbone.name", "feature_size": "backbone.feature_size", "window_size": "backbone.window_size", "unet_channels": "backbone.unet_channels"}
 StrictModelT = TypeVar("StrictModelT", bound=StrictModel)
 
 
@@ -32,6 +35,8 @@ class DataConfig(SplitConfig):
 class FinetuneConfig(DataConfig):
     """``mssl finetune``: supervised training of a (pre-trained or scratch) network on k labelled cases."""
 
+    FLAT_OPTIONS: ClassVar[dict[str, str]] = BACKBONE_OPTIONS
+
     task: TaskName = "seg"
     out: Path = Path("runs/finetune")
     weights: Path | None = Field(None, description="export (encoder.safetensors) or run folder; None = scratch")
@@ -47,6 +52,8 @@ class FinetuneConfig(DataConfig):
     batch_size: int = Field(2, ge=1, description="cases per step")
     crops_per_case: int = Field(1, ge=1, description="patches per case and step (seg)")
     foreground_fraction: float = Field(1 / 3, ge=0, le=1, description="share of patches centred on a voxel of a labelled class (seg; nnU-Net: 1/3)")
+    batch_dice: bool = Field(False, description="seg: pool each class's Dice over the batch (nnU-Net's 3D choice) instead of per case")
+    deep_supervision: int = Field(0, ge=0, description="seg, unet: extra outputs at 1/2, 1/4, … resolution trained with weights 1/2**i (nnU-Net)")
     augment: bool = Field(True, description="seg: nnU-Net-style spatial and intensity augmentation (MONAI transforms)")
     elastic: bool = Field(False, description="seg: add elastic deformation to the augmentation (slow on CPU)")
     mirror_axes: tuple[int, ...] | None = Field(
@@ -90,18 +97,14 @@ class EvaluateConfig(SplitConfig):
     nsd_tolerance_mm: float = Field(2.0, gt=0, description="seg: tolerance of the normalised surface Dice (mm)")
 
 
-class ProbeConfig(DataConfig):
+class ProbeConfig(DataConfig, ProbeOptions):
     """``mssl probe``: frozen-feature probes of pre-trained vs randomly initialised encoders."""
+
+    FLAT_OPTIONS: ClassVar[dict[str, str]] = BACKBONE_OPTIONS
 
     weights: Path | None = Field(None, description="export or run folder; None = random encoder only")
     backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig(), description="used when no weights")
     out: Path | None = Field(None, description="write probe.json / probe.md here")
-    train_cases: int = Field(4, ge=1, description="labelled training cases the probes see")
-    test_cases: int = Field(4, ge=1, description="test cases the probes are scored on")
-    voxels_per_class: int = Field(2000, ge=10, description="sampled voxels per class and case for the linear probe")
-    patch: int = Field(16, ge=4, description="side of the cubes the patch classifier labels")
-    knn_k: int = Field(5, ge=1)
-    size: Size3 | None = Field(None, description="pad/crop volumes to this size; default: next multiple of the stride")
     classes: list[str] | None = Field(None, description="report only these classes; default all")
     seed: int = 0
     random_baseline: bool = True
@@ -109,6 +112,8 @@ class ProbeConfig(DataConfig):
 
 class BenchmarkConfig(DataConfig):
     """``mssl benchmark``: the few-label protocol (scratch vs pre-trainings × k × seeds, fixed test split)."""
+
+    FLAT_OPTIONS: ClassVar[dict[str, str]] = {**BACKBONE_OPTIONS, "roi": "finetune.roi", "finetune_steps": "finetune.steps"}
 
     out: Path = Path("runs/benchmark")
     methods: list[str] = ["scratch", "s2dc", "gvsl"]
@@ -141,13 +146,23 @@ def parse_size(text: str) -> Size3:
     return values  # type: ignore[return-value]
 
 
-def build_config(model: type[StrictModelT], config_file: Path | None, **options: object) -> StrictModelT:
-    """A command's config: YAML file (if given), then every flag the user set (None = not set)."""
-    values: dict[str, object] = {}
-    if config_file is not None:
-        loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+def build_config(model: type[StrictModelT], config: StrictModelT | str | Path | None = None, **options: Any) -> StrictModelT:
+    """A command's config, the same for its CLI and its Python function: ``config`` (a model, a YAML file or
+    None), then every option that is set (None = not set). Options are field names, dotted keys, or the
+    model's flat names (``feature_size`` → ``backbone.feature_size``); a mapping merges into its section."""
+    if isinstance(config, BaseModel):
+        values: dict[str, Any] = config.model_dump()
+    elif config is not None:
+        loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
         if not isinstance(loaded, dict):
-            raise ValueError(f"{config_file}: expected a mapping of options at the top level")
-        values.update(loaded)
-    values.update({k: v for k, v in options.items() if v is not None})
-    return model(**values)
+            raise ValueError(f"{config}: expected a mapping of options at the top level")
+        values = loaded
+    else:
+        values = {}
+    flat: dict[str, str] = getattr(model, "FLAT_OPTIONS", {})
+    dotted = {
+        key if isinstance(value, (Mapping, BaseModel)) else flat.get(key, key): value.model_dump() if isinstance(value, BaseModel) else value
+        for key, value in options.items()
+        if value is not None
+    }
+    return model(**merge_overrides(values, dotted))

@@ -22,7 +22,7 @@ from monai.transforms import Invertd
 from rich.console import Console
 from rich.progress import track
 
-from mssl.downstream.config import EvaluateConfig
+from mssl.downstream.config import EvaluateConfig, build_config
 from mssl.data.preprocess import PresetConfig
 from mssl.data.sources import Case
 from mssl.downstream.datasets import load_dataset, preprocessed_item, preprocessing
@@ -188,7 +188,7 @@ def evaluate_classification(network: torch.nn.Module, description: dict[str, Any
 
 def evaluate(config: EvaluateConfig | None = None, console: Console | None = None, **overrides: Any) -> EvaluationResult:
     """Score a fine-tuned run on ``split`` (default test); ``mssl.evaluate(run=..., data=...)`` ≡ ``mssl evaluate RUN --data ...``."""
-    config = EvaluateConfig(**{**(config.model_dump() if config else {}), **overrides})
+    config = build_config(EvaluateConfig, config, **overrides)
     console = console or Console()
     network, description = load_finetuned(config.run)
     dataset = load_dataset(config.data, config.test_fraction, config.validation_fraction)

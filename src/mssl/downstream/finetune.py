@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from mssl.downstream.config import FinetuneConfig
+from mssl.downstream.config import FinetuneConfig, build_config
 
 if TYPE_CHECKING:
     from mssl.train.cost import Projection
@@ -22,7 +22,7 @@ def finetune(config: FinetuneConfig | None = None, console: Console | None = Non
     run in ``out`` from its last.ckpt; ``dry_run=True`` runs a few steps in a temporary folder, prints the
     projection of the whole run and returns it (nothing is written to ``out``).
     """
-    config = FinetuneConfig(**{**(config.model_dump() if config else {}), **overrides})
+    config = build_config(FinetuneConfig, config, **overrides)
     if config.dry_run:
         with tempfile.TemporaryDirectory(prefix="mssl-dry-run-") as scratch:
             return _run(config.model_copy(update={"out": Path(scratch), "resume": False}), console)

@@ -25,14 +25,25 @@ ENCODER_PREFIXES = {"swin": ("swinViT.",), "unet": ("encoders.",)}
 
 
 class UNetSegmenter(UNetBackbone):
-    """The GVSL U-Net with a 1×1×1 convolution head on its full-resolution decoder map."""
+    """The GVSL U-Net with a 1×1×1 convolution head on its full-resolution decoder map.
 
-    def __init__(self, in_channels: int, num_classes: int, channels: Sequence[int]) -> None:
+    ``deep_supervision`` = n adds heads on the n next-coarser decoder maps (1/2, 1/4, … resolution); in
+    training mode the forward pass then returns [full, 1/2, …] logits (as MONAI's DynUNet and nnU-Net do),
+    in eval mode only the full-resolution logits, so inference and export see one output.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, channels: Sequence[int], deep_supervision: int = 0) -> None:
         super().__init__(in_channels=in_channels, channels=channels)
+        if not 0 <= deep_supervision < len(self.pyramid_channels) - 1:
+            raise ValueError(f"deep_supervision must be in [0, {len(self.pyramid_channels) - 2}] for widths {tuple(channels)}, got {deep_supervision}")
         self.head = nn.Conv3d(self.local_channels, num_classes, kernel_size=1)
+        self.auxiliary_heads = nn.ModuleList(nn.Conv3d(c, num_classes, kernel_size=1) for c in self.pyramid_channels[1 : deep_supervision + 1])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self.head(super().forward(x, decode=True).local)
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:  # type: ignore[override]
+        if not (self.training and len(self.auxiliary_heads)):
+            return self.head(super().forward(x, decode=True).local)
+        maps = self.decoder_maps(super().forward(x, decode=False).pyramid)
+        return [self.head(maps[0]), *(head(m) for head, m in zip(self.auxiliary_heads, maps[1:]))]
 
 
 class EncoderClassifier(nn.Module):
@@ -48,8 +59,9 @@ class EncoderClassifier(nn.Module):
         return self.head(bottleneck.flatten(2).mean(-1))
 
 
-def build_segmentation_network(backbone: BackboneConfig, num_classes: int) -> nn.Module:
-    """SwinUNETR (MONAI) or the project's U-Net with ``num_classes`` output channels (background included)."""
+def build_segmentation_network(backbone: BackboneConfig, num_classes: int, deep_supervision: int = 0) -> nn.Module:
+    """SwinUNETR (MONAI) or the project's U-Net with ``num_classes`` output channels (background included);
+    ``deep_supervision`` auxiliary outputs (U-Net only)."""
     if backbone.name == "swin":
         return SwinUNETR(
             in_channels=backbone.in_channels,
@@ -60,7 +72,9 @@ def build_segmentation_network(backbone: BackboneConfig, num_classes: int) -> nn
             use_checkpoint=backbone.gradient_checkpointing,
             spatial_dims=3,
         )
-    return UNetSegmenter(backbone.in_channels, num_classes, backbone.unet_channels)
+    if deep_supervision and backbone.name != "unet":
+        raise ValueError(f"deep supervision needs the unet backbone, not {backbone.name}")
+    return UNetSegmenter(backbone.in_channels, num_classes, backbone.unet_channels, deep_supervision)
 
 
 def freeze_encoder(network: nn.Module, backbone: BackboneConfig) -> int:
@@ -100,4 +114,5 @@ def initialise_class_prior(network: nn.Module, voxel_counts: torch.Tensor) -> No
     rare classes) measured on one OpenKBP case, 150 steps: mean Dice 0.10 → 0.23 (SGD), 0.63 (AdamW).
     """
     frequencies = (voxel_counts.double() + 1.0) / (voxel_counts.double() + 1.0).sum()  # +1: no class at log 0
-    output_layer(network).bias.copy_(frequencies.log().float())
+    for layer in [output_layer(network), *getattr(network, "auxiliary_heads", [])]:
+        layer.bias.copy_(frequencies.log().float())

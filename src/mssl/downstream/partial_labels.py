@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from monai.losses import DiceLoss
 from torch import nn
 from torch.nn import functional as F
 
@@ -75,21 +74,25 @@ def marginal_log_probs(logits: torch.Tensor, present: torch.Tensor) -> torch.Ten
 class PartialDiceCELoss(nn.Module):
     """Dice + cross-entropy that ignores each case's absent classes (the marginal loss).
 
-    Call with logits (B, C, *S), integer labels (B, 1, *S) and present (B, C) bool. Dice is averaged over
-    the present channels only; by default without background (as nnU-Net does), because with organs
-    of a few hundred voxels in a million the background term dominates and the foreground emerges
-    late. With every class present this equals ``DiceCELoss(include_background=...)`` of MONAI.
+    Call with logits (B, C, *S), integer labels (B, 1, *S) and present (B, C) bool. Dice leaves out
+    background by default (as nnU-Net does: with organs of a few hundred voxels in a million the
+    background term dominates and the foreground emerges late). ``batch_dice`` pools each class's
+    overlap over the cases of the batch that contour it (nnU-Net's default for 3D), so a patch that
+    misses a small organ does not push its Dice to 0 on its own; otherwise Dice is per (case, class)
+    and averaged over the present pairs. With every class present this equals MONAI's
+    ``DiceCELoss(include_background=..., batch=batch_dice)``; the overlaps are summed here rather than in
+    MONAI's ``DiceLoss`` because the presence mask is per (case, class).
     """
 
-    def __init__(self, include_background: bool = False, lambda_dice: float = 1.0, lambda_ce: float = 1.0, smooth: float = 1e-5) -> None:
+    def __init__(
+        self, include_background: bool = False, batch_dice: bool = False, lambda_dice: float = 1.0, lambda_ce: float = 1.0, smooth: float = 1e-5
+    ) -> None:
         super().__init__()
         self.include_background = include_background
+        self.batch_dice = batch_dice
         self.lambda_dice = lambda_dice
         self.lambda_ce = lambda_ce
-        # MONAI's DiceLoss on probabilities we compute, per (case, channel), so absent channels can be dropped
-        self.dice = DiceLoss(
-            include_background=True, to_onehot_y=True, softmax=False, reduction="none", smooth_nr=smooth, smooth_dr=smooth
-        )
+        self.smooth = smooth
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         present = present.to(device=logits.device, dtype=torch.bool)
@@ -99,8 +102,15 @@ class PartialDiceCELoss(nn.Module):
             target = target[:, 0]
         # NLL picks one channel per voxel; labels of absent classes cannot occur (they were never drawn)
         ce = F.nll_loss(log_probs.clamp_min(torch.finfo(log_probs.dtype).min), target)
-        dice_per_channel = self.dice(log_probs.exp(), target.unsqueeze(1)).reshape(present.shape)  # (B, C)
+        probs = log_probs.exp()
+        one_hot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
+        spatial = tuple(range(2, logits.ndim))
+        overlap = (probs * one_hot).sum(spatial) * present  # (B, C); absent pairs contribute nothing
+        volume = (probs.sum(spatial) + one_hot.sum(spatial)) * present
         scored = present.clone()
-        scored[:, 0] = self.include_background
-        dice = dice_per_channel[scored].mean() if scored.any() else dice_per_channel.new_zeros(())
+        if self.batch_dice:
+            overlap, volume, scored = overlap.sum(0), volume.sum(0), scored.any(0)  # (C,)
+        scored[..., 0] = self.include_background
+        dice_loss = 1 - (2 * overlap + self.smooth) / (volume + self.smooth)
+        dice = dice_loss[scored].mean() if scored.any() else dice_loss.new_zeros(())
         return self.lambda_dice * dice + self.lambda_ce * ce

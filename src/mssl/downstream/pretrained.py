@@ -99,7 +99,7 @@ def load_encoder(network: nn.Module, weights: Path, console: Console | None = No
     """Load pre-trained weights into ``network`` (non-strict) and print the per-module load report."""
     from mssl.weights.loading import load_pretrained
 
-    report = load_pretrained(network, weights, strict=False)
+    report = load_pretrained(network, weights, strict=False, verbose=False)
     (console or Console()).print(report)
     if not report.loaded and not report.adapted:
         raise ValueError(f"{weights}: no tensor matched {type(network).__name__}; wrong backbone or key layout")

@@ -1,7 +1,9 @@
 """``mssl.probe``: frozen-feature probes that say in minutes on a CPU whether an encoder learned anything.
 
-Two probes on the encoder's pyramid (decoder skipped), for the pre-trained and a randomly initialised
-encoder of the same architecture:
+Two probes on frozen features, for the pre-trained and a randomly initialised encoder of the same
+architecture. ``features="encoder"`` reads the encoder's pyramid (decoder skipped); ``"decoder"`` reads
+the full network's last decoder map, one full-resolution level, so the voxel probe is the 1×1×1
+convolution of GVSL's linear protocol (only where pre-training trained the decoder):
 
 - per-voxel linear segmentation: every pyramid map, upsampled to full resolution (trilinear), feeds
   one linear classifier. Training samples voxels per class (features read with ``grid_sample`` at the
@@ -33,18 +35,22 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.nn import functional as F
 
-from mssl.downstream.config import ProbeConfig
-from mssl.downstream.datasets import case_dict, labelled_subset, preprocessing
+from mssl.config import FeatureSource
+from mssl.data.preprocess import PresetConfig
+from mssl.downstream.config import ProbeConfig, build_config
+from mssl.downstream.datasets import Dataset, case_dict, labelled_subset, preprocessing
 from mssl.downstream.metrics import segmentation_metrics
 from mssl.downstream.partial_labels import marginal_log_probs
-from mssl.downstream.pretrained import load_encoder
+from mssl.downstream.pretrained import PretrainedInfo, load_encoder
 from mssl.downstream.run_files import write_json
 from mssl.downstream.setup import resolve_setup
-from mssl.models.backbones import Backbone, build_backbone
+from mssl.methods import trains_decoder
+from mssl.models.backbones import Backbone, backbone_stride, build_backbone
+from mssl.weights.load_report import LoadReport, module_of
 
 PATCH_FOREGROUND_FRACTION = 0.05  # a cube is labelled when its dominant organ fills at least this share
-LINEAR_PROBE_STEPS = 300
 LINEAR_PROBE_LR = 0.05
+FEATURE_NAMES = {"encoder": "encoder pyramid", "decoder": "last decoder map (1×1×1 linear)"}
 
 
 @dataclass
@@ -59,6 +65,7 @@ class EncoderProbe:
     linear_accuracy: float
     linear_balanced_accuracy: float
     seconds: float
+    patch_note: str = ""  # why the patch scores are NaN, when they are
 
 
 @dataclass
@@ -69,12 +76,13 @@ class ProbeResult:
     random: EncoderProbe | None
     train_cases: list[str]
     test_cases: list[str]
+    features: FeatureSource = "encoder"
 
     def markdown(self) -> str:
         rows = [p for p in (self.pretrained, self.random) if p is not None]
         classes = list(rows[0].dice) if rows else []
         lines = [
-            f"Frozen-feature probes · {len(self.train_cases)} training cases, {len(self.test_cases)} test cases",
+            f"Frozen-feature probes on the {FEATURE_NAMES[self.features]} · {len(self.train_cases)} training cases, {len(self.test_cases)} test cases",
             "",
             "| encoder | voxel probe mean Dice | " + " | ".join(classes) + " | patch kNN acc (bal.) | patch linear acc (bal.) |",
             "|---|---|" + "---|" * len(classes) + "---|---|",
@@ -85,17 +93,22 @@ class ProbeResult:
                 + " | ".join(f"{p.dice[c]:.3f}" for c in classes)
                 + f" | {p.knn_accuracy:.3f} ({p.knn_balanced_accuracy:.3f}) | {p.linear_accuracy:.3f} ({p.linear_balanced_accuracy:.3f}) |"
             )
-        return "\n".join(lines) + "\n"
+        notes = sorted({f"{p.encoder}: {p.patch_note}" for p in rows if p.patch_note})
+        return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 @torch.no_grad()
-def pyramid_features(encoder: Backbone, image: torch.Tensor) -> list[torch.Tensor]:
-    """Encoder maps (finest → coarsest), each (C_l, *S_l), for one image (1, *S)."""
+def pyramid_features(encoder: Backbone, image: torch.Tensor, features: FeatureSource = "encoder") -> list[torch.Tensor]:
+    """The probed maps, each (C_l, *S_l), for one image (1, *S): the encoder's (finest → coarsest) or the
+    last decoder map alone."""
     encoder.eval()
-    return [level[0].float() for level in encoder(image.unsqueeze(0), decode=False).pyramid]
+    batch = image.unsqueeze(0).to(next(encoder.parameters()).device)  # a training backbone may sit on a GPU
+    if features == "decoder":
+        return [encoder(batch).local[0].float().cpu()]
+    return [level[0].float().cpu() for level in encoder(batch, decode=False).pyramid]
 
 
 def sample_points(pyramid: Sequence[torch.Tensor], points: torch.Tensor, full_size: Sequence[int]) -> torch.Tensor:
@@ -128,13 +141,13 @@ class VoxelProbe:
         self.channels = list(channels)
         self.linear = torch.nn.Linear(sum(channels), num_classes)
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, present: torch.Tensor, log_prior_ratio: torch.Tensor) -> None:
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, present: torch.Tensor, log_prior_ratio: torch.Tensor, steps: int) -> None:
         """features (N, C), labels (N,), present (N, K) bool; the ratio corrects class-balanced sampling."""
         self.mean = features.mean(0)
         self.std = features.std(0).clamp_min(1e-6)
         standardised = (features - self.mean) / self.std
         optimizer = torch.optim.Adam(self.linear.parameters(), lr=LINEAR_PROBE_LR)
-        for _ in range(LINEAR_PROBE_STEPS):
+        for _ in range(steps):
             log_probs = marginal_log_probs(self.linear(standardised), present)
             loss = F.nll_loss(log_probs.clamp_min(torch.finfo(log_probs.dtype).min), labels)
             optimizer.zero_grad()
@@ -171,10 +184,15 @@ def patch_samples(pyramid: Sequence[torch.Tensor], label: torch.Tensor, present:
     return pooled[:, keep].T.numpy(), dominant[keep].numpy()
 
 
-def _patch_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], k: int, seed: int) -> dict[str, float]:
+def _patch_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], k: int, seed: int, patch: int) -> dict[str, Any]:
     (x_train, y_train), (x_test, y_test) = train, test
     if len(np.unique(y_train)) < 2 or not len(y_test):
-        return dict.fromkeys(("knn_accuracy", "knn_balanced_accuracy", "linear_accuracy", "linear_balanced_accuracy"), float("nan"))
+        note = (
+            f"no patch scores: cubes of {patch} voxels with at least {PATCH_FOREGROUND_FRACTION:.0%} of one organ: "
+            f"{len(y_train)} in the training cases ({len(np.unique(y_train))} organs; 2 needed), {len(y_test)} in the test cases "
+            f"(need ≥ 1); organs are small at this spacing, try a smaller patch (e.g. {max(4, patch // 2)})"
+        )
+        return {**dict.fromkeys(("knn_accuracy", "knn_balanced_accuracy", "linear_accuracy", "linear_balanced_accuracy"), float("nan")), "patch_note": note}
     knn = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=min(k, len(y_train)), metric="cosine")).fit(x_train, y_train)
     linear = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1, random_state=seed)).fit(x_train, y_train)
     knn_pred, linear_pred = knn.predict(x_test), linear.predict(x_test)
@@ -186,17 +204,52 @@ def _patch_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, 
     }
 
 
-def probe_encoder(name: str, encoder: Backbone, train_items: list[dict[str, Any]], test_items: list[dict[str, Any]], class_names: list[str], reported: list[int], config: ProbeConfig) -> EncoderProbe:
-    """Fit both probes on ``train_items`` and score them on ``test_items``."""
+@dataclass
+class ProbeData:
+    """The preprocessed cases the probes fit on and score on, loaded once per probe run (or training run)."""
+
+    class_names: list[str]
+    reported: list[int]  # class indices whose Dice is reported
+    train_cases: list[str]
+    test_cases: list[str]
+    train_items: list[dict[str, Any]]
+    test_items: list[dict[str, Any]]
+
+
+def load_probe_data(config: ProbeConfig, dataset: Dataset, preset: PresetConfig, stride: int) -> ProbeData:
+    """The seeded ``train_cases`` of the train split and the first ``test_cases`` of the test split,
+    preprocessed with ``preset`` and padded/cropped to ``config.size`` (default: the next multiple of ``stride``)."""
+    class_names = dataset.class_names
+    reported = list(range(1, len(class_names))) if config.classes is None else [class_names.index(c) for c in config.classes if c in class_names]
+    if config.classes is not None and len(reported) != len(config.classes):
+        raise ValueError(f"classes {config.classes} are not all in the dataset's labels {class_names[1:]}")
+    train_cases = labelled_subset(dataset.splits["train"], config.train_cases, config.seed)
+    test_cases = sorted(dataset.splits["test"], key=lambda c: c.case_id)[: config.test_cases]
+    shape = mt.ResizeWithPadOrCropd(["image", "label"], spatial_size=config.size) if config.size else mt.DivisiblePadd(["image", "label"], k=stride)
+    # Plain tensors from here on: MetaTensor bookkeeping dominated the probe's fit and feature sampling.
+    plain = mt.EnsureTyped(["image", "label"], track_meta=False)
+    transform = mt.Compose([preprocessing(preset, with_label=True), shape, plain])
+    return ProbeData(
+        class_names=class_names,
+        reported=reported,
+        train_cases=[c.case_id for c in train_cases],
+        test_cases=[c.case_id for c in test_cases],
+        train_items=[transform(case_dict(c, class_names, with_label=True)) for c in train_cases],
+        test_items=[transform(case_dict(c, class_names, with_label=True)) for c in test_cases],
+    )
+
+
+def probe_encoder(name: str, encoder: Backbone, data: ProbeData, config: ProbeConfig) -> EncoderProbe:
+    """Fit both probes on ``data.train_items`` and score them on ``data.test_items``."""
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(config.seed)
-    num_classes = len(class_names)
+    num_classes = len(data.class_names)
     features, labels, presents, patches_x, patches_y = [], [], [], [], []
     voxel_counts, sampled_counts = torch.zeros(num_classes), torch.zeros(num_classes)
     channels: list[int] = []
-    for item in train_items:
+    for item in data.train_items:
         image, label, present = item["image"], item["label"][0].long(), item["present"]
-        pyramid = pyramid_features(encoder, image)
+        pyramid = pyramid_features(encoder, image, config.features)
         channels = [level.shape[0] for level in pyramid]
         points = balanced_voxels(label, present, config.voxels_per_class, generator)
         point_labels = label[points[:, 0], points[:, 1], points[:, 2]]
@@ -212,25 +265,27 @@ def probe_encoder(name: str, encoder: Backbone, train_items: list[dict[str, Any]
     # classes no training case contours are never predicted (-inf), as in fine-tuning
     log_prior_ratio = torch.full((num_classes,), float("-inf"))
     log_prior_ratio[seen] = (voxel_counts[seen] / voxel_counts.sum()).log() - (sampled_counts[seen] / sampled_counts.sum()).log()
+    torch.manual_seed(config.seed)  # before the classifier's initialisation: its scores must not depend on what ran before
     voxel_probe = VoxelProbe(channels, num_classes)
-    torch.manual_seed(config.seed)
-    voxel_probe.fit(torch.cat(features), torch.cat(labels), torch.cat(presents), log_prior_ratio)
+    voxel_probe.fit(torch.cat(features), torch.cat(labels), torch.cat(presents), log_prior_ratio, config.fit_steps)
 
-    dice_by_class: dict[int, list[float]] = {c: [] for c in reported}
+    dice_by_class: dict[int, list[float]] = {c: [] for c in data.reported}
     test_x, test_y = [], []
-    for item in test_items:
+    for item in data.test_items:
         label, present = item["label"][0].long(), item["present"]
-        pyramid = pyramid_features(encoder, item["image"])
+        pyramid = pyramid_features(encoder, item["image"], config.features)
         prediction = voxel_probe.predict(pyramid, label.shape)
         dice = segmentation_metrics(prediction, label, num_classes, (1.0, 1.0, 1.0), present, with_hd95=False).dice
-        for c in reported:
+        for c in data.reported:
             dice_by_class[c].append(float(dice[c - 1]))
         x, y = patch_samples(pyramid, label, present, config.patch)
         test_x.append(x)
         test_y.append(y)
-    per_class = {class_names[c]: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for c, v in dice_by_class.items()}
+    per_class = {data.class_names[c]: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for c, v in dice_by_class.items()}
     measured = [v for v in per_class.values() if math.isfinite(v)]
-    patch = _patch_scores((np.concatenate(patches_x), np.concatenate(patches_y)), (np.concatenate(test_x), np.concatenate(test_y)), config.knn_k, config.seed)
+    patch = _patch_scores(
+        (np.concatenate(patches_x), np.concatenate(patches_y)), (np.concatenate(test_x), np.concatenate(test_y)), config.knn_k, config.seed, config.patch
+    )
     return EncoderProbe(
         encoder=name,
         dice=per_class,
@@ -240,45 +295,51 @@ def probe_encoder(name: str, encoder: Backbone, train_items: list[dict[str, Any]
     )
 
 
+def check_decoder_trained(encoder: Backbone, pretrained: PretrainedInfo, report: LoadReport) -> None:
+    """``features="decoder"`` probes a decoder only where pre-training trained one and the weights hold it."""
+    if pretrained.method is not None and not trains_decoder(pretrained.method):
+        raise ValueError(
+            f"{pretrained.path}: features 'decoder' needs a trained decoder, but {pretrained.method} pre-training trains only "
+            f"the encoder (its decoder stays at initialisation); probe with features 'encoder'"
+        )
+    untrained = sorted({module_of(key) for key in report.missing if module_of(key) in encoder.decoder_names})
+    if untrained:
+        raise ValueError(f"{pretrained.path}: features 'decoder' needs decoder weights, but the file has none for {', '.join(untrained)}; probe with features 'encoder'")
+
+
 def probe(config: ProbeConfig | None = None, console: Console | None = None, **overrides: Any) -> ProbeResult:
     """Probe the pre-trained encoder behind ``weights`` against a random one of the same architecture.
 
     ``mssl.probe(weights="runs/s2dc", data="dataset.json")`` ≡ ``mssl probe --weights runs/s2dc --data dataset.json``.
     """
-    config = ProbeConfig(**{**(config.model_dump() if config else {}), **overrides})
+    config = build_config(ProbeConfig, config, **overrides)
     console = console or Console()
     setup = resolve_setup(config, config.weights, config.backbone)
-    dataset = setup.dataset
-    class_names = dataset.class_names
-    reported = list(range(1, len(class_names))) if config.classes is None else [class_names.index(c) for c in config.classes if c in class_names]
-    if config.classes is not None and len(reported) != len(config.classes):
-        raise ValueError(f"classes {config.classes} are not all in the dataset's labels {class_names[1:]}")
-    train_cases = labelled_subset(dataset.splits["train"], config.train_cases, config.seed)
-    test_cases = sorted(dataset.splits["test"], key=lambda c: c.case_id)[: config.test_cases]
-    encoder = build_backbone(setup.backbone)
-    shape = mt.ResizeWithPadOrCropd(["image", "label"], spatial_size=config.size) if config.size else mt.DivisiblePadd(["image", "label"], k=encoder.stride)
-    # Plain tensors from here on: MetaTensor bookkeeping dominated the probe's fit and feature sampling.
-    plain = mt.EnsureTyped(["image", "label"], track_meta=False)
-    transform = mt.Compose([preprocessing(setup.preset, with_label=True), shape, plain])
-    train_items = [transform(case_dict(c, class_names, with_label=True)) for c in train_cases]
-    test_items = [transform(case_dict(c, class_names, with_label=True)) for c in test_cases]
-    console.print(f"[bold]probe[/] {setup.backbone.name} · {len(train_items)} train / {len(test_items)} test cases · preset {setup.preset.name}")
+    data = load_probe_data(config, setup.dataset, setup.preset, backbone_stride(setup.backbone))
+    console.print(
+        f"[bold]probe[/] {setup.backbone.name} {FEATURE_NAMES[config.features]} · {len(data.train_items)} train / "
+        f"{len(data.test_items)} test cases · preset {setup.preset.name}"
+    )
 
     results: dict[str, EncoderProbe] = {}
     if config.weights is not None:
-        load_encoder(encoder, config.weights, console)
-        results["pretrained"] = probe_encoder("pretrained", encoder, train_items, test_items, class_names, reported, config)
+        encoder = build_backbone(setup.backbone)
+        report = load_encoder(encoder, config.weights, console)
+        if config.features == "decoder" and setup.pretrained is not None:
+            check_decoder_trained(encoder, setup.pretrained, report)
+        results["pretrained"] = probe_encoder("pretrained", encoder, data, config)
         console.print(f"pretrained: mean Dice {results['pretrained'].mean_dice:.3f} ({results['pretrained'].seconds:.0f} s)")
     if config.random_baseline or config.weights is None:
         torch.manual_seed(config.seed)
         random_encoder = build_backbone(setup.backbone)
-        results["random"] = probe_encoder("random", random_encoder, train_items, test_items, class_names, reported, config)
+        results["random"] = probe_encoder("random", random_encoder, data, config)
         console.print(f"random: mean Dice {results['random'].mean_dice:.3f} ({results['random'].seconds:.0f} s)")
     result = ProbeResult(
         pretrained=results.get("pretrained"),
         random=results.get("random"),
-        train_cases=[c.case_id for c in train_cases],
-        test_cases=[c.case_id for c in test_cases],
+        train_cases=data.train_cases,
+        test_cases=data.test_cases,
+        features=config.features,
     )
     console.print(result.markdown())
     if config.out is not None:

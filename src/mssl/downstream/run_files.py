@@ -48,7 +48,7 @@ def load_finetuned(run: Path) -> tuple[nn.Module, dict[str, Any]]:
         raise FileNotFoundError(f"{run}: {WEIGHTS_FILE} missing (did the fine-tuning finish?)")
     backbone = BackboneConfig(**description["backbone"])
     if description["task"] == "seg":
-        network = build_segmentation_network(backbone, description["num_classes"])
+        network = build_segmentation_network(backbone, description["num_classes"], description.get("deep_supervision", 0))
     else:
         network = build_classifier(backbone, description["num_outputs"])
     network.load_state_dict(load_file(str(weights)))

@@ -33,6 +33,7 @@ from mssl.downstream.last_checkpoint import load_last, open_log, save_last, skip
 from mssl.downstream.metrics import segmentation_metrics
 from mssl.downstream.networks import build_segmentation_network, freeze_encoder, initialise_class_prior
 from mssl.downstream.optim import build_optimizer
+from mssl.downstream.deep_supervision import deep_supervised_loss
 from mssl.downstream.partial_labels import PartialDiceCELoss, contoured_classes, restrict_to
 from mssl.downstream.postprocess import choose_postprocessing, selected_classes
 from mssl.downstream.pretrained import load_encoder
@@ -118,7 +119,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         + f" · mirror axes {list(mirror_axes)}"
     )
 
-    network = build_segmentation_network(setup.backbone, dataset.num_classes)
+    network = build_segmentation_network(setup.backbone, dataset.num_classes, config.deep_supervision)
     initialise_class_prior(network, class_voxel_counts(train_items, dataset.num_classes))
     if config.weights is not None:
         load_encoder(network, config.weights, console)
@@ -152,7 +153,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         skipped = [n for n, t in zip(class_names, trained_classes.tolist()) if not t]
         console.print(f"[yellow]no labelled case contours {skipped}: the network will not predict them[/]")
 
-    loss_fn = PartialDiceCELoss()
+    loss_fn = PartialDiceCELoss(batch_dice=config.batch_dice)
     history: list[float] = loop["history"]
     best_dice, best_step, step = loop["best"], loop["best_step"], loop["step"]
     writer = SummaryWriter(str(out / TENSORBOARD_DIR)) if fabric.is_global_zero else None
@@ -170,7 +171,8 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
             best_dice, best_step = val_dice, step
             if fabric.is_global_zero:
                 save_weights(network, out)
-        console.print(f"step {step}/{total_steps} · val Dice {val_dice:.4f} (best {best_dice:.4f} @ {best_step}) · {time.perf_counter() - start:.0f} s")
+        best = f" (best {best_dice:.4f} @ {best_step})" if step else " (the initial network)"
+        console.print(f"step {step}/{total_steps} · val Dice {val_dice:.4f}{best} · {time.perf_counter() - start:.0f} s")
         if writer is not None:
             writer.add_scalar("val/dice", val_dice, step)
             for name, value in zip(class_names[1:], per_class):
@@ -186,7 +188,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
     with log_file:
         for step, batch in enumerate(loader, start=step + 1):
             network.train()
-            loss = loss_fn(network(batch["image"]), batch["label"], batch["present"])
+            loss = deep_supervised_loss(loss_fn, network(batch["image"]), batch["label"], batch["present"])
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)
             torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)  # nnU-Net's clip; SGD at momentum 0.99 needs it early
@@ -241,6 +243,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         "class_names": class_names,
         "preset": setup.preset.model_dump(mode="json"),
         "roi": list(roi),
+        "deep_supervision": config.deep_supervision,
         "mirror_axes": list(mirror_axes),
         "postprocessing": postprocessing,
         "weights": str(config.weights) if config.weights else None,

@@ -12,7 +12,7 @@ from mssl.config import BackboneConfig
 from mssl.data.preprocess import PresetConfig
 from mssl.downstream.config import DataConfig, FinetuneConfig
 from mssl.downstream.datasets import Dataset, load_dataset
-from mssl.models.backbones import backbone_stride
+from mssl.models.backbones import input_size_problem
 from mssl.downstream.pretrained import PretrainedInfo, describe_weights
 
 
@@ -49,11 +49,11 @@ def make_fabric(accelerator: str, devices: int, precision: str, seed: int) -> Fa
     return fabric
 
 
-def check_roi(roi: Sequence[int], backbone: BackboneConfig) -> None:
-    """A patch the network takes: every side a multiple of its stride."""
-    stride = backbone_stride(backbone)
-    if any(r % stride for r in roi):
-        raise ValueError(f"roi {tuple(roi)} must be a multiple of {stride} for backbone {backbone.name}")
+def check_roi(roi: Sequence[int], backbone: BackboneConfig, decode: bool = True) -> None:
+    """A patch the network takes (stride, SwinUNETR's bottleneck when its decoder runs), or one clear error."""
+    problem = input_size_problem(backbone, roi, decode)
+    if problem:
+        raise ValueError(f"roi {problem}")
 
 
 def start_finetune(config: FinetuneConfig) -> tuple[DownstreamSetup, Fabric, Path]:
@@ -61,7 +61,7 @@ def start_finetune(config: FinetuneConfig) -> tuple[DownstreamSetup, Fabric, Pat
     network's stride, start Fabric and create the run folder."""
     setup = resolve_setup(config, config.weights, config.backbone)
     if config.roi is not None:
-        check_roi(config.roi, setup.backbone)
+        check_roi(config.roi, setup.backbone, decode=config.task == "seg")  # classification pools the encoder only
     # a dry run measures one device; its projection scales to config.devices
     fabric = make_fabric(config.accelerator, 1 if config.dry_run else config.devices, config.precision, config.seed)
     out = Path(config.out)

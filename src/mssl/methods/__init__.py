@@ -27,6 +27,14 @@ def _gvsl(backbone: Backbone, config: PretrainConfig) -> PretrainMethod:
 
 # method name -> factory(shared backbone, run config); "both" combines every objective of the config
 METHODS: dict[str, MethodFactory] = {"s2dc": _s2dc, "gvsl": _gvsl}
+# objectives whose loss reaches the backbone's decoder (GVSL registers and restores from f^l; S²DC reads encoder maps only)
+DECODER_OBJECTIVES = frozenset({"gvsl"})
+
+
+def trains_decoder(method: str) -> bool:
+    """Whether pre-training with ``method`` (a name of ``METHODS`` or ``both``) trains the backbone's decoder."""
+    objectives = METHODS if method == "both" else (method,)
+    return any(name in DECODER_OBJECTIVES for name in objectives)
 
 
 def build_method(config: PretrainConfig) -> PretrainMethod:
@@ -40,4 +48,4 @@ def build_method(config: PretrainConfig) -> PretrainMethod:
     return CombinedMethod(objectives)
 
 
-__all__ = ["METHODS", "CropRequest", "MethodOutput", "PretrainMethod", "build_method"]
+__all__ = ["METHODS", "CropRequest", "MethodOutput", "PretrainMethod", "build_method", "trains_decoder"]

@@ -8,6 +8,8 @@ Spatial sizes must be divisible by ``backbone.stride``.
 
 from __future__ import annotations
 
+import math
+
 import copy
 from dataclasses import dataclass
 from typing import Sequence
@@ -34,6 +36,22 @@ def backbone_stride(config: BackboneConfig) -> int:
     if config.name in NNUNET_CLASSES:
         return config.nnunet.total_stride()
     return SWIN_STRIDE if config.name == "swin" else unet_stride(config.unet_channels)
+
+
+def input_size_problem(config: BackboneConfig, size: Sequence[int], decode: bool) -> str | None:
+    """Why the backbone a config names cannot take inputs of ``size`` (None when it can), checked before
+    anything is built or written. Every side must be a multiple of the stride; SwinUNETR's decoder also
+    instance-normalises its bottleneck, which needs more than one voxel (one side ≥ 2 × 32)."""
+    stride = backbone_stride(config)
+    if any(side % stride for side in size):
+        fitting = tuple(max(stride, side // stride * stride) for side in size)
+        return f"{tuple(size)} is not a multiple of the {config.name} backbone's stride {stride} on every axis (e.g. {fitting})"
+    if decode and config.name == "swin" and math.prod(side // stride for side in size) < 2:
+        return (
+            f"{tuple(size)} leaves SwinUNETR's decoder a single bottleneck voxel, which it cannot normalise; "
+            f"make at least one side {2 * stride} or more"
+        )
+    return None
 
 
 @dataclass
@@ -215,12 +233,15 @@ class UNetBackbone(Backbone):
         for i, encoder in enumerate(self.encoders):
             x = encoder(F.max_pool3d(x, 2) if i else x)
             pyramid.append(x)
-        local = None
-        if decode:
-            local = pyramid[-1]
-            for decoder, skip in zip(self.decoders, reversed(pyramid[:-1])):
-                local = decoder(local, skip)
+        local = self.decoder_maps(pyramid)[0] if decode else None
         return Features(pyramid=pyramid, bottleneck=pyramid[-1], local=local)
+
+    def decoder_maps(self, pyramid: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every decoder output, finest first: map i is (B, channels[i], *S / 2**i), i < len(channels) - 1."""
+        maps = [pyramid[-1]]
+        for decoder, skip in zip(self.decoders, reversed(pyramid[:-1])):
+            maps.append(decoder(maps[-1], skip))
+        return maps[:0:-1]
 
 
 def build_backbone(config: BackboneConfig) -> Backbone:

@@ -11,6 +11,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 LOG_DIR = "logs"
 METRICS_FILE = ExperimentWriter.NAME_METRICS_FILE
+PROBES_FILE = "probes.csv"  # the probe curve of `mssl pretrain --probe` (mssl.downstream.training_probe)
 
 
 class _ContinuingWriter(ExperimentWriter):

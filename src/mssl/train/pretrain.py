@@ -5,7 +5,7 @@ Run folder::
     RUN/config.yaml                      resolved config
     RUN/checkpoints/last.ckpt            newest full state (model, EMA teacher, queue, optimiser, schedule, step, RNG)
     RUN/checkpoints/step-XXXXXXX.ckpt    periodic checkpoints (the ``trainer.keep_checkpoints`` newest)
-    RUN/logs/                            TensorBoard events + metrics.csv
+    RUN/logs/                            TensorBoard events + metrics.csv (+ probes.csv with --probe)
     RUN/summary.json                     steps, wall time, final losses, data index hash, weights path
 """
 
@@ -62,12 +62,15 @@ FLAGS: dict[str, str] = {
     "warmup_steps": "optim.warmup_steps",
     "log_every": "logging.every_n_steps",
     "progress_bar": "logging.progress_bar",
+    "probe": "probe.data",
+    "probe_every": "probe.every",
 }
 ROI_FLAG = "roi"  # sets s2dc.roi (an int) and/or gvsl.roi (a cube) for the objectives being trained
 
 # Keys that may differ between a run and its resumption (everything else must match for an exact resume).
+# Probes restore every RNG state and module mode, so adding or changing them keeps the continuation exact.
 RESUMABLE_CHANGES = ("resume", "trainer.max_steps", "trainer.accelerator", "trainer.checkpoint_every",
-                     "trainer.max_nonfinite", "data.workers", "data.cache", "logging")
+                     "trainer.max_nonfinite", "data.workers", "data.cache", "logging", "probe")
 
 
 def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> PretrainConfig:
@@ -99,23 +102,28 @@ def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | Non
         merged = merge_overrides(merged, {f"{name}.roi": roi if name == "s2dc" else [roi] * 3 for name in objectives})
     resolved = build_config(PretrainConfig, merged).resolved()
     _check_crops_fit_backbone(resolved)
+    _check_probe_features(resolved)
     return resolved
 
 
-def _check_crops_fit_backbone(cfg: PretrainConfig) -> None:
-    """Crop sides must be multiples of the backbone's stride: say so now, not at the first step."""
-    from mssl.models.backbones import backbone_stride
+def _check_probe_features(cfg: PretrainConfig) -> None:
+    from mssl.methods import trains_decoder
 
-    stride = backbone_stride(cfg.backbone)
-    crops = {"s2dc.roi": (cfg.s2dc.roi,) * 3, "gvsl.roi": tuple(cfg.gvsl.roi)}
+    if cfg.probe.data is not None and cfg.probe.features == "decoder" and not trains_decoder(cfg.method):
+        raise ConfigError(
+            f"config key 'probe.features': 'decoder' needs a trained decoder, but {cfg.method} trains only the encoder; use 'encoder'"
+        )
+
+
+def _check_crops_fit_backbone(cfg: PretrainConfig) -> None:
+    """Crops the backbone cannot take (stride, SwinUNETR's bottleneck): say so now, not at the first step."""
+    from mssl.models.backbones import input_size_problem
+
+    crops = {"s2dc": (cfg.s2dc.roi,) * 3, "gvsl": tuple(cfg.gvsl.roi)}
     for objective in cfg.objectives:
-        key = f"{objective}.roi"
-        if any(side % stride for side in crops[key]):
-            fitting = max(stride, crops[key][0] // stride * stride)
-            raise ConfigError(
-                f"config key {key!r}: crop {crops[key]} must be a multiple of the {cfg.backbone.name} backbone's stride {stride} "
-                f"on every axis (e.g. --roi {fitting})"
-            )
+        problem = input_size_problem(cfg.backbone, crops[objective], decode=objective == "gvsl")  # S²DC reads encoder maps only
+        if problem:
+            raise ConfigError(f"config key '{objective}.roi': crop {problem}; set --roi")
 
 
 def pretrain(
@@ -166,6 +174,8 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
     from mssl.train.module import PretrainModule
     from mssl.train.seeding import seed_init
     from mssl.train.summary import RunSummary
+    from mssl.weights.exporter import backbone_state
+    from mssl.weights.fingerprints import write_initial_fingerprints
 
     resume_from = _checkpoint_to_resume(cfg, run_dir)
     is_rank_zero = rank_zero_only.rank == 0
@@ -182,8 +192,10 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
 
     seed_init(cfg.seed)
     module = PretrainModule(cfg)
+    if is_rank_zero and resume_from is None:  # export compares against these to list the tensors training never changed
+        write_initial_fingerprints(backbone_state({"state_dict": module.state_dict()}, "the new run"), run_dir)
     datamodule = CropDataModule(cfg, module.method.crop_requests(), index)
-    checkpoints: list[pl.Callback] = [
+    callbacks: list[pl.Callback] = [
         # keep_checkpoints newest periodic files: "step" is a monitor Lightning always provides
         ModelCheckpoint(
             dirpath=checkpoint_dir(run_dir),
@@ -198,6 +210,11 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
         ),
         FinalLastCheckpoint(last_checkpoint(run_dir), cfg.trainer.checkpoint_every),
     ]
+    if cfg.probe.data is not None:
+        # the probes are downstream code; the training engine takes them only as a Lightning callback
+        from mssl.downstream.training_probe import TrainingProbe
+
+        callbacks.append(TrainingProbe.from_config(cfg, index.preset, run_dir))
     with _quiet_lightning():
         trainer = pl.Trainer(
             default_root_dir=run_dir,
@@ -206,7 +223,7 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
             num_nodes=cfg.trainer.num_nodes,
             strategy=lightning_strategy(cfg.trainer),
             logger=build_loggers(run_dir),
-            callbacks=checkpoints + _monitoring(cfg, module, bar=_progress_bar(cfg)),
+            callbacks=callbacks + _monitoring(cfg, module, bar=_progress_bar(cfg)),
             plugins=[AtomicCheckpointIO()],
             **_trainer_options(cfg, progress_bar=_progress_bar(cfg)),
         )

@@ -29,8 +29,12 @@ class RunFolderBusy(ConfigError):
 
 @contextmanager
 def run_lock(folder: str | Path) -> Iterator[None]:
-    """Hold the run folder's lock for the block (creating the folder); :class:`RunFolderBusy` when taken."""
+    """Hold the run folder's lock for the block (creating the folder); :class:`RunFolderBusy` when taken.
+
+    A folder this call created and the block left empty (a run refused before writing anything, e.g. a
+    bad roi) is removed again, so a failed command leaves nothing behind."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(folder / LOCK_NAME, timeout=0)
     try:
@@ -45,6 +49,9 @@ def run_lock(folder: str | Path) -> Iterator[None]:
     finally:
         holder.unlink(missing_ok=True)
         lock.release()
+        if created and {entry.name for entry in folder.iterdir()} <= {LOCK_NAME}:
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+            folder.rmdir()
 
 
 def _holder(folder: Path) -> str:

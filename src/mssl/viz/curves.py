@@ -1,4 +1,5 @@
-"""Loss curves from RUN/logs/metrics.csv: one panel per logged term, raw and smoothed."""
+"""Loss curves from RUN/logs/metrics.csv (one panel per logged term, raw and smoothed) and, for runs
+pre-trained with ``--probe``, the probe curve from RUN/logs/probes.csv."""
 
 from __future__ import annotations
 
@@ -7,10 +8,15 @@ import math
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-METRICS_FILE = Path("logs") / "metrics.csv"
+from mssl.train.loggers import LOG_DIR, METRICS_FILE as LOGGED_METRICS, PROBES_FILE as LOGGED_PROBES
+
+METRICS_FILE = Path(LOG_DIR) / LOGGED_METRICS
+PROBES_FILE = Path(LOG_DIR) / LOGGED_PROBES
 PREFIX = "train/"
+PROBE_PREFIX = "probe/"
 SKIPPED = ("train/lr", "train/crops_per_s")  # schedule and throughput, not losses
 SMOOTHING_WINDOW = 10
 PANEL_COLUMNS = 3
@@ -27,22 +33,33 @@ def save_figure(figure: Figure, path: str | Path, title: str = "") -> Path:
     return path
 
 
-def read_metrics(run: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{name: (steps, values)}`` for every ``train/*`` column of the run's metrics.csv (empty cells skipped)."""
-    path = Path(run) / METRICS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no training log; was this run written by `mssl pretrain`?")
+def _read_series(path: Path, prefix: str, skipped: tuple[str, ...] = ()) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{name: (steps, values)}`` for every ``prefix*`` column of a CSV with a ``step`` column (empty cells skipped)."""
     series: dict[str, tuple[list[float], list[float]]] = {}
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
             if not row.get("step"):
                 continue
             for name, value in row.items():
-                if name and name.startswith(PREFIX) and name not in SKIPPED and value not in ("", None):
-                    steps, values = series.setdefault(name[len(PREFIX) :], ([], []))
+                if name and name.startswith(prefix) and name not in skipped and value not in ("", None):
+                    steps, values = series.setdefault(name[len(prefix) :], ([], []))
                     steps.append(float(row["step"]))
                     values.append(float(value))
     return {name: (np.asarray(s), np.asarray(v)) for name, (s, v) in series.items()}
+
+
+def read_metrics(run: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{name: (steps, values)}`` for every ``train/*`` column of the run's metrics.csv (empty cells skipped)."""
+    path = Path(run) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no training log; was this run written by `mssl pretrain`?")
+    return _read_series(path, PREFIX, SKIPPED)
+
+
+def read_probes(run: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The probe curve of a run pre-trained with ``--probe`` (``mean_dice``, ``dice/<class>``, ``knn``, ...); empty without."""
+    path = Path(run) / PROBES_FILE
+    return _read_series(path, PROBE_PREFIX) if path.is_file() else {}
 
 
 def moving_average(values: np.ndarray, window: int = SMOOTHING_WINDOW) -> np.ndarray:
@@ -53,12 +70,15 @@ def moving_average(values: np.ndarray, window: int = SMOOTHING_WINDOW) -> np.nda
 
 
 def plot_curves(run: str | Path, path: str | Path, title: str = "") -> Path:
-    """One panel per term (loss first), raw values faint and the moving average bold."""
+    """One panel per term (loss first), raw values faint and the moving average bold; with ``--probe``,
+    the probe Dice (mean and per class) and patch accuracies next to them."""
     series = read_metrics(run)
     if not series:
         raise ValueError(f"{Path(run) / METRICS_FILE}: no train/* values logged yet")
+    probes = read_probes(run)
     names = sorted(series, key=lambda n: (n != "loss", n))
-    rows = math.ceil(len(names) / PANEL_COLUMNS)
+    panels = len(names) + (2 if probes else 0)
+    rows = math.ceil(panels / PANEL_COLUMNS)
     figure = Figure(figsize=(4 * PANEL_COLUMNS, 2.8 * rows), dpi=FIGURE_DPI, layout="constrained")
     axes = np.atleast_1d(figure.subplots(rows, PANEL_COLUMNS)).ravel()
     for axis, name in zip(axes, names):
@@ -66,11 +86,28 @@ def plot_curves(run: str | Path, path: str | Path, title: str = "") -> Path:
         axis.plot(steps, values, color="tab:blue", alpha=0.3, linewidth=0.8)
         axis.plot(steps, moving_average(values), color="tab:blue", linewidth=1.6)
         axis.set_title(name)
+    if probes:
+        _plot_probes(axes[len(names)], axes[len(names) + 1], probes)
+    for axis in axes[:panels]:
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
-    for axis in axes[len(names) :]:
+    for axis in axes[panels:]:
         axis.set_visible(False)
     return save_figure(figure, path, title)
+
+
+def _plot_probes(dice_axis: Axes, patch_axis: Axes, probes: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Frozen-probe scores over training, on a fixed 0–1 axis: the voxel probe's Dice, the patch accuracies."""
+    for name, (steps, values) in probes.items():
+        if name.startswith("dice/"):
+            dice_axis.plot(steps, values, linewidth=0.9, alpha=0.6, label=name[len("dice/") :])
+    dice_axis.plot(*probes["mean_dice"], marker="o", color="black", linewidth=2.0, label="mean")
+    dice_axis.set(title="probe: voxel Dice", ylim=(0, 1))
+    dice_axis.legend(fontsize=6, ncol=2)
+    for name, label in (("knn", "kNN"), ("linear", "linear")):
+        patch_axis.plot(*probes[name], marker="o", label=label)
+    patch_axis.set(title="probe: patch accuracy", ylim=(0, 1))
+    patch_axis.legend(fontsize=7)
 
 
 def plot_finetune_curve(metrics_csv: str | Path, path: str | Path, title: str = "") -> Path:

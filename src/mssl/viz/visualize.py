@@ -3,7 +3,8 @@
 The volume is preprocessed exactly like the run's training data (the preset stored in its cache
 index), the method is rebuilt from the run's config and its last checkpoint (read weights-only), and
 three PNGs are written: ``features.png`` (PCA-RGB and k-means maps of the encoder's patch features),
-``registration.png`` (GVSL runs: fixed / moving / warped with the deformation grid) and ``curves.png``.
+``registration.png`` (GVSL runs: fixed / moving / warped with the deformation grid) and ``curves.png``
+(losses, and the probe curve of runs pre-trained with ``--probe``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from mssl.config import PretrainConfig
+from mssl.config import PresetName, PretrainConfig
 from mssl.data.preprocess import PresetConfig, load_case
 from mssl.data.sources import Case
 from mssl.weights.exporter import data_provenance, run_config
@@ -105,13 +106,19 @@ def visualize(
     moving: str | Path | None = None,
     stride: int = DEFAULT_STRIDE,
     clusters: int = DEFAULT_CLUSTERS,
-    preset: PresetConfig | None = None,
+    preset: PresetName | PresetConfig | None = None,
     seed: int = 0,
+    spacing: tuple[float, float, float] | None = None,
 ) -> list[Path]:
     """Write features.png, registration.png (GVSL runs) and curves.png for ``run``; returns their paths.
 
-    preset: preprocessing of ``volume`` (default: the preset of the run's cache; needed when it is gone).
+    preset: preprocessing of ``volume``, a name ("ct", "mri", "none") with ``spacing``, or a PresetConfig
+    (default: the preset of the run's cache; needed when it is gone).
     """
+    if isinstance(preset, str):
+        preset = PresetConfig(name=preset, spacing=spacing)
+    elif spacing is not None:
+        raise ValueError("spacing goes with a preset name (preset='ct', spacing=...), or inside a PresetConfig")
     run = Path(run)
     out = Path(out) if out is not None else run / FIGURES_DIR
     config, method, step = load_run_method(run)

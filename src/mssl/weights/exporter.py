@@ -19,6 +19,7 @@ import torch
 
 from mssl.config import DataConfig, PretrainConfig, load_yaml
 from mssl.weights.checks import check_finite
+from mssl.weights.fingerprints import untrained_keys
 from mssl.weights.safe_io import EXPORT_DIR, LAST_CHECKPOINT, read_checkpoint, write_safetensors
 from mssl.weights.sidecar import (
     METADATA_KEY,
@@ -30,7 +31,7 @@ from mssl.weights.sidecar import (
 )
 from mssl.models.backbones import build_backbone
 
-ExportFormat = Literal["monai", "torch"]
+ExportFormat = Literal["monai", "torch", "nnunet"]
 BACKBONE_PREFIX = "method.backbone."
 RUN_CONFIG = "config.yaml"
 HPARAMS_CONFIG = ("hyper_parameters", "config")  # where PretrainModule stores the resolved config
@@ -110,6 +111,8 @@ def build_sidecar(config: PretrainConfig, checkpoint: dict[str, Any], run: Path,
         "data_index_hash": index_hash,
         "data": data,  # cache folder, whether it was found, number of cases
         "tensors": len(tensors),
+        # bit-identical to the run's initialisation: loaded as "not trained by the method", not as pre-trained
+        "untrained": untrained_keys(tensors, run),
         # nnU-Net's decoder holds the encoder too: a tensor saved under two names counts once
         "parameters": int(sum(t.numel() for t in {(t.data_ptr(), t.shape): t for t in tensors.values()}.values())),
         "source": {"run": str(run.resolve()), "checkpoint": str((run / LAST_CHECKPOINT).resolve())},
@@ -128,15 +131,22 @@ def read_run(run: Path) -> tuple[Path, dict[str, Any], PretrainConfig]:
     return checkpoint_file, checkpoint, run_config(run, checkpoint)
 
 
-def export(run: str | Path, out: str | Path | None = None, format: ExportFormat = "monai") -> Path:
+def export(run: str | Path, out: str | Path | None = None, format: ExportFormat = "monai", in_channels: int | None = None) -> Path:
     """Export the encoder of ``run`` to ``out`` (default RUN/export); returns the weight file.
 
     ``monai``: ``encoder.safetensors`` (no pickle; the sidecar is embedded in its header too);
     ``torch``: ``encoder.pt``, a plain state dict readable with ``torch.load(weights_only=True)``.
-    Both come with ``encoder.json``.
+    Both come with ``encoder.json``. ``nnunet``: see :func:`mssl.weights.nnunet.export_nnunet`, whose
+    stem ``in_channels`` adapts to the target dataset (nnU-Net loads only matching shapes).
     """
+    if format == "nnunet":
+        from mssl.weights.nnunet import export_nnunet  # it builds on this module
+
+        return export_nnunet(run, out, in_channels)
+    if in_channels is not None:
+        raise ValueError("in_channels applies to format='nnunet' only (`mssl inspect --in-channels` adapts other exports)")
     if format not in FILE_NAMES:
-        raise ValueError(f"unknown export format {format!r}; choose one of {sorted(FILE_NAMES)}")
+        raise ValueError(f"unknown export format {format!r}; choose one of {sorted([*FILE_NAMES, 'nnunet'])}")
     run = Path(run)
     checkpoint_file, checkpoint, config = read_run(run)
     tensors = backbone_state(checkpoint, str(checkpoint_file))

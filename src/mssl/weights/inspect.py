@@ -108,6 +108,6 @@ def inspect_weights(weights: str | Path, into: Target | None = None, in_channels
     if in_channels is not None:
         args["in_channels"] = in_channels
     network = build_target(into, args)
-    report = load_pretrained(network, tensors, in_channels=args["in_channels"], source=str(path))
+    report = load_pretrained(network, tensors, in_channels=args["in_channels"], source=str(path), verbose=False)
     report.source, report.target = str(path), describe(into, args)
     return report

@@ -37,6 +37,7 @@ class LoadReport:
     mismatched: dict[str, tuple[Shape, Shape]] = field(default_factory=dict)  # target key -> (source, target) shape
     renamed: dict[str, str] = field(default_factory=dict)  # source key -> target key, where they differ
     network_keys: list[str] = field(default_factory=list)  # the network's keys in registration order
+    hints: list[str] = field(default_factory=list)  # one line each: what to change when the pattern is known
 
     @property
     def ok(self) -> bool:
@@ -80,7 +81,7 @@ class LoadReport:
 
     def __rich__(self) -> Group:
         header = [Text(f"weights: {self.source}")] + ([Text(f"into:    {self.target}")] if self.target else [])
-        return Group(*header, self.table())
+        return Group(*header, self.table(), *(Text(f"hint: {hint}", style="yellow") for hint in self.hints))
 
     def __str__(self) -> str:
         buffer = StringIO()

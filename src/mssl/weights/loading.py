@@ -8,16 +8,20 @@ all of these and returns a :class:`LoadReport` instead of failing or silently lo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from torch import nn
 
 from mssl.weights.checks import check_loadable
 from mssl.weights.load_report import LoadReport
 from mssl.weights.safe_io import read_weights, resolve_weights, unwrap_state_dict
 from mssl.weights.stem import adapt_input_channels, is_input_channel_mismatch
+
+V2_BLOCK = re.compile(r"(^|\.)layers\dc\.")  # SwinUNETR v2's extra residual block per stage
 
 # Prefixes that training wrappers put in front of the encoder's own names, tried in this order and
 # repeatedly (``module.student.backbone.x`` → ``x``); a key is only rewritten when that finds a home.
@@ -84,7 +88,12 @@ def input_channels_of(state: Mapping[str, torch.Tensor]) -> int | None:
 
 
 def load_pretrained(
-    network: nn.Module, weights: Weights, in_channels: int | None = None, strict: bool = False, source: str | None = None
+    network: nn.Module,
+    weights: Weights,
+    in_channels: int | None = None,
+    strict: bool = False,
+    source: str | None = None,
+    verbose: bool = True,
 ) -> LoadReport:
     """Load ``weights`` into ``network`` in place and report what loaded, per top-level module.
 
@@ -94,6 +103,7 @@ def load_pretrained(
         (see :mod:`mssl.weights.stem`). Default: read from the network's first convolution.
     strict: raise instead of loading when any key is missing, unexpected or shape-mismatched.
     source: the name messages give a state dict (default "state dict"; files are named by their path).
+    verbose: print the report (per-module table, shape problems, hints such as a SwinUNETR v1/v2 mismatch).
     Keys that do not load keep the network's own initialisation. NaN/inf tensors, or integer/bool ones
     for float weights, refuse the whole file (:class:`~mssl.weights.checks.BadWeightsError`).
     """
@@ -121,9 +131,23 @@ def load_pretrained(
             report.mismatched[name] = (tuple(tensor.shape), tuple(expected.shape))
     report.unexpected = [k for k in tensors if k not in mapping]
     report.missing = [k for k in target if k not in to_load and k not in report.mismatched]
+    report.hints = swin_version_hints(report)
+    if verbose:
+        Console(stderr=True).print(report)
     problems = {"missing": report.missing, "unexpected": report.unexpected, "shape-mismatched": list(report.mismatched)}
     if strict and any(problems.values()):
         summary = "; ".join(f"{len(keys)} {kind} (e.g. {', '.join(keys[:3])})" for kind, keys in problems.items() if keys)
         raise ValueError(f"{source}: strict loading failed: {summary}")
     network.load_state_dict({k: v.to(dtype=target[k].dtype) for k, v in to_load.items()}, strict=False)
     return report
+
+
+def swin_version_hints(report: LoadReport) -> list[str]:
+    """SwinUNETR v2 adds a residual block per stage (``swinViT.layers{i}c.*``); a v1 network built with
+    MONAI's default ``use_v2=False`` silently drops those tensors of v2 weights, and the reverse leaves
+    them at their initialisation. Either way one line says which flag to change."""
+    if any(V2_BLOCK.search(k) for k in report.unexpected):
+        return ["the weights are SwinUNETR v2 (swinViT.layers*c.* tensors) but the network is v1: build it with use_v2=True"]
+    if any(V2_BLOCK.search(k) for k in report.missing) and report.loaded and not any(V2_BLOCK.search(k) for k in report.loaded):
+        return ["the network is SwinUNETR v2 but the weights are v1 (no swinViT.layers*c.* tensors): build it with use_v2=False"]
+    return []
