@@ -154,7 +154,7 @@ def test_nonfinite_loss_skips_the_step_without_touching_the_weights(cache: Path,
     import mssl
 
     _nonfinite_gvsl(monkeypatch, bad_calls={1, 2})
-    run = mssl.pretrain(method="gvsl", data=cache, out=tmp_path / "run", steps=4, checkpoint_every=1, **TINY)
+    run = mssl.pretrain(method="gvsl", data=cache, out=tmp_path / "run", steps=4, checkpoint_every=1, keep_checkpoints=-1, **TINY)
     assert json.loads((run / "summary.json").read_text(encoding="utf-8"))["skipped_steps"] == 2
     assert sum("non-finite loss, step skipped" in r.message for r in caplog.records) == 2
 

@@ -236,6 +236,7 @@ class TrainerConfig(StrictModel):
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value (off when unset)")
     accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step")
     checkpoint_every: int = Field(1000, ge=1, description="steps between periodic checkpoints")
+    keep_checkpoints: int = Field(2, ge=-1, description="periodic checkpoints kept besides last.ckpt: the K newest (-1 = all)")
     max_nonfinite: int = Field(10, ge=1, description="abort after this many non-finite losses in a row")
 
     @field_validator("devices")
@@ -272,7 +273,9 @@ class LoggingConfig(StrictModel):
     """What is written to RUN/logs and shown on screen."""
 
     every_n_steps: int = Field(10, ge=1, description="log scalars every n optimiser steps")
-    progress_bar: bool = True
+    progress_bar: bool = Field(True, description="a progress bar on a terminal; otherwise (a log file, or off) plain progress lines")
+    line_every_steps: int = Field(100, ge=1, description="plain progress line at least every n steps")
+    line_every_s: float = Field(60.0, gt=0, description="plain progress line at least every s seconds")
 
 
 class PretrainConfig(StrictModel):

@@ -40,7 +40,7 @@ def command(
     optimizer: Optional[str] = typer.Option(None, help="adamw or sgd (Nesterov, momentum 0.99, as nnU-Net; use --lr 1e-2); poly decay. (default: adamw)"),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate. (default: 3e-3)"),
     freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--train-encoder", help="Keep the pre-trained encoder fixed."),
-    val_every: Optional[int] = typer.Option(None, help="Validate every N steps (sliding window); the best checkpoint is kept. (default: 100)"),
+    val_every: Optional[int] = typer.Option(None, help="Validate every N steps (sliding window); the best checkpoint is kept and last.ckpt (for --resume) refreshed. (default: 100)"),
     val_cases: Optional[int] = typer.Option(None, help="Validate on at most N cases of the validation split. (default: all)"),
     target: Optional[str] = typer.Option(None, help="cls: the datalist key to predict; strings → classes, numbers → regression. (default: sex)"),
     preset: Optional[str] = typer.Option(None, help="Intensity preset ct, mri or none. (default: the weights', else from the modality)"),
@@ -48,6 +48,8 @@ def command(
     precision: Optional[str] = typer.Option(None, help="32, bf16-mixed or 16-mixed. (default: 32)"),
     accelerator: Optional[str] = typer.Option(None, help="auto, cpu, gpu, cuda or mps. (default: auto)"),
     devices: Optional[int] = typer.Option(None, help="Devices (several → DDP). (default: 1)"),
+    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue the run in --out from its last.ckpt (refreshed at every validation)."),
+    dry_run: Optional[bool] = typer.Option(None, "--dry-run", help="Run a few steps in a temporary folder, print the cost and a projection of the whole run, write nothing to --out."),
 ) -> None:
     """Fine-tune a network on k labelled cases and keep the best validation checkpoint.
 
@@ -55,11 +57,14 @@ def command(
     on), DiceCE with partial labels (organs a case does not contour are ignored, never background),
     nnU-Net's recipe (patch from the data, a third of patches on an organ, augmentation, poly decay,
     output biases at the class prior, sliding-window validation, keep-largest-component where it helps); metrics.csv,
-    TensorBoard and curve.png show convergence, result.json says whether it converged. Classification pools the encoder's
+    TensorBoard and curve.png show convergence, result.json says whether it converged; the plan and a plain progress line
+    every line_every_steps steps or line_every_s seconds go to the terminal or log file. Classification pools the encoder's
     bottleneck into a linear head (AUC/accuracy, or MAE for numbers such as age). Example:
 
         mssl finetune --data openkbp/dataset.json --weights runs/s2dc --labels 5 --out runs/ft
     """
+    from contextlib import nullcontext
+
     from rich.console import Console
 
     from mssl.downstream.config import FinetuneConfig, build_config, parse_size
@@ -105,8 +110,10 @@ def command(
             precision=precision,
             accelerator=accelerator,
             devices=devices,
+            resume=resume,
+            dry_run=dry_run,
         )
-        with run_lock(settings.out):  # one writer per run folder
+        with nullcontext() if settings.dry_run else run_lock(settings.out):  # one writer per run folder
             finetune(settings, console=console)
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
         fail(error)

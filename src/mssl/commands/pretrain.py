@@ -40,11 +40,13 @@ def command(
     warmup_steps: Optional[int] = typer.Option(None, help="Linear warm-up steps before the cosine. (default: the method's recipe)"),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value. (default: off)"),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (last.ckpt is refreshed with each). (default: 1000)"),
+    keep_checkpoints: Optional[int] = typer.Option(None, help="Periodic checkpoints kept besides last.ckpt: the K newest; -1 keeps all. (default: 2)"),
     max_nonfinite: Optional[int] = typer.Option(None, help="Stop after this many non-finite losses in a row (each one skips its step). (default: 10)"),
     log_every: Optional[int] = typer.Option(None, help="Log scalars every n steps. (default: 10)"),
     seed: Optional[int] = typer.Option(None, help="Seed of every random draw (crops, views, init). (default: 0)"),
     resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue the run in --out exactly from checkpoints/last.ckpt."),
-    progress_bar: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show the progress bar. (default: on)"),
+    progress_bar: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on a terminal; off, or in a log file: a plain line every logging.line_every_steps steps or line_every_s seconds. (default: on)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Run a few steps on one device, print the cost and a projection of the whole run, write nothing to --out."),
     probe: Optional[Path] = typer.Option(None, help="Labelled dataset.json: frozen voxel probe + patch kNN of the encoder at step 0, every --probe-every steps and at the end, logged to TensorBoard and RUN/logs/probes.csv. Sizes: --set probe.train_cases=2 --set probe.fit_steps=100 (also probe.test_cases, probe.voxels_per_class, probe.patch, probe.size, probe.features=decoder). (default: off)"),
     probe_every: Optional[int] = typer.Option(None, help="Optimiser steps between probes. (default: 500)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Any config key, dotted: --set s2dc.tau_ot=0.05 --set backbone.feature_size=24 (repeatable)."),
@@ -68,13 +70,13 @@ def command(
         "devices": _devices(devices), "num_nodes": num_nodes, "strategy": strategy, "precision": precision,
         "compile": compile_, "checkpoint_activations": checkpoint_activations,
         "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
-        "grad_clip": grad_clip, "checkpoint_every": checkpoint_every, "max_nonfinite": max_nonfinite, "log_every": log_every, "seed": seed,
+        "grad_clip": grad_clip, "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints, "max_nonfinite": max_nonfinite, "log_every": log_every, "seed": seed,
         "resume": resume, "progress_bar": progress_bar, "probe": probe, "probe_every": probe_every,
     }
     flags = {key: value for key, value in flags.items() if value is not None}
     try:
         dotted = dict(parse_assignment(item) for item in set_ or [])
-        pretrain(config, **flags, **dotted)
+        pretrain(config, dry_run=dry_run, **flags, **dotted)
     except (ConfigError, DataError) as error:
         fail(error)
     except (NonFiniteLossError, NonFiniteStateError) as error:

@@ -2,16 +2,16 @@
 
 A datalist key with string values (``sex``: "F"/"M") becomes classes in sorted order; numeric values
 (``age``) a regression standardised by the training cases' mean and std. Whole volumes are padded or
-cropped to ``roi``; the best validation checkpoint (AUC/accuracy, or MAE) is kept.
+cropped to ``roi``; the best validation checkpoint (AUC/accuracy, or MAE) is kept; metrics.csv and
+TensorBoard log the loss, lr and validation scores; last.ckpt lets ``--resume`` continue the run.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,21 +20,26 @@ from monai.data import CacheDataset, DataLoader
 from rich.console import Console
 from sklearn.metrics import accuracy_score, roc_auc_score
 from torch.nn import functional as F
+from torch.utils.tensorboard import SummaryWriter
 
 from mssl.downstream.config import FinetuneConfig
 from mssl.data.preprocess import PresetConfig
 from mssl.data.sources import Case
 from mssl.downstream.datasets import case_dict, labelled_subset, preprocessing
+from mssl.downstream.last_checkpoint import load_last, open_log, save_last
 from mssl.downstream.networks import build_classifier, freeze_encoder
 from mssl.downstream.pretrained import load_encoder
+from mssl.downstream.progress import finetune_reporter, planned_validations
 from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, save_weights, write_json
 from mssl.downstream.optim import build_optimizer
 from mssl.downstream.sampling import automatic_roi
 from mssl.downstream.setup import check_roi, start_finetune
 from mssl.models.backbones import backbone_stride
+from mssl.train.cost import Projection
 from mssl.train.schedules import poly
 
 LOG_FILE = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def target_encoding(train_cases: Sequence[Case], every_case: Sequence[Case], key: str) -> dict[str, Any]:
@@ -109,8 +114,15 @@ def _loss(outputs: torch.Tensor, targets: torch.Tensor, encoding: dict[str, Any]
     return F.cross_entropy(outputs.float(), targets.long())
 
 
-def finetune_classification(config: FinetuneConfig, console: Console | None = None) -> Path:
-    """Train a pooled-encoder classifier/regressor on k labelled cases; returns the run folder."""
+def _endless(loader: Iterable[Any]) -> Iterator[Any]:
+    """Batches of one epoch after another (each epoch reshuffled)."""
+    while True:
+        yield from loader
+
+
+def finetune_classification(config: FinetuneConfig, console: Console | None = None) -> Path | Projection:
+    """Train a pooled-encoder classifier/regressor on k labelled cases; returns the run folder (a dry
+    run: the projection of the planned run)."""
     console = console or Console()
     start = time.perf_counter()
     setup, fabric, out = start_finetune(config)
@@ -144,33 +156,51 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
     train_data = CacheDataset(train_items, transform=fit, progress=False)
     val_data = CacheDataset(val_items, transform=fit, progress=False)
     loader = fabric.setup_dataloaders(DataLoader(train_data, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers))
+    # resuming restores weights, optimiser, schedule, counters and RNG; the epoch order then starts afresh
+    loop = load_last(out, network, optimizer, schedule) if config.resume else {"step": 0, "best": -math.inf, "best_step": 0, "scores": {}}
+    best, best_step, best_scores = loop["best"], loop["best_step"], loop["scores"]
+    reporter = finetune_reporter(config, network, roi, config.batch_size, config.steps, fabric.device, console, validating=bool(val_cases))
+    writer = SummaryWriter(str(out / TENSORBOARD_DIR)) if fabric.is_global_zero else None
 
-    best, best_step, best_scores = -math.inf, 0, {}
-    step = 0
-    with open(out / LOG_FILE, "w", newline="", encoding="utf-8") as log_file:
-        log = csv.writer(log_file)
-        log.writerow(["step", "loss", "validation"])
-        while step < config.steps:
-            for batch in loader:
-                step += 1
-                network.train()
-                loss = _loss(network(batch["image"]), batch["target"], encoding)
-                optimizer.zero_grad(set_to_none=True)
-                fabric.backward(loss)
-                optimizer.step()
-                schedule.step()
-                scores: dict[str, float] = {}
-                if val_cases and (step % config.val_every == 0 or step == config.steps):
-                    with fabric.autocast():
-                        scores = classification_scores(*predict_outputs(network, val_data), encoding)
-                    if selection_score(scores) > best:
-                        best, best_step, best_scores = selection_score(scores), step, scores
-                        if fabric.is_global_zero:
-                            save_weights(network, out)
-                    console.print(f"step {step}/{config.steps} · loss {loss.item():.4f} · validation {scores}")
-                log.writerow([step, f"{loss.item():.6f}", scores or ""])
-                if step >= config.steps:
-                    break
+    log_file, log = open_log(out / LOG_FILE, ["step", "loss", "lr", "validation"], loop["step"] if config.resume else None)
+    reporter.start(loop["step"])
+    with log_file:
+        for step, batch in zip(range(loop["step"] + 1, config.steps + 1), _endless(loader)):
+            network.train()
+            loss = _loss(network(batch["image"]), batch["target"], encoding)
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            optimizer.step()
+            schedule.step()
+            lr = schedule.get_last_lr()[0]
+            scores: dict[str, float] = {}
+            if val_cases and (step % config.val_every == 0 or step == config.steps):
+                with reporter.paused(), fabric.autocast():
+                    scores = classification_scores(*predict_outputs(network, val_data), encoding)
+                if selection_score(scores) > best:
+                    best, best_step, best_scores = selection_score(scores), step, scores
+                    if fabric.is_global_zero:
+                        save_weights(network, out)
+                console.print(f"step {step}/{config.steps} · loss {loss.item():.4f} · validation {scores}")
+            if writer is not None:
+                writer.add_scalar("train/loss", loss.item(), step)
+                writer.add_scalar("train/lr", lr, step)
+                for name, value in scores.items():
+                    writer.add_scalar(f"val/{name}", value, step)
+            log.writerow([step, f"{loss.item():.6f}", f"{lr:.3e}", scores or ""])
+            log_file.flush()
+            if fabric.is_global_zero and (step % config.val_every == 0 or step == config.steps):
+                save_last(out, network, optimizer, schedule, {"step": step, "best": best, "best_step": best_step, "scores": best_scores})
+            reporter.step_done(step, lambda: {"loss": loss.item(), "lr": lr})
+            if config.dry_run and reporter.measured:
+                break
+    if writer is not None:
+        writer.close()
+    if config.dry_run:
+        if val_cases:  # one validation, timed, for what the planned ones cost
+            with reporter.paused(), fabric.autocast():
+                predict_outputs(network, val_data)
+        return reporter.dry_run_report(planned_validations(reporter, initial=False))
     if not val_cases:
         best_step = config.steps
         if fabric.is_global_zero:

@@ -65,7 +65,7 @@ class FinetuneConfig(DataConfig):
     lr: float = Field(3e-3, gt=0, description="peak learning rate (poly decay to 0 over the run)")
     weight_decay: float = Field(3e-5, ge=0)
     freeze_encoder: bool = False
-    val_every: int = Field(100, ge=1, description="validate (sliding window) every N steps; best checkpoint kept")
+    val_every: int = Field(100, ge=1, description="validate (sliding window) every N steps; best checkpoint kept; last.ckpt refreshed")
     val_cases: int | None = Field(None, ge=1, description="cap on validation cases (CPU budgets)")
     sw_overlap: float = Field(0.25, ge=0, lt=1)
     postprocess: bool = Field(True, description="seg: keep-largest-component per class where it raises validation Dice")
@@ -74,6 +74,10 @@ class FinetuneConfig(DataConfig):
     accelerator: str = "auto"
     devices: int = Field(1, ge=1)
     num_workers: int = Field(0, ge=0)
+    line_every_steps: int = Field(50, ge=1, description="plain progress line at least every n steps")
+    line_every_s: float = Field(60.0, gt=0, description="plain progress line at least every s seconds")
+    resume: bool = Field(False, description="continue the run in `out` from its last.ckpt")
+    dry_run: bool = Field(False, description="run a few steps outside `out`, print the cost and a projection of the whole run")
 
 
 class EvaluateConfig(SplitConfig):

@@ -11,7 +11,6 @@ validation), and Fabric still gives precision, devices and DDP for free.
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,6 +29,7 @@ from mssl.downstream.config import FinetuneConfig
 from mssl.downstream.convergence import on_plateau
 from mssl.downstream.datasets import labelled_subset, preprocessed_item, preprocessing
 from mssl.downstream.inference import predict_log_probs
+from mssl.downstream.last_checkpoint import load_last, open_log, save_last, skip_draws
 from mssl.downstream.metrics import segmentation_metrics
 from mssl.downstream.networks import build_segmentation_network, freeze_encoder, initialise_class_prior
 from mssl.downstream.optim import build_optimizer
@@ -37,10 +37,12 @@ from mssl.downstream.deep_supervision import deep_supervised_loss
 from mssl.downstream.partial_labels import PartialDiceCELoss, contoured_classes, restrict_to
 from mssl.downstream.postprocess import choose_postprocessing, selected_classes
 from mssl.downstream.pretrained import load_encoder
+from mssl.downstream.progress import finetune_reporter, planned_validations
 from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, WEIGHTS_FILE, save_weights, write_json
 from mssl.downstream.sampling import automatic_roi, patch_sampler
 from mssl.downstream.setup import check_roi, start_finetune
 from mssl.models.backbones import backbone_stride
+from mssl.train.cost import Projection
 from mssl.train.schedules import poly
 from mssl.viz.curves import plot_finetune_curve
 
@@ -90,8 +92,9 @@ def class_means(table: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
-def finetune_segmentation(config: FinetuneConfig, console: Console | None = None) -> Path:
-    """Train, validate every ``val_every`` steps, keep the best, choose post-processing; returns the run folder."""
+def finetune_segmentation(config: FinetuneConfig, console: Console | None = None) -> Path | Projection:
+    """Train, validate every ``val_every`` steps, keep the best, choose post-processing; returns the run folder
+    (a dry run: the projection of the planned run)."""
     console = console or Console()
     start, cpu_start = time.perf_counter(), time.process_time()
     setup, fabric, out = start_finetune(config)
@@ -125,17 +128,24 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
     optimizer = build_optimizer([p for p in network.parameters() if p.requires_grad], config)
     schedule = poly(optimizer, total_steps)
     network, optimizer = fabric.setup(network, optimizer)
+    loop = load_last(out, network, optimizer, schedule) if config.resume else {"step": 0, "best": -1.0, "best_step": 0, "history": []}
+    reporter = finetune_reporter(
+        config, network, roi, config.batch_size * config.crops_per_case, total_steps, fabric.device, console, validating=bool(val_items)
+    )
 
     augmentation = [training_augmentation(mirror_axes, config.elastic)] if config.augment else []
     transform = Compose([patch_sampler(roi, dataset.num_classes, config.foreground_fraction, config.crops_per_case), *augmentation])
-    transform.set_random_state(seed=config.seed)
+    transform.set_random_state(seed=config.seed + loop["step"])
     train_data = CacheDataset(train_items, transform=transform, progress=False)
     # cases drawn with replacement, so every step holds batch_size cases even when k < batch_size
     sampler = RandomSampler(
         train_data, replacement=True, num_samples=total_steps * config.batch_size, generator=torch.Generator().manual_seed(config.seed)
     )
     loader = fabric.setup_dataloaders(
-        DataLoader(train_data, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers, collate_fn=list_data_collate),
+        DataLoader(
+            train_data, batch_size=config.batch_size, sampler=skip_draws(sampler, loop["step"] * config.batch_size),
+            num_workers=config.num_workers, collate_fn=list_data_collate,
+        ),
         use_distributed_sampler=False,
     )
     trained_classes = contoured_classes([item["present"] for item in train_items])
@@ -144,12 +154,11 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         console.print(f"[yellow]no labelled case contours {skipped}: the network will not predict them[/]")
 
     loss_fn = PartialDiceCELoss(batch_dice=config.batch_dice)
-    history: list[float] = []
-    best_dice, best_step, step = -1.0, 0, 0
+    history: list[float] = loop["history"]
+    best_dice, best_step, step = loop["best"], loop["best_step"], loop["step"]
     writer = SummaryWriter(str(out / TENSORBOARD_DIR)) if fabric.is_global_zero else None
-    log_file = open(out / LOG_FILE, "w", newline="", encoding="utf-8")
-    log = csv.writer(log_file)
-    log.writerow(["step", "loss", "lr", "val_dice", *(f"val_{n}" for n in class_names[1:]), "seconds"])
+    header = ["step", "loss", "lr", "val_dice", *(f"val_{n}" for n in class_names[1:]), "seconds"]
+    log_file, log = open_log(out / LOG_FILE, header, step if config.resume else None)
 
     def validate(step: int) -> tuple[float, np.ndarray]:
         """Validation Dice (mean, per class), the best weights kept, TensorBoard; step 0 = the initial network."""
@@ -171,11 +180,13 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
                     writer.add_scalar(f"val/dice_{name}", value, step)
         return val_dice, per_class
 
-    if val_items:
-        val_dice, per_class = validate(0)
+    reporter.start(step)
+    if val_items and not step:
+        with reporter.paused():
+            val_dice, per_class = validate(0)
         log.writerow([0, "", "", f"{val_dice:.6f}", *(f"{v:.6f}" for v in per_class), f"{time.perf_counter() - start:.1f}"])
     with log_file:
-        for step, batch in enumerate(loader, start=1):
+        for step, batch in enumerate(loader, start=step + 1):
             network.train()
             loss = deep_supervised_loss(loss_fn, network(batch["image"]), batch["label"], batch["present"])
             optimizer.zero_grad(set_to_none=True)
@@ -187,17 +198,25 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
             val_dice, per_class = float("nan"), np.full(dataset.num_classes - 1, np.nan)
             validating = bool(val_items) and (step % config.val_every == 0 or step == total_steps)
             if validating:
-                val_dice, per_class = validate(step)
+                with reporter.paused():
+                    val_dice, per_class = validate(step)
             if writer is not None:
                 writer.add_scalar("train/loss", loss.item(), step)
                 writer.add_scalar("train/lr", lr, step)
             log.writerow([step, f"{loss.item():.6f}", f"{lr:.3e}", f"{val_dice:.6f}", *(f"{v:.6f}" for v in per_class), f"{time.perf_counter() - start:.1f}"])
             log_file.flush()
+            if fabric.is_global_zero and (step % config.val_every == 0 or step == total_steps):
+                save_last(out, network, optimizer, schedule, {"step": step, "best": best_dice, "best_step": best_step, "history": history})
+            reporter.step_done(step, lambda: {"loss": loss.item(), "lr": lr})
+            if config.dry_run and reporter.measured:
+                break
             if config.steps == "auto" and validating and on_plateau(history, config.plateau_window, config.plateau_delta):
                 console.print(f"validation Dice on a plateau (no gain > {config.plateau_delta} in {config.plateau_window} validations): stopping")
                 break
     if writer is not None:
         writer.close()
+    if config.dry_run:
+        return reporter.dry_run_report(planned_validations(reporter, initial=bool(val_items)))
     if not val_items:  # no validation split: the last weights are the result
         best_step = step
         if fabric.is_global_zero:

@@ -62,7 +62,8 @@ def start_finetune(config: FinetuneConfig) -> tuple[DownstreamSetup, Fabric, Pat
     setup = resolve_setup(config, config.weights, config.backbone)
     if config.roi is not None:
         check_roi(config.roi, setup.backbone, decode=config.task == "seg")  # classification pools the encoder only
-    fabric = make_fabric(config.accelerator, config.devices, config.precision, config.seed)
+    # a dry run measures one device; its projection scales to config.devices
+    fabric = make_fabric(config.accelerator, 1 if config.dry_run else config.devices, config.precision, config.seed)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     return setup, fabric, out

@@ -1,14 +1,17 @@
-"""Small callbacks Lightning does not ship: crops per second, compile time, a step-labelled progress bar, the final last.ckpt."""
+"""Small callbacks Lightning does not ship: crops per second, compile time, the run's cost and plain progress
+lines, a step-labelled progress bar, the final last.ckpt."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_info
+
+from mssl.train.cost import CostReporter, ParameterCount, RunPlan
 
 
 class CropThroughput(pl.Callback):
@@ -59,6 +62,38 @@ class CompileTime(pl.Callback):
             self.compile_s = max(first - second, 0.0)
             pl_module.log("train/compile_s", self.compile_s, batch_size=1)
             rank_zero_info(f"torch.compile: first step {first:.1f} s, second {second:.1f} s: about {self.compile_s:.1f} s compiling")
+
+
+class CostReport(pl.Callback):
+    """:class:`~mssl.train.cost.CostReporter` on rank 0: the plan when training starts, the measured cost
+    after the first steps, and (``lines``) one plain progress line every N steps or S seconds.
+
+    ``crops``: crop shape → crops one optimiser step reads per device; ``planned_steps`` and ``devices``
+    are the run's (a dry run trains fewer steps on one device but reports for the planned run).
+    """
+
+    def __init__(
+        self, crops: Mapping[tuple[int, ...], int], planned_steps: int, devices: int, lines: bool, every_steps: int, every_seconds: float
+    ) -> None:
+        self.crops, self.planned_steps, self.devices = dict(crops), planned_steps, devices
+        self.lines, self.every_steps, self.every_seconds = lines, every_steps, every_seconds
+        self.reporter: CostReporter | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        plan = RunPlan(ParameterCount.of(pl_module), self.crops, self.planned_steps, self.devices)
+        self.reporter = CostReporter(plan, pl_module.device, self.lines, self.every_steps, self.every_seconds)
+        self.reporter.start(trainer.global_step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.reporter is None or pl_module.micro_batch:  # not rank 0, or the step is not over
+            return
+
+        def values() -> dict[str, float]:
+            return {**{name: float(value) for name, value in pl_module.last_losses.items()}, "lr": trainer.optimizers[0].param_groups[0]["lr"]}
+
+        self.reporter.step_done(trainer.global_step, values)
 
 
 class StepProgressBar(RichProgressBar):

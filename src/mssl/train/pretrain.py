@@ -4,7 +4,7 @@ Run folder::
 
     RUN/config.yaml                      resolved config
     RUN/checkpoints/last.ckpt            newest full state (model, EMA teacher, queue, optimiser, schedule, step, RNG)
-    RUN/checkpoints/step-XXXXXXX.ckpt    periodic checkpoints
+    RUN/checkpoints/step-XXXXXXX.ckpt    periodic checkpoints (the ``trainer.keep_checkpoints`` newest)
     RUN/logs/                            TensorBoard events + metrics.csv (+ probes.csv with --probe)
     RUN/summary.json                     steps, wall time, final losses, data index hash, weights path
 """
@@ -12,6 +12,8 @@ Run folder::
 from __future__ import annotations
 
 import logging
+import sys
+import tempfile
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -23,9 +25,11 @@ import yaml
 from mssl.config import ConfigError, PretrainConfig, TrainerConfig, build_config, load_yaml, merge_overrides
 
 if TYPE_CHECKING:
+    from lightning.pytorch import Callback
     from torch import nn
 
     from mssl.data.cache import CacheIndex
+    from mssl.train.cost import Projection
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ FLAGS: dict[str, str] = {
     "grad_clip": "trainer.grad_clip",
     "accumulate": "trainer.accumulate",
     "checkpoint_every": "trainer.checkpoint_every",
+    "keep_checkpoints": "trainer.keep_checkpoints",
     "max_nonfinite": "trainer.max_nonfinite",
     "optimizer": "optim.optimizer",
     "lr": "optim.lr",
@@ -126,12 +131,16 @@ def _check_crops_fit_backbone(cfg: PretrainConfig) -> None:
             raise ConfigError(f"config key '{objective}.roi': crop {problem}; set --roi")
 
 
-def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> Path:
+def pretrain(
+    config: PretrainConfig | str | Path | Mapping[str, Any] | None = None, dry_run: bool = False, **overrides: Any
+) -> Path | Projection:
     """Pre-train an encoder; returns the run folder.
 
     Same options as ``mssl pretrain`` (see :func:`resolve_config`), e.g.
     ``mssl.pretrain(method="gvsl", data="cache/", out="runs/gvsl", backbone="unet", steps=1000)``.
     With ``resume=True`` the run in ``out`` continues exactly from ``checkpoints/last.ckpt``.
+    With ``dry_run=True`` a few steps run on one device, outside ``out``, and the projection of the
+    whole run is printed and returned; nothing is written to ``out``.
     Raises :class:`~mssl.train.run_lock.RunFolderBusy` while another process writes to ``out``.
     """
     from lightning.pytorch.utilities import rank_zero_only
@@ -142,6 +151,9 @@ def pretrain(config: PretrainConfig | str | Path | Mapping[str, Any] | None = No
     cfg = resolve_config(config, **overrides)
     index = open_cache(cfg.data)  # fail on a bad cache now, not inside the trainer
     run_dir = Path(cfg.out)
+    if dry_run:
+        _checkpoint_to_resume(cfg, run_dir)  # the real run's objection to its folder, said now
+        return _dry_run(cfg, index)
     # rank 0 owns the folder; the other DDP ranks (started later, by Lightning) only read it
     with run_lock(run_dir) if rank_zero_only.rank == 0 else nullcontext():
         return _fit(cfg, index, run_dir)
@@ -153,7 +165,7 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.utilities import rank_zero_only
 
-    from mssl.train.callbacks import CompileTime, CropThroughput, FinalLastCheckpoint, StepProgressBar
+    from mssl.train.callbacks import CompileTime, FinalLastCheckpoint
     from mssl.train.checkpoint import (
         PERIODIC_FORMAT,
         AtomicCheckpointIO,
@@ -187,27 +199,25 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
     module = PretrainModule(cfg)
     if is_rank_zero and resume_from is None:  # export compares against these to list the tensors training never changed
         write_initial_fingerprints(backbone_state({"state_dict": module.state_dict()}, "the new run"), run_dir)
-    requests = module.method.crop_requests()
-    datamodule = CropDataModule(cfg, requests, index)
-    crops_per_sample = sum(request.volumes for request in requests.values())
+    datamodule = CropDataModule(cfg, module.method.crop_requests(), index)
     callbacks: list[pl.Callback] = [
+        # keep_checkpoints newest periodic files: "step" is a monitor Lightning always provides
         ModelCheckpoint(
             dirpath=checkpoint_dir(run_dir),
             filename=PERIODIC_FORMAT,
             auto_insert_metric_name=False,
             every_n_train_steps=cfg.trainer.checkpoint_every,
-            save_top_k=-1,
+            save_top_k=cfg.trainer.keep_checkpoints,
+            monitor="step",
+            mode="max",
             save_last=True,
             enable_version_counter=False,  # resuming overwrites last.ckpt instead of writing last-v1.ckpt
         ),
         FinalLastCheckpoint(last_checkpoint(run_dir), cfg.trainer.checkpoint_every),
-        CropThroughput(crops_per_sample * cfg.data.batch_size),
     ]
     compile_time = CompileTime() if cfg.trainer.compile else None
     if compile_time is not None:
         callbacks.append(compile_time)
-    if cfg.logging.progress_bar:
-        callbacks.append(StepProgressBar())
     if cfg.probe.data is not None:
         # the probes are downstream code; the training engine takes them only as a Lightning callback
         from mssl.downstream.training_probe import TrainingProbe
@@ -217,27 +227,17 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
         trainer = pl.Trainer(
             default_root_dir=run_dir,
             max_steps=cfg.trainer.max_steps,
-            max_epochs=-1,
-            accelerator=cfg.trainer.accelerator,
             devices=cfg.trainer.devices,
             num_nodes=cfg.trainer.num_nodes,
             **distribution_options(cfg.trainer, module),
-            precision=cfg.trainer.precision,
-            gradient_clip_val=cfg.trainer.grad_clip,
-            accumulate_grad_batches=cfg.trainer.accumulate,
             logger=build_loggers(run_dir),
-            log_every_n_steps=cfg.logging.every_n_steps,
-            callbacks=callbacks,
+            callbacks=callbacks + _monitoring(cfg, module, bar=_progress_bar(cfg)),
             plugins=[AtomicCheckpointIO()],
-            use_distributed_sampler=False,  # StepSampler splits the data by rank and restarts at the restored step
-            enable_progress_bar=cfg.logging.progress_bar,
-            enable_model_summary=False,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
+            **_trainer_options(cfg, progress_bar=_progress_bar(cfg)),
         )
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-        wall_time = time.perf_counter() - start
+        wall_time, cpu_time = time.perf_counter() - start, time.process_time() - cpu_start
 
     if trainer.is_global_zero:
         summary = RunSummary(
@@ -253,10 +253,85 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
             weights=str(last_checkpoint(run_dir).relative_to(run_dir)),
             resumed_from_step=resumed_step if resume_from is not None else None,
             compile_s=None if compile_time is None or compile_time.compile_s is None else round(compile_time.compile_s, 2),
+            cpu_time_s=round(cpu_time, 2),
         )
         summary.write(run_dir)
         summary.render(run_dir)
     return run_dir
+
+
+def _dry_run(cfg: PretrainConfig, index: CacheIndex) -> Projection:
+    """A few steps on one device, in a temporary folder (no logger, no checkpoint): the cost of the planned run."""
+    import lightning.pytorch as pl
+
+    from mssl.train.callbacks import CostReport
+    from mssl.train.cost import MEASURED_STEPS, WARMUP_STEPS
+    from mssl.train.datamodule import CropDataModule
+    from mssl.train.module import PretrainModule
+    from mssl.train.seeding import seed_init
+
+    seed_init(cfg.seed)
+    module = PretrainModule(cfg)
+    datamodule = CropDataModule(cfg, module.method.crop_requests(), index)
+    callbacks = _monitoring(cfg, module, bar=False, lines=False)
+    with tempfile.TemporaryDirectory(prefix="mssl-dry-run-") as scratch, _quiet_lightning():
+        trainer = pl.Trainer(
+            default_root_dir=scratch,
+            max_steps=WARMUP_STEPS + MEASURED_STEPS,
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            callbacks=callbacks,
+            **_trainer_options(cfg, progress_bar=False),
+        )
+        trainer.fit(module, datamodule=datamodule)
+    reporter = next(c for c in callbacks if isinstance(c, CostReport)).reporter
+    assert reporter is not None  # a single-device run is rank 0
+    return reporter.dry_run_report()
+
+
+def _trainer_options(cfg: PretrainConfig, progress_bar: bool) -> dict[str, Any]:
+    """``Trainer`` options a run and its dry run share."""
+    return dict(
+        max_epochs=-1,
+        accelerator=cfg.trainer.accelerator,
+        precision=cfg.trainer.precision,
+        gradient_clip_val=cfg.trainer.grad_clip,
+        accumulate_grad_batches=cfg.trainer.accumulate,
+        log_every_n_steps=cfg.logging.every_n_steps,
+        use_distributed_sampler=False,  # StepSampler splits the data by rank and restarts at the restored step
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+
+
+def _progress_bar(cfg: PretrainConfig) -> bool:
+    """A live bar only on a terminal: redirected to a file it shows nothing until the end."""
+    return cfg.logging.progress_bar and sys.stdout.isatty()
+
+
+def _monitoring(cfg: PretrainConfig, module: Any, bar: bool, lines: bool | None = None) -> list[Callback]:
+    """Throughput, cost report, and a progress ``bar`` or (``lines``, by default when there is no bar) plain progress lines."""
+    from mssl.train.callbacks import CostReport, CropThroughput, StepProgressBar
+
+    requests = module.method.crop_requests().values()
+    per_step = cfg.data.batch_size * cfg.trainer.accumulate
+    crops: dict[tuple[int, ...], int] = {}
+    for request in requests:
+        crops[tuple(request.size)] = crops.get(tuple(request.size), 0) + request.volumes * per_step
+    devices = (cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1) * cfg.trainer.num_nodes
+    callbacks: list[Callback] = [
+        CropThroughput(sum(r.volumes for r in requests) * cfg.data.batch_size),
+        CostReport(
+            crops, cfg.trainer.max_steps, devices, lines=not bar if lines is None else lines,
+            every_steps=cfg.logging.line_every_steps, every_seconds=cfg.logging.line_every_s,
+        ),
+    ]
+    if bar:
+        callbacks.append(StepProgressBar())
+    return callbacks
 
 
 # Lightning messages that say nothing about this run: expected by design (endless epoch, no validation,

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from mssl.train.cost import format_duration
+
 SUMMARY_FILE = "summary.json"
 
 
@@ -30,6 +32,7 @@ class RunSummary:
     weights: str
     resumed_from_step: int | None = None
     compile_s: float | None = None  # torch.compile's estimated cost (--compile only)
+    cpu_time_s: float | None = None  # process CPU time of the training loop, all threads (DataLoader workers not included)
 
     def write(self, run_dir: Path) -> Path:
         path = run_dir / SUMMARY_FILE
@@ -44,7 +47,7 @@ class RunSummary:
         table.add_row("method", f"{self.method} on {self.backbone}")
         skipped = f" ({self.skipped_steps} skipped: non-finite loss)" if self.skipped_steps else ""
         table.add_row("steps", f"{self.steps} / {self.max_steps}{skipped}" + (f" (resumed at step {self.resumed_from_step})" if self.resumed_from_step is not None else ""))
-        table.add_row("wall time", _duration(self.wall_time_s))
+        table.add_row("wall time", format_duration(self.wall_time_s))
         if self.compile_s is not None:
             table.add_row("compiling", f"≈ {self.compile_s:.1f} s of it")
         for name, value in {**self.final_losses, **self.final_metrics}.items():
@@ -52,9 +55,3 @@ class RunSummary:
         table.add_row("weights", str(run_dir / self.weights))
         table.add_row("next", f"mssl export {run_dir}")
         (console or Console()).print(Panel(table, title=f"pre-training finished: {run_dir}", expand=False))
-
-
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
