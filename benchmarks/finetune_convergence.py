@@ -25,7 +25,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 REPORT = RESULTS / "finetune_convergence.md"
-OUT = Path("runs/finetune_convergence")
+OUT = Path("runs/finetune_convergence")  # + the config's recipe tag: runs of different recipes never mix
 
 
 def _cells(config: dict, double: bool) -> list[tuple[str, int | None, int, int]]:
@@ -33,8 +33,8 @@ def _cells(config: dict, double: bool) -> list[tuple[str, int | None, int, int]]
     return [(r["dataset"], r["k"], seed, steps) for r in config["runs"] for seed in r["seeds"] for steps in budgets]
 
 
-def _folder(dataset: str, k: int | None, seed: int, steps: int) -> Path:
-    return OUT / dataset / f"k{'all' if k is None else k}" / f"steps{steps}" / f"seed{seed}"
+def _folder(recipe: str, dataset: str, k: int | None, seed: int, steps: int) -> Path:
+    return OUT / recipe / dataset / f"k{'all' if k is None else k}" / f"steps{steps}" / f"seed{seed}"
 
 
 def run_cell(config: dict, dataset: str, k: int | None, seed: int, steps: int) -> Path:
@@ -43,9 +43,10 @@ def run_cell(config: dict, dataset: str, k: int | None, seed: int, steps: int) -
 
     spec = config["datasets"][dataset]
     data = str((HERE / spec["data"]).resolve())
-    out = _folder(dataset, k, seed, steps)
+    out = _folder(config["recipe"], dataset, k, seed, steps)
     if not (out / "result.json").is_file():
-        mssl.finetune(data=data, labels=k, seed=seed, steps=steps, spacing=tuple(config["spacing"][dataset]), out=out, **config["finetune"])
+        recipe = {**config["finetune"], **config["recipes"][config["recipe"]]}
+        mssl.finetune(data=data, labels=k, seed=seed, steps=steps, spacing=tuple(config["spacing"][dataset]), out=out, **recipe)
     if not (out / "evaluation" / "test" / "summary.json").is_file():
         mssl.evaluate(run=out, data=data, split="test", max_cases=spec["test_cases"], classes=spec["classes"])
     return out
@@ -58,7 +59,7 @@ def _mean_std(values: list[float], digits: int = 3) -> str:
     return f"{np.mean(finite):.{digits}f} ± {np.std(finite, ddof=1) if len(finite) > 1 else 0.0:.{digits}f}"
 
 
-def write_report(config: dict, double: bool) -> None:
+def write_report(config: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     import torch
 
@@ -71,40 +72,40 @@ def write_report(config: dict, double: bool) -> None:
         "Test Dice / HD95 (mm) / NSD (2 mm) on each case's own grid after test-time mirroring and the run's "
         "keep-largest-component choice; mean over classes, then mean ± std over seeds. Only finished cells are listed.",
         "",
-        "| dataset | k | steps | seeds | test Dice | HD95 (mm) | NSD | best val step | converged (val plateau) | CPU min / run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| recipe | dataset | k | steps | seeds | test Dice | HD95 (mm) | NSD | best val step | converged (val plateau) | CPU min / run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     per_class_rows, curves = [], []
-    for run in config["runs"]:
-        for steps in ([config["steps"], 2 * config["steps"]] if double else [config["steps"]]):
-            done = [f for seed in run["seeds"] if (f := _folder(run["dataset"], run["k"], seed, steps) / "evaluation" / "test" / "summary.json").is_file()]
-            if not done:
-                continue
-            summaries = [json.loads(f.read_text(encoding="utf-8")) for f in done]
-            results = [json.loads((f.parents[2] / "result.json").read_text(encoding="utf-8")) for f in done]
-            k = "all" if run["k"] is None else run["k"]
-            lines.append(
-                f"| {run['dataset']} | {k} | {steps} | {len(done)} | {_mean_std([s['scores']['mean_dice'] for s in summaries])} | "
-                f"{_mean_std([s['scores']['mean_hd95'] for s in summaries], 1)} | {_mean_std([s['scores']['mean_nsd'] for s in summaries])} | "
-                f"{', '.join(str(r['best_step']) for r in results)} | {', '.join('yes' if r['converged'] else 'no' for r in results)} | "
-                f"{', '.join(str(round(r['cpu_seconds'] / 60)) for r in results)} |"
+    cells = [(recipe, run, steps) for recipe in config["recipes"] for run in config["runs"] for steps in (config["steps"], 2 * config["steps"])]
+    for recipe, run, steps in cells:
+        done = [f for seed in run["seeds"] if (f := _folder(recipe, run["dataset"], run["k"], seed, steps) / "evaluation" / "test" / "summary.json").is_file()]
+        if not done:
+            continue
+        summaries = [json.loads(f.read_text(encoding="utf-8")) for f in done]
+        results = [json.loads((f.parents[2] / "result.json").read_text(encoding="utf-8")) for f in done]
+        k = "all" if run["k"] is None else run["k"]
+        lines.append(
+            f"| {recipe} | {run['dataset']} | {k} | {steps} | {len(done)} | {_mean_std([s['scores']['mean_dice'] for s in summaries])} | "
+            f"{_mean_std([s['scores']['mean_hd95'] for s in summaries], 1)} | {_mean_std([s['scores']['mean_nsd'] for s in summaries])} | "
+            f"{', '.join(str(r['best_step']) for r in results)} | {', '.join('yes' if r['converged'] else 'no' for r in results)} | "
+            f"{', '.join(str(round(r['cpu_seconds'] / 60)) for r in results)} |"
+        )
+        for name in summaries[0]["per_class"]:
+            per_class_rows.append(
+                f"| {recipe} | {run['dataset']} | {k} | {steps} | {name} | {_mean_std([s['per_class'][name]['dice'] for s in summaries])} | "
+                f"{_mean_std([s['per_class'][name]['hd95'] for s in summaries], 1)} | {_mean_std([s['per_class'][name]['nsd'] for s in summaries])} |"
             )
-            for name in summaries[0]["per_class"]:
-                per_class_rows.append(
-                    f"| {run['dataset']} | {k} | {steps} | {name} | {_mean_std([s['per_class'][name]['dice'] for s in summaries])} | "
-                    f"{_mean_std([s['per_class'][name]['hd95'] for s in summaries], 1)} | {_mean_std([s['per_class'][name]['nsd'] for s in summaries])} |"
-                )
-            for f in done:
-                run_folder = f.parents[2]
-                picture = RESULTS / f"finetune_convergence_{run['dataset']}_k{k}_steps{steps}_{run_folder.name}.png"
-                shutil.copyfile(run_folder / "curve.png", picture)
-                curves.append(f"![{run['dataset']} k={k} {steps} steps {run_folder.name}]({picture.name})")
+        for f in done:
+            run_folder = f.parents[2]
+            picture = RESULTS / f"finetune_convergence_{recipe}_{run['dataset']}_k{k}_steps{steps}_{run_folder.name}.png"
+            shutil.copyfile(run_folder / "curve.png", picture)
+            curves.append(f"![{recipe} {run['dataset']} k={k} {steps} steps {run_folder.name}]({picture.name})")
     lines += [
         "",
         "## Per class",
         "",
-        "| dataset | k | steps | class | Dice | HD95 (mm) | NSD |",
-        "|---|---|---|---|---|---|---|",
+        "| recipe | dataset | k | steps | class | Dice | HD95 (mm) | NSD |",
+        "|---|---|---|---|---|---|---|---|",
         *per_class_rows,
         "",
         "## Validation curves (loss; validation Dice mean and per class, step 0 = the initial network)",
@@ -131,7 +132,7 @@ def main() -> None:
         for dataset, k, seed, steps in _cells(config, args.double):
             if wanted is None or (dataset, "all" if k is None else str(k), str(seed)) in wanted:
                 run_cell(config, dataset, k, seed, steps)
-    write_report(config, args.double)
+    write_report(config)
 
 
 if __name__ == "__main__":

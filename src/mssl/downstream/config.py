@@ -52,8 +52,10 @@ class FinetuneConfig(DataConfig):
     batch_size: int = Field(2, ge=1, description="cases per step")
     crops_per_case: int = Field(1, ge=1, description="patches per case and step (seg)")
     foreground_fraction: float = Field(1 / 3, ge=0, le=1, description="share of patches centred on a voxel of a labelled class (seg; nnU-Net: 1/3)")
-    batch_dice: bool = Field(False, description="seg: pool each class's Dice over the batch (nnU-Net's 3D choice) instead of per case")
-    deep_supervision: int = Field(0, ge=0, description="seg, unet: extra outputs at 1/2, 1/4, … resolution trained with weights 1/2**i (nnU-Net)")
+    batch_dice: bool = Field(True, description="seg: pool each class's Dice over the batch (nnU-Net's 3D choice) instead of per case")
+    deep_supervision: int | None = Field(
+        None, ge=0, description="seg, unet: extra outputs at 1/2, 1/4, … resolution trained with weights 1/2**i (nnU-Net); None = 2 for the U-Net, 0 otherwise"
+    )
     augment: bool = Field(True, description="seg: nnU-Net-style spatial and intensity augmentation (MONAI transforms)")
     elastic: bool = Field(False, description="seg: add elastic deformation to the augmentation (slow on CPU)")
     mirror_axes: tuple[int, ...] | None = Field(

@@ -77,6 +77,17 @@ class EncoderClassifier(nn.Module):
         return self.head(bottleneck.flatten(2).mean(-1))
 
 
+DEFAULT_DEEP_SUPERVISION = 2  # auxiliary outputs at 1/2 and 1/4 resolution (measured: benchmarks/results/finetune_convergence.md)
+
+
+def deep_supervision_levels(backbone: BackboneConfig, requested: int | None) -> int:
+    """The auxiliary outputs a fine-tuning trains: ``requested``, or by default 2 for the U-Net (fewer when it
+    has fewer decoder levels) and none for the other backbones."""
+    if requested is not None:
+        return requested
+    return min(DEFAULT_DEEP_SUPERVISION, len(backbone.unet_channels) - 2) if backbone.name == "unet" else 0
+
+
 def build_segmentation_network(backbone: BackboneConfig, num_classes: int, deep_supervision: int = 0) -> nn.Module:
     """SwinUNETR (MONAI), the project's U-Net or nnU-Net's network with ``num_classes`` output channels
     (background included); ``deep_supervision`` auxiliary outputs (U-Net only)."""

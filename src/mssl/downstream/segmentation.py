@@ -31,7 +31,7 @@ from mssl.downstream.datasets import labelled_subset, preprocessed_item, preproc
 from mssl.downstream.inference import predict_log_probs
 from mssl.downstream.last_checkpoint import load_last, open_log, save_last, skip_draws
 from mssl.downstream.metrics import segmentation_metrics
-from mssl.downstream.networks import build_segmentation_network, freeze_encoder, initialise_class_prior
+from mssl.downstream.networks import build_segmentation_network, deep_supervision_levels, freeze_encoder, initialise_class_prior
 from mssl.downstream.optim import build_optimizer
 from mssl.downstream.deep_supervision import deep_supervised_loss
 from mssl.downstream.partial_labels import PartialDiceCELoss, contoured_classes, restrict_to
@@ -119,7 +119,8 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         + f" · mirror axes {list(mirror_axes)}"
     )
 
-    network = build_segmentation_network(setup.backbone, dataset.num_classes, config.deep_supervision)
+    deep_supervision = deep_supervision_levels(setup.backbone, config.deep_supervision)
+    network = build_segmentation_network(setup.backbone, dataset.num_classes, deep_supervision)
     initialise_class_prior(network, class_voxel_counts(train_items, dataset.num_classes))
     if config.weights is not None:
         load_encoder(network, config.weights, console)
@@ -243,7 +244,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         "class_names": class_names,
         "preset": setup.preset.model_dump(mode="json"),
         "roi": list(roi),
-        "deep_supervision": config.deep_supervision,
+        "deep_supervision": deep_supervision,
         "mirror_axes": list(mirror_axes),
         "postprocessing": postprocessing,
         "weights": str(config.weights) if config.weights else None,
