@@ -14,7 +14,8 @@ import mssl
 from mssl.cli import app
 from mssl.config import PretrainConfig
 from mssl.data.preprocess import PresetConfig
-from mssl.downstream.config import BenchmarkConfig, EvaluateConfig, FinetuneConfig, ProbeConfig, build_config
+from mssl.config import build_config
+from mssl.downstream.config import BenchmarkConfig, EvaluateConfig, FinetuneConfig, ProbeConfig
 from mssl.train.pretrain import FLAGS, ROI_FLAG
 
 # command → (API function, config model its **overrides build, flat names it maps)

@@ -70,7 +70,7 @@ def test_print_config_lists_every_key_with_its_default() -> None:
 
 
 def test_size_flags_merge_into_the_yaml_sections(tmp_path: Path) -> None:
-    from mssl.downstream.config import build_config
+    from mssl.config import build_config
 
     yaml_file = tmp_path / "bench.yaml"
     yaml_file.write_text("finetune: {lr: 0.01}\nbackbone: {name: unet}\n", encoding="utf-8")

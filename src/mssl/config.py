@@ -337,7 +337,7 @@ class PretrainConfig(StrictModel):
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "PretrainConfig":
         """Load a YAML file, apply dotted ``overrides`` (``{"s2dc.tau_ot": 0.05}``), validate."""
-        return build_config(cls, load_yaml(path), overrides)
+        return build_config(cls, path, **(overrides or {}))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -389,10 +389,28 @@ def merge_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     return merged
 
 
-def build_config(model: type[M], data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> M:
-    """Validate ``data`` with dotted ``overrides`` applied; errors become one ``ConfigError`` naming every bad key."""
+def build_config(model: type[M], config: BaseModel | Mapping[str, Any] | str | Path | None = None, **options: Any) -> M:
+    """Every command's config, the same for its CLI and its Python function.
+
+    ``config``: a model, a mapping or a YAML file (None: the defaults). ``options``, applied on top, are the
+    set values (None = not set) by field name, dotted key (``**{"s2dc.tau_ot": 0.05}``) or the model's flat
+    names (``FLAT_OPTIONS``: ``feature_size`` → ``backbone.feature_size``); a mapping merges into its section.
+    Errors become one :class:`ConfigError` naming every bad key.
+    """
+    if isinstance(config, BaseModel):
+        values: dict[str, Any] = config.model_dump()
+    elif isinstance(config, (str, Path)):
+        values = load_yaml(config)
+    else:
+        values = dict(config or {})
+    flat: Mapping[str, str] = getattr(model, "FLAT_OPTIONS", {})
+    dotted = {
+        key if isinstance(value, (Mapping, BaseModel)) else flat.get(key, key): value.model_dump() if isinstance(value, BaseModel) else value
+        for key, value in options.items()
+        if value is not None
+    }
     try:
-        return model.model_validate(merge_overrides(data, overrides or {}))
+        return model.model_validate(merge_overrides(values, dotted))
     except ValidationError as error:
         raise ConfigError(format_validation_error(error)) from None
 
@@ -409,7 +427,7 @@ def format_validation_error(error: ValidationError) -> str:
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown option (check the spelling; see `mssl pretrain --help`)"
+            message = "unknown option (check the spelling; see the command's --help or --print-config)"
         got = f" (got {item['input']!r})" if item["type"] != "extra_forbidden" and not isinstance(item["input"], dict) else ""
         lines.append(f"config key {key!r}: {message}{got}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

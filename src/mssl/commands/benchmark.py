@@ -41,7 +41,8 @@ def command(
     from rich.console import Console
 
     from mssl.downstream.benchmark import benchmark
-    from mssl.downstream.config import BenchmarkConfig, build_config, parse_size
+    from mssl.config import build_config
+    from mssl.downstream.config import BenchmarkConfig, parse_size
 
     console = Console()
     if print_config:

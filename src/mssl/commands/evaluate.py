@@ -32,7 +32,9 @@ def command(
     """
     from rich.console import Console
 
-    from mssl.downstream.config import EvaluateConfig, build_config
+    from mssl.config import build_config
+
+    from mssl.downstream.config import EvaluateConfig
     from mssl.downstream.evaluate import evaluate
 
     console = Console()

@@ -67,7 +67,8 @@ def command(
 
     from rich.console import Console
 
-    from mssl.downstream.config import FinetuneConfig, build_config, parse_size
+    from mssl.config import build_config
+    from mssl.downstream.config import FinetuneConfig, parse_size
     from mssl.downstream.finetune import finetune
     from mssl.train.checkpoint import NonFiniteStateError
     from mssl.train.run_lock import run_lock

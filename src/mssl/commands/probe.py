@@ -36,7 +36,9 @@ def command(
     """
     from rich.console import Console
 
-    from mssl.downstream.config import ProbeConfig, build_config, parse_size
+    from mssl.config import build_config
+
+    from mssl.downstream.config import ProbeConfig, parse_size
     from mssl.downstream.probe import probe
 
     console = Console()

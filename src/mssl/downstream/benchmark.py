@@ -26,7 +26,9 @@ import numpy as np
 from rich.console import Console
 from rich.markdown import Markdown
 
-from mssl.downstream.config import BenchmarkConfig, FinetuneConfig, build_config
+from mssl.config import build_config
+
+from mssl.downstream.config import BenchmarkConfig, FinetuneConfig
 from mssl.downstream.datasets import Dataset, load_dataset
 from mssl.downstream.metrics import mean_std
 from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, read_model_description, write_json

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from mssl.config import BackboneConfig, Precision, PresetName, ProbeOptions, Size3, StrictModel, merge_overrides
+from mssl.config import BackboneConfig, Precision, PresetName, ProbeOptions, Size3, StrictModel
 
 TaskName = Literal["seg", "cls"]
 # flat option names (CLI flags and API keywords) that set one key of a nested section
 BACKBONE_OPTIONS = {"backbone": "backbone.name", "feature_size": "backbone.feature_size", "window_size": "backbone.window_size", "unet_channels": "backbone.unet_channels"}
-StrictModelT = TypeVar("StrictModelT", bound=StrictModel)
 
 
 class SplitConfig(StrictModel):
@@ -146,25 +143,3 @@ def parse_size(text: str) -> Size3:
     if len(values) != 3 or min(values) < 1:
         raise ValueError(f"size {text!r} must be one positive integer or three comma-separated ones")
     return values  # type: ignore[return-value]
-
-
-def build_config(model: type[StrictModelT], config: StrictModelT | str | Path | None = None, **options: Any) -> StrictModelT:
-    """A command's config, the same for its CLI and its Python function: ``config`` (a model, a YAML file or
-    None), then every option that is set (None = not set). Options are field names, dotted keys, or the
-    model's flat names (``feature_size`` → ``backbone.feature_size``); a mapping merges into its section."""
-    if isinstance(config, BaseModel):
-        values: dict[str, Any] = config.model_dump()
-    elif config is not None:
-        loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{config}: expected a mapping of options at the top level")
-        values = loaded
-    else:
-        values = {}
-    flat: dict[str, str] = getattr(model, "FLAT_OPTIONS", {})
-    dotted = {
-        key if isinstance(value, (Mapping, BaseModel)) else flat.get(key, key): value.model_dump() if isinstance(value, BaseModel) else value
-        for key, value in options.items()
-        if value is not None
-    }
-    return model(**merge_overrides(values, dotted))

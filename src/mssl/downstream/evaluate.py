@@ -22,7 +22,9 @@ from monai.transforms import Invertd
 from rich.console import Console
 from rich.progress import track
 
-from mssl.downstream.config import EvaluateConfig, build_config
+from mssl.config import build_config
+
+from mssl.downstream.config import EvaluateConfig
 from mssl.data.preprocess import PresetConfig
 from mssl.data.sources import Case
 from mssl.downstream.datasets import load_dataset, preprocessed_item, preprocessing

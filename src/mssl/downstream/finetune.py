@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from mssl.downstream.config import FinetuneConfig, build_config
+from mssl.config import build_config
+
+from mssl.downstream.config import FinetuneConfig
 
 if TYPE_CHECKING:
     from mssl.train.cost import Projection

@@ -35,9 +35,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.nn import functional as F
 
-from mssl.config import FeatureSource
+from mssl.config import FeatureSource, build_config
 from mssl.data.preprocess import PresetConfig
-from mssl.downstream.config import ProbeConfig, build_config
+from mssl.downstream.config import ProbeConfig
 from mssl.downstream.datasets import Dataset, case_dict, labelled_subset, preprocessing
 from mssl.downstream.metrics import segmentation_metrics
 from mssl.downstream.partial_labels import marginal_log_probs
