@@ -20,6 +20,7 @@ STEPS = 3
 # backbone's convolutions and heads; the losses themselves (NCC, Sinkhorn, cosine / InfoNCE logits, warps,
 # smoothness, restoration) run in float32. Measured here: at most 0.5 % (GVSL smoothness at step 2).
 RELATIVE = 0.02
+ABSOLUTE = 2e-3  # bf16 keeps ~3 significant digits of an O(1) loss: a term near 0 (S²DC global at 0.008) is judged absolutely
 # S²DC on its smallest field: two 32³ grid crops (bf16 3-D convolutions take ~20 CPU s per GVSL step here).
 SMALL_FIELD = {"s2dc.field_size": [64, 32, 32]}
 TERMS = {"gvsl": ("loss", "ncc", "restore", "smooth"), "s2dc": ("loss", "p2p", "p2s", "global")}
@@ -43,7 +44,7 @@ def test_bf16_mixed_run_tracks_the_float32_run(tiny_ct_cache: Path, tmp_path: Pa
     full, mixed = (_losses(runs[precision], TERMS[method]) for precision in ("32", "bf16-mixed"))
     assert len(full) == len(mixed) == STEPS
     for step, (reference, value) in enumerate(zip(full, mixed)):
-        assert value == pytest.approx(reference, rel=RELATIVE, abs=0), f"step {step}"
+        assert value == pytest.approx(reference, rel=RELATIVE, abs=ABSOLUTE), f"step {step}"
     assert mixed != full  # the bf16 run did compute in bf16
 
 
