@@ -42,7 +42,7 @@ def command(
 
     from mssl.downstream.benchmark import benchmark
     from mssl.config import build_config
-    from mssl.downstream.config import BenchmarkConfig, parse_size
+    from mssl.downstream.config import BenchmarkConfig, parse_size, parse_spacing, parse_steps, parse_widths
 
     console = Console()
     if print_config:
@@ -70,21 +70,13 @@ def command(
             backbone=backbone,
             unet_channels=parse_widths(unet_channels),
             feature_size=feature_size,
-            spacing=tuple(float(v) for v in spacing.split(",")) if spacing else None,
+            spacing=parse_spacing(spacing),
             roi=parse_size(roi) if roi else None,
             finetune_steps=parse_steps(finetune_steps),
         )
         benchmark(settings, console=console)
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
         fail(error)
-
-
-def parse_widths(text: str | None) -> tuple[int, ...] | None:
-    return tuple(int(c) for c in text.split(",")) if text else None
-
-
-def parse_steps(text: str | None) -> int | str | None:
-    return None if text is None else text if text == "auto" else int(text)
 
 
 def print_benchmark_schema() -> None:

@@ -68,7 +68,7 @@ def command(
     from rich.console import Console
 
     from mssl.config import build_config
-    from mssl.downstream.config import FinetuneConfig, parse_size
+    from mssl.downstream.config import FinetuneConfig, parse_size, parse_spacing, parse_steps, parse_widths
     from mssl.downstream.finetune import finetune
     from mssl.train.checkpoint import NonFiniteStateError
     from mssl.train.run_lock import run_lock
@@ -87,10 +87,10 @@ def command(
             backbone=backbone,
             feature_size=feature_size,
             window_size=window_size,
-            unet_channels=tuple(int(c) for c in unet_channels.split(",")) if unet_channels else None,
+            unet_channels=parse_widths(unet_channels),
             roi=parse_size(roi) if roi else None,
             max_roi_voxels=max_roi_voxels,
-            steps=(steps if steps == "auto" else int(steps)) if steps else None,
+            steps=parse_steps(steps),
             max_steps=max_steps,
             batch_size=batch_size,
             crops_per_case=crops_per_case,
@@ -107,7 +107,7 @@ def command(
             val_cases=val_cases,
             target=target,
             preset=preset,
-            spacing=tuple(float(s) for s in spacing.split(",")) if spacing else None,
+            spacing=parse_spacing(spacing),
             precision=precision,
             accelerator=accelerator,
             devices=devices,

@@ -143,3 +143,18 @@ def parse_size(text: str) -> Size3:
     if len(values) != 3 or min(values) < 1:
         raise ValueError(f"size {text!r} must be one positive integer or three comma-separated ones")
     return values  # type: ignore[return-value]
+
+
+def parse_widths(text: str | None) -> tuple[int, ...] | None:
+    """'8,16,32,64' → (8, 16, 32, 64); None or '' → None (not set)."""
+    return tuple(int(c) for c in text.split(",")) if text else None
+
+
+def parse_spacing(text: str | None) -> tuple[float, float, float] | None:
+    """'4,4,3' → (4.0, 4.0, 3.0); None or '' → None (not set)."""
+    return tuple(float(v) for v in text.split(",")) if text else None  # type: ignore[return-value]
+
+
+def parse_steps(text: str | None) -> int | str | None:
+    """'500' → 500, 'auto' stays; None or '' → None (not set)."""
+    return (text if text == "auto" else int(text)) if text else None

@@ -115,9 +115,10 @@ def load_pretrained(
     if isinstance(weights, Mapping):
         source, tensors = source or "state dict", unwrap_state_dict(weights, source=source or "state dict")
     else:
-        source, tensors = str(resolve_weights(weights)), read_weights(weights)
+        path = resolve_weights(weights)
+        source, tensors = str(path), read_weights(path)
         if untrained_source is None:
-            untrained_source = (read_sidecar(resolve_weights(weights)) or {}).get("untrained")
+            untrained_source = (read_sidecar(path) or {}).get("untrained")
     target = network.state_dict()
     target_channels = in_channels if in_channels is not None else input_channels_of(target)
     report = LoadReport(source=source, target=type(network).__name__, network_keys=list(target))
