@@ -4,7 +4,10 @@ Runs (or resumes) every (dataset, k, seed) cell of benchmarks/finetune_convergen
 B (and 2B with ``--double``: converged means doubling changes test Dice by < 0.01), evaluates each on the
 test split, and writes benchmarks/results/finetune_convergence.md: per-class test Dice, HD95 and NSD per
 cell (mean ± std over seeds), the B vs 2B comparison, CPU minutes per run and the validation curves.
-A finished cell is skipped, so ``--only openkbp:10:0`` style subsets can be run one at a time:
+Each finished cell's figures are archived in benchmarks/results/finetune_convergence/ (the run folders
+under runs/ are not kept), and the report is written from that archive, so it survives a fresh clone.
+A finished cell is skipped, so ``--only openkbp:10:0`` style subsets can be run one at a time, and
+``--steps N`` sets the budget B for this invocation:
 
     env MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 OMP_WAIT_POLICY=PASSIVE \\
         nohup python benchmarks/finetune_convergence.py --only openkbp:10:0 > runs/finetune_convergence.log 2>&1 &
@@ -25,6 +28,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 REPORT = RESULTS / "finetune_convergence.md"
+ARCHIVE = RESULTS / "finetune_convergence"  # one JSON per finished cell: its result.json and test summary
 OUT = Path("runs/finetune_convergence")  # + the config's recipe tag: runs of different recipes never mix
 
 
@@ -37,10 +41,28 @@ def _folder(recipe: str, dataset: str, k: int | None, seed: int, steps: int) -> 
     return OUT / recipe / dataset / f"k{'all' if k is None else k}" / f"steps{steps}" / f"seed{seed}"
 
 
+def _archived(recipe: str, dataset: str, k: int | None, seed: int, steps: int) -> Path:
+    return ARCHIVE / f"{recipe}_{dataset}_k{'all' if k is None else k}_steps{steps}_seed{seed}.json"
+
+
+def archive_cell(recipe: str, dataset: str, k: int | None, seed: int, steps: int, out: Path) -> None:
+    """Keep what the report needs from a finished run folder: figures, and the curve picture."""
+    record = {
+        "result": json.loads((out / "result.json").read_text(encoding="utf-8")),
+        "test": json.loads((out / "evaluation" / "test" / "summary.json").read_text(encoding="utf-8")),
+    }
+    target = _archived(recipe, dataset, k, seed, steps)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    shutil.copyfile(out / "curve.png", target.with_suffix(".png"))
+
+
 def run_cell(config: dict, dataset: str, k: int | None, seed: int, steps: int) -> Path:
-    """Fine-tune and evaluate one cell unless its evaluation exists."""
+    """Fine-tune, evaluate and archive one cell unless it is archived already."""
     import mssl
 
+    if _archived(config["recipe"], dataset, k, seed, steps).is_file():
+        return _folder(config["recipe"], dataset, k, seed, steps)
     spec = config["datasets"][dataset]
     data = str((HERE / spec["data"]).resolve())
     out = _folder(config["recipe"], dataset, k, seed, steps)
@@ -49,6 +71,7 @@ def run_cell(config: dict, dataset: str, k: int | None, seed: int, steps: int) -
         mssl.finetune(data=data, labels=k, seed=seed, steps=steps, spacing=tuple(config["spacing"][dataset]), out=out, **recipe)
     if not (out / "evaluation" / "test" / "summary.json").is_file():
         mssl.evaluate(run=out, data=data, split="test", max_cases=spec["test_cases"], classes=spec["classes"])
+    archive_cell(config["recipe"], dataset, k, seed, steps, out)
     return out
 
 
@@ -76,13 +99,14 @@ def write_report(config: dict) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     per_class_rows, curves = [], []
-    cells = [(recipe, run, steps) for recipe in config["recipes"] for run in config["runs"] for steps in (config["steps"], 2 * config["steps"])]
+    budgets = sorted({int(f.stem.split("_steps")[1].split("_")[0]) for f in ARCHIVE.glob("*.json")})
+    cells = [(recipe, run, steps) for recipe in config["recipes"] for run in config["runs"] for steps in budgets]
     for recipe, run, steps in cells:
-        done = [f for seed in run["seeds"] if (f := _folder(recipe, run["dataset"], run["k"], seed, steps) / "evaluation" / "test" / "summary.json").is_file()]
+        done = [f for seed in run["seeds"] if (f := _archived(recipe, run["dataset"], run["k"], seed, steps)).is_file()]
         if not done:
             continue
-        summaries = [json.loads(f.read_text(encoding="utf-8")) for f in done]
-        results = [json.loads((f.parents[2] / "result.json").read_text(encoding="utf-8")) for f in done]
+        records = [json.loads(f.read_text(encoding="utf-8")) for f in done]
+        summaries, results = [r["test"] for r in records], [r["result"] for r in records]
         k = "all" if run["k"] is None else run["k"]
         lines.append(
             f"| {recipe} | {run['dataset']} | {k} | {steps} | {len(done)} | {_mean_std([s['scores']['mean_dice'] for s in summaries])} | "
@@ -96,10 +120,8 @@ def write_report(config: dict) -> None:
                 f"{_mean_std([s['per_class'][name]['hd95'] for s in summaries], 1)} | {_mean_std([s['per_class'][name]['nsd'] for s in summaries])} |"
             )
         for f in done:
-            run_folder = f.parents[2]
-            picture = RESULTS / f"finetune_convergence_{recipe}_{run['dataset']}_k{k}_steps{steps}_{run_folder.name}.png"
-            shutil.copyfile(run_folder / "curve.png", picture)
-            curves.append(f"![{recipe} {run['dataset']} k={k} {steps} steps {run_folder.name}]({picture.name})")
+            seed = f.stem.rsplit("_", 1)[1]
+            curves.append(f"![{recipe} {run['dataset']} k={k} {steps} steps {seed}]({ARCHIVE.name}/{f.with_suffix('.png').name})")
     lines += [
         "",
         "## Per class",
@@ -125,8 +147,11 @@ def main() -> None:
     parser.add_argument("--double", action="store_true", help="also run every cell at twice the step budget")
     parser.add_argument("--only", action="append", help="DATASET:K:SEED (K = all for the whole split); repeatable")
     parser.add_argument("--report-only", action="store_true", help="write the report from finished cells, train nothing")
+    parser.add_argument("--steps", type=int, help="the step budget B of this invocation (default: the config's)")
     args = parser.parse_args()
     config = yaml.safe_load((HERE / "finetune_convergence.yaml").read_text(encoding="utf-8"))
+    if args.steps:
+        config["steps"] = args.steps
     if not args.report_only:
         wanted = {tuple(o.split(":")) for o in args.only} if args.only else None
         for dataset, k, seed, steps in _cells(config, args.double):
