@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from mssl.methods.base import CropRequest, MethodOutput, PretrainMethod
+from mssl.data.crops import CropRequest
+from mssl.methods.base import MethodOutput, PretrainMethod
 from mssl.models.backbones import Backbone, build_backbone
 
 if TYPE_CHECKING:
