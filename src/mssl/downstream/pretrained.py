@@ -17,11 +17,11 @@ from torch import nn
 
 from mssl.config import BackboneConfig, one_line_errors
 from mssl.data.preprocess import PresetConfig
+from mssl.runs import PretrainRun
 from mssl.weights.inspect import check_claimed_sizes
 from mssl.weights.safe_io import read_shapes, resolve_weights
 from mssl.weights.sidecar import backbone_spec, read_sidecar
 
-RUN_CONFIG = "config.yaml"
 # the U-Net's constructor calls its widths ``channels``; BackboneConfig calls them ``unet_channels``
 _CONSTRUCTOR_TO_CONFIG = {"channels": "unet_channels", "use_checkpoint": "gradient_checkpointing"}
 M = TypeVar("M", bound=BaseModel)
@@ -67,8 +67,8 @@ def _validated(model: type[M], fields: dict[str, Any], what: str) -> M:
 
 def _run_config_of(weights_file: Path) -> Path | None:
     for folder in (weights_file.parent, *weights_file.parents[:3]):
-        if (folder / RUN_CONFIG).is_file():
-            return folder / RUN_CONFIG
+        if PretrainRun(folder).config.is_file():
+            return PretrainRun(folder).config
     return None
 
 
@@ -80,7 +80,7 @@ def describe_weights(weights: Path) -> PretrainedInfo:
     if meta is None:
         run_config = _run_config_of(weights_file)
         if run_config is None:
-            raise FileNotFoundError(f"{weights}: no sidecar or {RUN_CONFIG} says which backbone these weights belong to")
+            raise FileNotFoundError(f"{weights}: no sidecar or run {PretrainRun(Path()).config} says which backbone these weights belong to")
         source = run_config
         meta = yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}
         if not isinstance(meta, dict):

@@ -20,7 +20,7 @@ import torch
 from mssl.config import DataConfig, PretrainConfig, load_yaml
 from mssl.weights.checks import check_finite
 from mssl.weights.fingerprints import untrained_keys
-from mssl.weights.safe_io import EXPORT_DIR, LAST_CHECKPOINT, read_checkpoint, write_safetensors
+from mssl.weights.safe_io import read_checkpoint, write_safetensors
 from mssl.weights.sidecar import (
     METADATA_KEY,
     SIDECAR_FORMAT,
@@ -31,20 +31,20 @@ from mssl.weights.sidecar import (
 )
 from mssl.methods import DECODING_OBJECTIVES
 from mssl.models.backbones import build_backbone
+from mssl.runs import ExportFolder, PretrainRun
 
 ExportFormat = Literal["monai", "torch", "nnunet"]
 BACKBONE_PREFIX = "method.backbone."
-RUN_CONFIG = "config.yaml"
 HPARAMS_CONFIG = ("hyper_parameters", "config")  # where PretrainModule stores the resolved config
-FILE_NAMES: dict[str, str] = {"monai": "encoder.safetensors", "torch": "encoder.pt"}
 
 
 def run_config(run: Path, checkpoint: dict[str, Any]) -> PretrainConfig:
     """The resolved config the checkpoint was trained with (its own copy, else RUN/config.yaml)."""
+    files = PretrainRun(run)
     stored = checkpoint.get(HPARAMS_CONFIG[0], {}).get(HPARAMS_CONFIG[1])
-    source = f"{run / LAST_CHECKPOINT} ({'.'.join(HPARAMS_CONFIG)})"
+    source = f"{files.checkpoint} ({'.'.join(HPARAMS_CONFIG)})"
     if stored is None:
-        source, stored = str(run / RUN_CONFIG), load_yaml(run / RUN_CONFIG)
+        source, stored = str(files.config), load_yaml(files.config)
     try:
         return PretrainConfig.model_validate(stored)
     except ValueError as error:
@@ -151,7 +151,7 @@ def build_sidecar(
         "untrained": untrained_tensors(tensors, run, initialised_decoder),
         # nnU-Net's decoder holds the encoder too: a tensor saved under two names counts once
         "parameters": int(sum(t.numel() for t in {(t.data_ptr(), t.shape): t for t in tensors.values()}.values())),
-        "source": {"run": str(run.resolve()), "checkpoint": str((run / LAST_CHECKPOINT).resolve())},
+        "source": {"run": str(run.resolve()), "checkpoint": str(PretrainRun(run).checkpoint.resolve())},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
         "config": config.model_dump(mode="json"),
@@ -160,9 +160,9 @@ def build_sidecar(
 
 def read_run(run: Path) -> tuple[Path, dict[str, Any], PretrainConfig]:
     """The last checkpoint of a run folder, its content and the config it was trained with."""
-    checkpoint_file = run / LAST_CHECKPOINT
+    checkpoint_file = PretrainRun(run).checkpoint
     if not checkpoint_file.is_file():
-        raise FileNotFoundError(f"{run}: no {LAST_CHECKPOINT}; is this a run folder written by `mssl pretrain`?")
+        raise FileNotFoundError(f"{run}: no {checkpoint_file.relative_to(run)}; is this a run folder written by `mssl pretrain`?")
     checkpoint = read_checkpoint(checkpoint_file)
     return checkpoint_file, checkpoint, run_config(run, checkpoint)
 
@@ -181,16 +181,13 @@ def export(run: str | Path, out: str | Path | None = None, format: ExportFormat 
         return export_nnunet(run, out, in_channels)
     if in_channels is not None:
         raise ValueError("in_channels applies to format='nnunet' only (`mssl inspect --in-channels` adapts other exports)")
-    if format not in FILE_NAMES:
-        raise ValueError(f"unknown export format {format!r}; choose one of {sorted([*FILE_NAMES, 'nnunet'])}")
     run = Path(run)
+    weights = ExportFolder(out if out is not None else PretrainRun(run).export.path).weights(format)
     checkpoint_file, checkpoint, config = read_run(run)
     tensors = backbone_state(checkpoint, str(checkpoint_file))
     check_finite(tensors, str(checkpoint_file))  # a diverged run exports nothing
     tensors, initialised_decoder = full_backbone_state(config, tensors, str(checkpoint_file))
     sidecar = build_sidecar(config, checkpoint, run, tensors, initialised_decoder)
-    weights = Path(out) if out is not None else run / EXPORT_DIR
-    weights = weights / FILE_NAMES[format]
     if format == "monai":
         write_safetensors(tensors, weights, {METADATA_KEY: json.dumps(sidecar, default=str)})
     else:

@@ -24,8 +24,8 @@ from mssl.config import PretrainConfig
 from mssl.models.backbones import build_backbone
 from mssl.nnunet_arch import NNUNET_CLASSES, REQUIRES_IMPORT
 from mssl.weights.exporter import backbone_state, build_sidecar, full_backbone_state, read_run
-from mssl.weights.nnunet_plans import CHECKPOINT_FILE, CONFIGURATION, PLANS_FILE, PLANS_FORMAT
-from mssl.weights.safe_io import EXPORT_DIR
+from mssl.runs import EXPORT_FILES, ExportFolder, PretrainRun
+from mssl.weights.nnunet_plans import CONFIGURATION, PLANS_FORMAT
 from mssl.weights.sidecar import file_sha256, write_sidecar
 from mssl.weights.stem import adapt_input_channels, is_input_channel_mismatch
 
@@ -73,7 +73,7 @@ def plans_fragment(config: PretrainConfig, sidecar: dict[str, Any], in_channels:
     return {
         "mssl": {
             "format": PLANS_FORMAT,
-            "weights": CHECKPOINT_FILE,
+            "weights": EXPORT_FILES["nnunet"],
             "backbone": name,
             "in_channels": in_channels,
             "preset": preset,  # None when the pre-training cache was not found at export time
@@ -113,12 +113,12 @@ def export_nnunet(run: str | Path, out: str | Path | None = None, in_channels: i
     sidecar = build_sidecar(config, checkpoint, run, tensors, initialised_decoder)
     sidecar["in_channels"] = sidecar["backbone"]["args"]["in_channels"] = channels
     sidecar["stem_adapted_from"] = config.backbone.in_channels if channels != config.backbone.in_channels else None
-    folder = Path(out) if out is not None else run / EXPORT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / CHECKPOINT_FILE
+    folder = ExportFolder(out if out is not None else PretrainRun(run).export.path)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    weights = folder.weights("nnunet")
     torch.save({WEIGHTS_KEY: state, "mssl": json.dumps(sidecar, default=str)}, weights)
     sidecar["weights"] = {"file": weights.name, "sha256": file_sha256(weights)}
     write_sidecar(sidecar, weights)
     plans = plans_fragment(config, sidecar, channels)
-    (folder / PLANS_FILE).write_text(json.dumps(plans, indent=2) + "\n", encoding="utf-8")
+    folder.nnunet_plans.write_text(json.dumps(plans, indent=2) + "\n", encoding="utf-8")
     return weights
