@@ -86,7 +86,7 @@ def test_few_step_run_writes_the_run_folder(cache: Path, tmp_path: Path, method:
 
     # the export says which tensors the method never changed: S²DC's (initialised) decoder, nothing of GVSL's
     weights = mssl.export(run)
-    untrained = read_sidecar(weights)["untrained"]
+    untrained = read_sidecar(weights).untrained
     decoder = sorted(k for k in read_weights(weights) if k.startswith("decoders."))
     assert untrained == (decoder if method == "s2dc" else [])
     report = mssl.load_pretrained(UNetBackbone(1, TINY["backbone"]["unet_channels"]), weights, verbose=False)

@@ -167,7 +167,7 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
     from mssl.train.module import PretrainModule
     from mssl.train.seeding import seed_init
     from mssl.train.summary import RunSummary
-    from mssl.weights.exporter import backbone_state
+    from mssl.weights.run_reader import backbone_state
     from mssl.weights.fingerprints import write_initial_fingerprints
 
     files = PretrainRun(run_dir)

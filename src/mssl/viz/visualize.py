@@ -17,7 +17,8 @@ from torch.nn import functional as F
 from mssl.config import PresetName, PretrainConfig
 from mssl.data.preprocess import PresetConfig, load_case
 from mssl.data.sources import Case
-from mssl.weights.exporter import data_provenance, read_run
+from mssl.weights.run_reader import read_run
+from mssl.weights.sidecar import data_provenance
 from mssl.methods import build_method
 from mssl.methods.base import PretrainMethod
 from mssl.runs import PretrainRun
@@ -118,10 +119,9 @@ def visualize(
     out = Path(out) if out is not None else PretrainRun(run).figures
     config, method, step = load_run_method(run)
     if preset is None:
-        stored = data_provenance(config.data)["preset"]
-        if stored is None:
+        _, preset = data_provenance(config.data)
+        if preset is None:
             raise FileNotFoundError(f"the cache of {run} ({config.data.cache}) is gone; pass --preset to preprocess {volume}")
-        preset = PresetConfig(**stored)
     case = load_case(Case("volume", Path(volume)), preset)
     image, spacing = torch.from_numpy(case["image"]), case["spacing"]
     title = f"{run.name}: {config.method} on {config.backbone.name}, step {step}"
