@@ -44,7 +44,8 @@ from mssl.downstream.pretrained import PretrainedInfo, load_encoder
 from mssl.downstream.run_files import write_json
 from mssl.downstream.setup import resolve_setup
 from mssl.methods import trains_decoder
-from mssl.models.backbones import Backbone, backbone_stride, build_backbone
+from mssl.models.backbones import backbone_stride, build_backbone
+from mssl.models.features import Backbone
 from mssl.runs import ProbeFolder
 from mssl.weights.load_report import LoadReport, module_of
 

@@ -25,7 +25,8 @@ from mssl.data.preprocess import PresetConfig
 from mssl.downstream.config import ProbeConfig
 from mssl.downstream.datasets import load_dataset
 from mssl.downstream.probe import EncoderProbe, ProbeData, load_probe_data, probe_encoder
-from mssl.models.backbones import Backbone, backbone_stride
+from mssl.models.backbones import backbone_stride
+from mssl.models.features import Backbone
 from mssl.runs import PretrainRun
 from mssl.train.seeding import rng_state, set_rng_state
 

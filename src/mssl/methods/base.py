@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mssl.data.crops import CropRequest
-from mssl.models.backbones import Backbone
+from mssl.models.features import Backbone
 
 
 @dataclass
