@@ -33,10 +33,8 @@ class PretrainedInfo:
 
 
 def _run_config_of(weights_file: Path) -> Path | None:
-    for folder in (weights_file.parent, *weights_file.parents[:3]):
-        if PretrainRun(folder).config.is_file():
-            return PretrainRun(folder).config
-    return None
+    configs = (PretrainRun(folder).config for folder in (weights_file.parent, *weights_file.parents[:3]))
+    return next((config for config in configs if config.is_file()), None)
 
 
 def _from_run_config(weights: Path, weights_file: Path) -> tuple[EncoderSidecar, Path]:
