@@ -17,8 +17,6 @@ from torch.nn import functional as F
 from mssl.config import PresetName, PretrainConfig
 from mssl.data.preprocess import PresetConfig, load_case
 from mssl.data.sources import Case
-from mssl.weights.run_reader import read_run
-from mssl.weights.sidecar import data_provenance
 from mssl.methods import build_method
 from mssl.methods.base import PretrainMethod
 from mssl.runs import PretrainRun
@@ -26,6 +24,8 @@ from mssl.viz.curves import plot_curves
 from mssl.viz.features import DEFAULT_CLUSTERS, DEFAULT_STRIDE, plot_structure_maps, structure_maps
 from mssl.viz.registration import plot_registration
 from mssl.viz.slices import slice_centre
+from mssl.weights.run_reader import read_run
+from mssl.weights.sidecar import data_provenance
 
 MAX_SIDE = 192  # larger volumes are cropped around the body's centre to keep CPU inference to seconds
 METHOD_PREFIX = "method."

@@ -23,9 +23,9 @@ import torch
 from mssl.config import PretrainConfig
 from mssl.models.backbones import build_backbone
 from mssl.nnunet_arch import NNUNET_CLASSES, REQUIRES_IMPORT
-from mssl.weights.run_reader import backbone_state, export_sidecar, full_backbone_state, read_run
 from mssl.runs import EXPORT_FILES, ExportFolder, PretrainRun
 from mssl.weights.nnunet_plans import CONFIGURATION, PLANS_FORMAT
+from mssl.weights.run_reader import backbone_state, export_sidecar, full_backbone_state, read_run
 from mssl.weights.sidecar import EncoderSidecar, network_spec, write_sidecar
 from mssl.weights.stem import adapt_input_channels, is_input_channel_mismatch
 
