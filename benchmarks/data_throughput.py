@@ -31,7 +31,7 @@ import torch
 from mssl.data.cache import CacheIndex, CropDataset
 from mssl.data.prepare import prepare
 from mssl.data.preprocess import PresetConfig, build_transforms
-from mssl.methods.base import CropRequest
+from mssl.data.crops import CropRequest
 
 SHARED_DATA = Path(os.environ.get("MSSL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 RESULTS = Path(__file__).resolve().parent / "results" / "data_throughput.md"

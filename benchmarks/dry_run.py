@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from mssl.runs import PretrainRun
+
 ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "OMP_WAIT_POLICY": "PASSIVE"}
 RESULTS = Path(__file__).resolve().parent / "results" / "dry_run.md"
 PROJECTION = re.compile(r"^projection: .*≈ (?:(\d+)h )?(\d+)m (\d+)s", re.MULTILINE)
@@ -82,7 +84,7 @@ def main() -> None:
     projected, projected_cpu = _seconds(PROJECTION, dry_output), _seconds(CPU_PROJECTION, dry_output)
     left_behind = run.exists()
     _, real_wall, real_cpu = _run(["pretrain", *flags, "--out", str(run)])
-    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    summary = json.loads(PretrainRun(run).summary.read_text(encoding="utf-8"))
     real, real_fit_cpu = summary["wall_time_s"], summary["cpu_time_s"]
     load_end = os.getloadavg()[0]
 

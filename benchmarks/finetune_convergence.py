@@ -25,10 +25,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from mssl.runs import FinetuneRun
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 REPORT = RESULTS / "finetune_convergence.md"
 ARCHIVE = RESULTS / "finetune_convergence"  # one JSON per finished cell: its result.json and test summary
+TEST = "test"  # the split each cell is scored on
 OUT = Path("runs/finetune_convergence")  # + the config's recipe tag: runs of different recipes never mix
 
 
@@ -47,14 +50,15 @@ def _archived(recipe: str, dataset: str, k: int | None, seed: int, steps: int) -
 
 def archive_cell(recipe: str, dataset: str, k: int | None, seed: int, steps: int, out: Path) -> None:
     """Keep what the report needs from a finished run folder: figures, and the curve picture."""
+    run = FinetuneRun(out)
     record = {
-        "result": json.loads((out / "result.json").read_text(encoding="utf-8")),
-        "test": json.loads((out / "evaluation" / "test" / "summary.json").read_text(encoding="utf-8")),
+        "result": json.loads(run.result.read_text(encoding="utf-8")),
+        "test": json.loads(run.evaluation(TEST).summary.read_text(encoding="utf-8")),
     }
     target = _archived(recipe, dataset, k, seed, steps)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    shutil.copyfile(out / "curve.png", target.with_suffix(".png"))
+    shutil.copyfile(run.curve, target.with_suffix(".png"))
 
 
 def run_cell(config: dict, dataset: str, k: int | None, seed: int, steps: int) -> Path:
@@ -66,11 +70,11 @@ def run_cell(config: dict, dataset: str, k: int | None, seed: int, steps: int) -
     spec = config["datasets"][dataset]
     data = str((HERE / spec["data"]).resolve())
     out = _folder(config["recipe"], dataset, k, seed, steps)
-    if not (out / "result.json").is_file():
+    if not FinetuneRun(out).result.is_file():
         recipe = {**config["finetune"], **config["recipes"][config["recipe"]]}
         mssl.finetune(data=data, labels=k, seed=seed, steps=steps, spacing=tuple(config["spacing"][dataset]), out=out, **recipe)
-    if not (out / "evaluation" / "test" / "summary.json").is_file():
-        mssl.evaluate(run=out, data=data, split="test", max_cases=spec["test_cases"], classes=spec["classes"])
+    if not FinetuneRun(out).evaluation(TEST).summary.is_file():
+        mssl.evaluate(run=out, data=data, split=TEST, max_cases=spec["test_cases"], classes=spec["classes"])
     archive_cell(config["recipe"], dataset, k, seed, steps, out)
     return out
 

@@ -26,7 +26,7 @@ from mssl.data.cache import CacheIndex, CropDataset
 from mssl.data.prepare import prepare
 from mssl.data.preprocess import PresetConfig
 from mssl.losses.gvsl import local_ncc_loss
-from mssl.methods.base import CropRequest
+from mssl.data.crops import CropRequest
 from mssl.models.warp import affine_matrix, warp
 
 ROOT = Path(__file__).resolve().parents[1]

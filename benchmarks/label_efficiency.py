@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from mssl.runs import PretrainRun
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 REPORT = RESULTS / "label_efficiency.md"
@@ -91,7 +93,8 @@ def main() -> None:
         picture = RESULTS / f"label_efficiency_{tag}.png"
         shutil.copyfile(out / "label_efficiency.png", picture)
         lines += [f"## {title}", "", body.replace("](label_efficiency.png)", f"]({picture.name})"), ""]
-        pretrainings = sorted((out / "pretrain").glob("*/summary.json"))
+        pretrainings = [PretrainRun(folder).summary for folder in sorted((out / "pretrain").glob("*"))]
+        pretrainings = [p for p in pretrainings if p.is_file()]
         if pretrainings:
             walls = ", ".join(f"{p.parent.name} {json.loads(p.read_text(encoding='utf-8'))['wall_time_s'] / 60:.1f} min" for p in pretrainings)
             lines += [f"Pre-training wall time: {walls}.", ""]

@@ -99,7 +99,7 @@ def sidecar_files(root: Path) -> dict[str, str]:
         "string_backbone": ({"backbone": "unet"}, "'backbone' must look like"),
         "unknown_backbone": ({"backbone": {"name": "evil", "args": {}}}, "'backbone' must look like"),
         "negative_channels": ({"backbone": {"name": "unet", "args": {"in_channels": -1, "channels": list(TINY_UNET)}}}, "in_channels"),
-        "bad_preset": ({"backbone": unet, "preset": {"name": "zzz"}}, "preset: name: Input should be 'ct', 'mri' or 'none'"),
+        "bad_preset": ({"backbone": unet, "preset": {"name": "zzz"}}, "preset.name: Input should be 'ct', 'mri' or 'none'"),
     }
     state = unet_state()
     for name, (sidecar, _) in sidecars.items():

@@ -15,7 +15,7 @@ from mssl.data.errors import DataError
 from mssl.data.prepare import prepare
 from mssl.data.preprocess import PresetConfig, load_case
 from mssl.data.sources import find_cases
-from mssl.methods.base import CropRequest
+from mssl.data.crops import CropRequest
 
 SHAPES = [(40, 36, 24), (30, 34, 28), (44, 30, 26)]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from mssl.data.readers import keep_locale
+from mssl.data.dicom import keep_locale
 
 AIR_HU, TISSUE_HU, BONE_HU = -1000.0, 40.0, 700.0
 

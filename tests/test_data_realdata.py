@@ -18,7 +18,7 @@ from test_data_helpers import write_dicom_series
 from mssl.data.cache import CacheIndex, CropDataset
 from mssl.data.prepare import prepare
 from mssl.data.preprocess import PresetConfig
-from mssl.methods.base import CropRequest
+from mssl.data.crops import CropRequest
 
 pytestmark = pytest.mark.realdata
 CASES = 3

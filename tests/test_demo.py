@@ -39,6 +39,7 @@ def test_embedded_sample_is_small_real_and_attributed():
 def test_fast_demo_writes_report_exports_probes_and_figures(demo_run):
     from mssl.data.cache import CacheIndex
     from mssl.weights.inspect import inspect_weights
+    from mssl.weights.sidecar import read_sidecar
 
     out, report = demo_run
     assert report == out / "report.md"
@@ -52,10 +53,10 @@ def test_fast_demo_writes_report_exports_probes_and_figures(demo_run):
         weights = out / "runs" / method / "export" / "encoder.safetensors"
         loaded = inspect_weights(weights, into=target)
         assert loaded.ok and not loaded.mismatched
-        sidecar = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
-        assert sidecar["data"]["cases"] == 2 and sidecar["spacing"] == [8.0, 8.0, 8.0]  # the train split only
-        assert sidecar["data_index_hash"] == CacheIndex.open(out / "cache").select(split="train").hash()
-        assert sidecar["preset"]["name"] == "ct" and sidecar["steps"] == 2
+        sidecar = read_sidecar(weights)
+        assert sidecar.data.cases == 2 and sidecar.spacing == (8.0, 8.0, 8.0)  # the train split only
+        assert sidecar.data.index_hash == CacheIndex.open(out / "cache").select(split="train").hash()
+        assert sidecar.preset.name == "ct" and sidecar.steps == 2
         assert (out / "probes" / method / "probe.json").is_file()
     figures = sorted(p.relative_to(out).as_posix() for p in (out / "figures").rglob("*.png"))
     assert figures == [

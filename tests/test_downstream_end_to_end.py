@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from mssl.cli import app
 from mssl.config import BackboneConfig
+from mssl.data.preprocess import PresetConfig
 from mssl.weights.safe_io import write_safetensors
-from mssl.weights.sidecar import backbone_spec, write_sidecar
+from mssl.weights.sidecar import EncoderSidecar, write_sidecar
 from mssl.models.backbones import build_backbone
 
 TINY = {"name": "unet", "unet_channels": (8, 16, 32)}
@@ -50,7 +51,7 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = BackboneConfig(**TINY)
     torch.manual_seed(1)
     weights = write_safetensors(build_backbone(config).state_dict(), tmp_path_factory.mktemp("export") / "encoder.safetensors", {})
-    write_sidecar({"method": "test", "backbone": backbone_spec(config), "preset": {"name": "ct", "spacing": None}}, weights)
+    write_sidecar(EncoderSidecar(method="test", backbone=config, preset=PresetConfig(name="ct")), weights)
     return weights
 
 

@@ -100,16 +100,16 @@ def test_classifier_and_frozen_encoder_on_nnunets_network() -> None:
 def test_inspect_loads_a_plainconv_export_into_nnunets_own_network(demo_cache: Path, tmp_path: Path) -> None:
     from mssl.weights.exporter import export
     from mssl.weights.inspect import inspect_weights
-    from mssl.weights.sidecar import read_sidecar, write_sidecar
+    from mssl.runs import sidecar_of
 
     weights = export(_pretrain("gvsl", demo_cache, tmp_path / "run"))
     report = inspect_weights(weights)
     assert report.target.startswith("dynamic_network_architectures.architectures.unet.PlainConvUNet(")
     assert report.ok and len(report.loaded) == 68 and all(".seg_layers." in k for k in report.missing)
 
-    sidecar = read_sidecar(weights)
-    sidecar["backbone"]["args"]["nnunet"]["features_per_stage"] = [10**6, 10**6, 10**6]  # would need terabytes
-    write_sidecar(sidecar, weights)
+    sidecar = json.loads(sidecar_of(weights).read_text(encoding="utf-8"))
+    sidecar["backbone"]["nnunet"]["features_per_stage"] = [10**6, 10**6, 10**6]  # would need terabytes
+    sidecar_of(weights).write_text(json.dumps(sidecar), encoding="utf-8")
     with pytest.raises(ValueError, match=r"encoder.json: the backbone description \(plainconv\) does not match the weights \(shapes differ"):
         inspect_weights(weights)
     bare = write_safetensors(read_weights(weights), tmp_path / "bare.safetensors", {})  # no sidecar, none in the header

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from mssl.downstream.networks import UNetSegmenter
-from mssl.downstream.run_files import WEIGHTS_FILE, save_weights
+from mssl.downstream.run_files import save_weights
+from mssl.runs import FinetuneRun
 from mssl.train.checkpoint import NonFiniteStateError
 
 
@@ -22,7 +23,7 @@ def _digest(path: Path) -> str:
 def test_non_finite_weights_are_refused_and_the_previous_best_is_kept(tmp_path: Path, bad_value: float) -> None:
     network = UNetSegmenter(in_channels=1, num_classes=3, channels=(8, 16))
     path = save_weights(network, tmp_path)
-    assert path == tmp_path / WEIGHTS_FILE
+    assert path == FinetuneRun(tmp_path).weights
     before = _digest(path)
     saved = load_file(str(path))
     assert set(saved) == set(network.state_dict())
@@ -37,7 +38,7 @@ def test_non_finite_weights_are_refused_and_the_previous_best_is_kept(tmp_path: 
     assert "\n" not in message and str(path) in message and "previous best weights are kept" in message
     assert "2 tensors (encoders.1.0.bias, head.weight)" in message
     assert _digest(path) == before  # untouched, no temporary file left beside it
-    assert sorted(p.name for p in tmp_path.iterdir()) == [WEIGHTS_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FinetuneRun(tmp_path).weights.name]
 
 
 def test_the_first_save_of_a_diverged_network_writes_nothing(tmp_path: Path) -> None:
@@ -63,7 +64,7 @@ def test_a_write_that_fails_midway_keeps_the_previous_best(tmp_path: Path, monke
     monkeypatch.setattr(run_files, "save_file", full_disk)
     with pytest.raises(OSError, match="No space left"):
         save_weights(network, tmp_path)
-    assert _digest(path) == before and sorted(p.name for p in tmp_path.iterdir()) == [WEIGHTS_FILE]
+    assert _digest(path) == before and sorted(p.name for p in tmp_path.iterdir()) == [FinetuneRun(tmp_path).weights.name]
 
 
 def test_a_diverging_finetune_stops_with_one_line_and_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,4 +92,4 @@ def test_a_diverging_finetune_stops_with_one_line_and_exit_1(tmp_path: Path, mon
     assert result.exit_code == 1, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "not written, the network diverged (NaN/inf in" in errors[0] and "Traceback" not in result.output
-    assert not (out / WEIGHTS_FILE).exists()  # nothing was ever good enough to keep
+    assert not FinetuneRun(out).weights.exists()  # nothing was ever good enough to keep

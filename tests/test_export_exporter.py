@@ -52,22 +52,24 @@ def test_sidecar_records_provenance_and_is_embedded_in_the_header(tmp_path):
     run, config, student = make_run(tmp_path, SWIN, steps=7)
     weights = export(run)
     sidecar = json.loads((run / "export" / "encoder.json").read_text(encoding="utf-8"))
-    assert sidecar["method"] == "s2dc" and sidecar["steps"] == 7 and sidecar["in_channels"] == 1
-    assert sidecar["backbone"] == {
-        "name": "swin",
+    assert sidecar["format"] == "mssl-encoder/2" and sidecar["method"] == "s2dc" and sidecar["steps"] == 7
+    assert sidecar["backbone"] == SWIN.model_dump(mode="json")  # BackboneConfig(**backbone) rebuilds it
+    assert sidecar["network"] == {
         "class": "monai.networks.nets.SwinUNETR",
         "args": {"in_channels": 1, "feature_size": 12, "window_size": 4, "use_v2": True, "spatial_dims": 3},
+        "arch_kwargs": None,
     }
     assert sidecar["roi"] == {"s2dc": [64, 64, 64]}
     assert sidecar["config"] == config.model_dump(mode="json")
     assert sidecar["parameters"] == sum(v.numel() for v in student.values())
     assert {"torch", "monai", "mssl", "safetensors"} <= set(sidecar["versions"])
     assert sidecar["weights"]["sha256"] == file_sha256(weights)
-    assert sidecar["data"]["available"] is False and sidecar["data_index_hash"] is None  # no cache in this fake run
+    assert sidecar["data"]["available"] is False and sidecar["data"]["index_hash"] is None  # no cache in this fake run
+    assert "spacing" not in sidecar and sidecar["data"]["spacing"] is None  # written once, where the data are described
     embedded = json.loads(read_metadata(weights)[METADATA_KEY])
-    assert embedded == {k: v for k, v in sidecar.items() if k != "weights"}
+    assert embedded == {**sidecar, "weights": None}
     (run / "export" / "encoder.json").unlink()
-    assert read_sidecar(weights)["backbone"] == sidecar["backbone"]
+    assert read_sidecar(weights).backbone == SWIN
 
 
 def test_sidecar_is_what_downstream_reads(tmp_path):

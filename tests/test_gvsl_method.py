@@ -3,7 +3,7 @@ import torch
 
 from mssl.config import BackboneConfig, GVSLConfig
 from mssl.losses.gvsl import local_ncc_loss, restoration_loss, smoothness_loss
-from mssl.methods.base import CropRequest
+from mssl.data.crops import CropRequest
 from mssl.methods.gvsl import GVSLMethod
 from mssl.models.backbones import build_backbone
 from mssl.models.warp import warp

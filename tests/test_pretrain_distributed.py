@@ -67,7 +67,7 @@ def test_s2dc_exports_keep_every_key_and_shape_and_load_into_monai_swinunetr(tmp
     network = SwinUNETR(in_channels=1, out_channels=3, feature_size=12, window_size=4, use_v2=True)
     result = network.load_state_dict(exported, strict=False)
     assert result.unexpected_keys == [] and result.missing_keys == ["out.conv.conv.weight", "out.conv.conv.bias"]
-    assert read_sidecar(run / "export" / "encoder.safetensors")["decoder_trained"] is False
+    assert read_sidecar(run / "export" / "encoder.safetensors").decoder_trained is False
     # the untrained decoder is the backbone's own initialisation, seeded: the same run exports the same tensors
     again = read_weights(export(run, out=tmp_path / "again"))
     assert all(torch.equal(again[k], exported[k]) for k in exported)
@@ -81,7 +81,7 @@ def test_gvsl_exports_say_their_decoder_was_trained(tmp_path) -> None:
     torch.save({"state_dict": state, "hyper_parameters": {"config": config.model_dump(mode="json")}}, run / "checkpoints" / "last.ckpt")
     exported = read_weights(export(run))
     assert all(torch.equal(exported[k], state[f"method.backbone.{k}"]) for k in exported)
-    assert read_sidecar(run / "export" / "encoder.safetensors")["decoder_trained"] is True
+    assert read_sidecar(run / "export" / "encoder.safetensors").decoder_trained is True
 
 
 @pytest.mark.parametrize(

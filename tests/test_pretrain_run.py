@@ -86,12 +86,26 @@ def test_few_step_run_writes_the_run_folder(cache: Path, tmp_path: Path, method:
 
     # the export says which tensors the method never changed: S²DC's (initialised) decoder, nothing of GVSL's
     weights = mssl.export(run)
-    untrained = read_sidecar(weights)["untrained"]
+    untrained = read_sidecar(weights).untrained
     decoder = sorted(k for k in read_weights(weights) if k.startswith("decoders."))
     assert untrained == (decoder if method == "s2dc" else [])
     report = mssl.load_pretrained(UNetBackbone(1, TINY["backbone"]["unet_channels"]), weights, verbose=False)
     assert report.trained_known and sorted(report.untrained) == untrained
     assert "not trained" in str(report) and "pre-trained" in str(report)
+
+
+def test_a_run_made_with_a_relative_cache_path_works_from_another_directory(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mssl
+    from conftest import DEMO_DATA
+
+    monkeypatch.chdir(cache.parent)
+    run = mssl.pretrain(method="gvsl", data=Path(cache.name), out=tmp_path / "run", steps=1, **TINY)
+    assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["data"]["cache"] == str(cache.resolve())
+    monkeypatch.chdir(tmp_path)  # where the relative path names nothing
+    # the preset of the volume and GVSL's second image both come from the run's cache
+    figures = mssl.visualize(run, DEMO_DATA / "imagesTr" / "pt_182.nii.gz")
+    assert [path.name for path in figures] == ["features.png", "registration.png", "curves.png"]
+    assert all(path.stat().st_size > 0 for path in figures)
 
 
 @pytest.mark.realdata

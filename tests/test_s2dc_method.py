@@ -6,7 +6,7 @@ import torch
 from mssl.config import BackboneConfig, S2DCConfig
 from mssl.losses.s2dc import p2s_loss
 from mssl.losses.sinkhorn import log_sinkhorn
-from mssl.methods.base import CropRequest
+from mssl.data.crops import CropRequest
 from mssl.methods import s2dc as s2dc_module
 from mssl.methods.s2dc import S2DCMethod, matching_accuracy
 from mssl.models.backbones import build_backbone

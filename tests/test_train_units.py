@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from mssl.config import BackboneConfig, OptimConfig
-from mssl.methods.base import CropRequest, MethodOutput, PretrainMethod
+from mssl.data.crops import CropRequest
+from mssl.methods.base import MethodOutput, PretrainMethod
 from mssl.methods.combined import CombinedMethod
 from mssl.models.backbones import build_backbone
 from mssl.train.checkpoint import AtomicCheckpointIO, atomic_torch_save, remove_partial_writes

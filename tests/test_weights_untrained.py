@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from mssl.weights.fingerprints import INITIAL_FINGERPRINTS, fingerprint, untrained_keys, write_initial_fingerprints
+from mssl.runs import PretrainRun
+from mssl.weights.fingerprints import fingerprint, untrained_keys, write_initial_fingerprints
 
 
 def test_unchanged_tensors_are_found_and_the_first_fingerprints_are_kept(tmp_path: Path) -> None:
@@ -17,7 +18,7 @@ def test_unchanged_tensors_are_found_and_the_first_fingerprints_are_kept(tmp_pat
     trained = {**initial, "a": initial["a"] + 1e-7}  # one update, however small, counts as trained
     assert untrained_keys(trained, tmp_path) == ["b", "c"]
     write_initial_fingerprints(trained, tmp_path)  # a resumed run must not forget its starting point
-    assert json.loads((tmp_path / INITIAL_FINGERPRINTS).read_text())["a"] == fingerprint(initial["a"])
+    assert json.loads(PretrainRun(tmp_path).initial_fingerprints.read_text())["a"] == fingerprint(initial["a"])
     assert untrained_keys(trained, tmp_path / "old_run") is None  # runs without fingerprints: unknown, not "all trained"
 
 

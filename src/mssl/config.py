@@ -319,7 +319,8 @@ class PretrainConfig(StrictModel):
         return data
 
     def resolved(self) -> "PretrainConfig":
-        """A copy with the optimiser's unset fields filled from the method's recipe (what RUN/config.yaml stores).
+        """A copy with the optimiser's unset fields filled from the method's recipe and the cache as an
+        absolute path (what RUN/config.yaml stores: the run reads its cache from any working directory).
 
         A warm-up longer than WARMUP_SHARE of the run is shortened to it, with a warning: the recipes'
         500 warm-up steps would leave a 30-step run at 6 % of its learning rate."""
@@ -332,7 +333,8 @@ class PretrainConfig(StrictModel):
                 stacklevel=2,
             )
             optim = optim.model_copy(update={"warmup_steps": longest})
-        return self.model_copy(update={"optim": optim})
+        data = self.data if self.data.cache is None else self.data.model_copy(update={"cache": self.data.cache.resolve()})
+        return self.model_copy(update={"optim": optim, "data": data})
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "PretrainConfig":

@@ -29,7 +29,8 @@ def command(
     from rich.console import Console
 
     from mssl.weights.exporter import export
-    from mssl.weights.sidecar import read_sidecar, sidecar_path
+    from mssl.runs import sidecar_of
+    from mssl.weights.sidecar import read_sidecar
 
     console = Console()
     try:
@@ -38,8 +39,9 @@ def command(
         fail(error)
     except OSError as error:  # the output cannot be written (read-only, permissions, disk full)
         fail_environment(error, out or run)
-    sidecar = read_sidecar(weights) or {}
-    backbone = sidecar.get("backbone", {})
-    console.print(f"[bold]exported[/bold] {weights}  ({sidecar.get('parameters', 0):,} parameters, step {sidecar.get('steps')})", soft_wrap=True)
-    console.print(f"sidecar  {sidecar_path(weights)}", soft_wrap=True)
-    console.print(f"loads into {backbone.get('class')}({', '.join(f'{k}={v}' for k, v in backbone.get('args', {}).items())})", soft_wrap=True, markup=False)
+    sidecar = read_sidecar(weights)
+    assert sidecar is not None and sidecar.network is not None  # export writes both
+    console.print(f"[bold]exported[/bold] {weights}  ({sidecar.parameters or 0:,} parameters, step {sidecar.steps})", soft_wrap=True)
+    console.print(f"sidecar  {sidecar_of(weights)}", soft_wrap=True)
+    network = sidecar.network
+    console.print(f"loads into {network.class_name}({', '.join(f'{k}={v}' for k, v in network.args.items())})", soft_wrap=True, markup=False)

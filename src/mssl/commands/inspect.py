@@ -37,8 +37,9 @@ def command(
     except (FileNotFoundError, ValueError) as error:
         fail(error)
     if sidecar:
-        console.print(f"pre-trained with [bold]{sidecar.get('method')}[/bold] for {sidecar.get('steps')} steps; "
-                      f"preset {(sidecar.get('preset') or {}).get('name')}, spacing {sidecar.get('spacing')}")
+        spacing = list(sidecar.spacing) if sidecar.spacing else None
+        console.print(f"pre-trained with [bold]{sidecar.method}[/bold] for {sidecar.steps} steps; "
+                      f"preset {sidecar.preset.name if sidecar.preset else None}, spacing {spacing}")
     console.print(report)
     for line in report.details():
         console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -48,7 +49,7 @@ def command(
                 console.print(f"{kind:<10} {key}", markup=False, highlight=False, soft_wrap=True)
     verdict = "every tensor loaded" if report.ok else f"{len(report.unexpected)} unexpected, {len(report.mismatched)} mismatched"
     if report.untrained:
-        verdict += f" ({len(report.untrained)} of them as initialised: {(sidecar or {}).get('method')} pre-training never changed them)"
+        verdict += f" ({len(report.untrained)} of them as initialised: {sidecar.method if sidecar else None} pre-training never changed them)"
     console.print(f"[bold]{verdict}[/bold]; {len(report.missing) + len(report.mismatched)} network tensors keep their initialisation")
     if not report.ok:
         raise typer.Exit(1)

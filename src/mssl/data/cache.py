@@ -24,17 +24,14 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mssl.data.crops import CropRequest
 from mssl.data.errors import DataError
 from mssl.data.preprocess import PresetConfig
-
-if TYPE_CHECKING:  # importing methods.base at runtime would pull in the backbones
-    from mssl.methods.base import CropRequest
 
 INDEX_NAME = "index.json"
 CACHE_FORMAT = "mssl-cache"

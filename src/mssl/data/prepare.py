@@ -26,9 +26,10 @@ from filelock import FileLock
 
 from mssl.config import PresetName
 from mssl.data.cache import FOREGROUND, IMAGES, INDEX_NAME, LABELS, read_index, remove_stale_temporaries, write_array, write_index
+from mssl.data.dicom import dicom_series, is_dicom_file
 from mssl.data.errors import DataError
 from mssl.data.preprocess import PresetConfig, load_case
-from mssl.data.sources import Case, dicom_series, find_cases, is_dicom_file
+from mssl.data.sources import Case, find_cases
 
 HASH_CHUNK = 1 << 20
 FILE_HASH_CHARS = 12  # source-hash prefix in array file names

@@ -22,8 +22,9 @@ import torch
 from pydantic import Field, model_validator
 
 from mssl.config import PresetName, StrictModel
+from mssl.data.dicom import series_files
 from mssl.data.errors import DataError
-from mssl.data.sources import Case, series_files
+from mssl.data.sources import Case
 
 CT_BODY_HU = -500.0  # foreground for the CT crop: denser than lung/air, so the box is the body
 FOREGROUND_FRACTION = 0.05  # mri/none foreground: above min + 5% of the (min, 99th percentile) range

@@ -11,7 +11,6 @@ corrupt gzip, truncated file, unreadable DICOM series, or the reader's own messa
 from __future__ import annotations
 
 import gzip
-import locale
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from monai.data import ImageReader, NibabelReader
 from monai.transforms import LoadImaged
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
+from mssl.data.dicom import keep_locale, series_files
 from mssl.data.errors import DataError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -35,7 +35,7 @@ SLICE_STEP_TOLERANCE_MM = 0.01  # ... or 0.01 mm (rounding of the stored positio
 
 class VolumeReader(ImageReader):
     """Reads one volume per call: a NIfTI/NRRD/MetaImage file, a folder holding exactly one DICOM series,
-    or the file list of one DICOM series (as given by ``mssl.data.sources.dicom_series``).
+    or the file list of one DICOM series (as given by ``mssl.data.dicom.dicom_series``).
     Arrays come out (X, Y, Z[, C]) with a RAS affine, like MONAI's ``NibabelReader``."""
 
     def __init__(self) -> None:
@@ -75,20 +75,6 @@ class LoadVolumed(LoadImaged):
 
     def __call__(self, data, reader: ImageReader | None = None):
         return super().__call__(data, reader or self.volume_reader)
-
-
-@contextmanager
-def keep_locale() -> Iterator[None]:
-    """Undo the ``setlocale(LC_ALL, "C")`` that GDCM performs when it touches DICOM.
-
-    Without this, every later text file or subprocess pipe in the process silently falls back to
-    ASCII, and the first "²" or "±" in a report raises UnicodeEncodeError.
-    """
-    saved = locale.setlocale(locale.LC_ALL)
-    try:
-        yield
-    finally:
-        locale.setlocale(locale.LC_ALL, saved)
 
 
 @contextmanager
@@ -197,8 +183,6 @@ def check_slice_spacing(reader, img, where: str | Path) -> None:
 
 
 def _single_series(folder: Path) -> list[str]:
-    from mssl.data.sources import series_files
-
     return [str(f) for f in series_files(folder)]
 
 

@@ -23,12 +23,9 @@ from pathlib import Path
 from typing import Literal
 
 from mssl.data.errors import DataError
-from mssl.data.readers import keep_locale
+from mssl.data.dicom import DICOM_SUFFIXES, dicom_series, is_dicom_file
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-DICOM_SUFFIXES = (".dcm", ".ima")
-DICOM_MAGIC_OFFSET = 128  # DICOM Part 10 files carry "DICM" after a 128-byte preamble
-DICOMDIR = "DICOMDIR"  # a media directory record, not a slice
 DATALIST_NAME = "dataset.json"
 SECTIONS = ("training", "validation", "test")
 NNUNET_FIRST_CHANNEL = "_0000"
@@ -105,51 +102,6 @@ def strip_image_suffix(name: str) -> str:
         if lower.endswith(suffix):
             return name[: -len(suffix)]
     return name
-
-
-def is_dicom_file(path: Path) -> bool:
-    """A DICOM file by extension, or by the ``DICM`` magic for extension-less files."""
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    if path.suffix:
-        return False
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(DICOM_MAGIC_OFFSET)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def dicom_series(folder: Path) -> list[tuple[str, list[Path]]]:
-    """``(SeriesInstanceUID, sorted files)`` for each series directly inside ``folder`` (via GDCM)."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageSeriesReader
-    with keep_locale():
-        return [(uid, [Path(f) for f in reader.GetGDCMSeriesFileNames(str(folder), uid)]) for uid in reader.GetGDCMSeriesIDs(str(folder))]
-
-
-def series_files(folder: Path, uid: str | None = None) -> list[Path]:
-    """The sorted files of series ``uid`` in ``folder`` (of its only series when ``uid`` is None).
-
-    Raises :class:`DataError` when the series is not there, or when DICOM files of the folder belong
-    to no readable series: GDCM leaves out a slice it cannot parse, which would silently shorten the
-    volume and stretch its spacing.
-    """
-    series = dicom_series(folder)
-    listed = {f.name for _, files in series for f in files}  # GDCM may spell the folder differently
-    stray = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in listed and p.name != DICOMDIR and is_dicom_file(p))
-    if stray:
-        shown = ", ".join(stray[:3]) + (" ..." if len(stray) > 3 else "")
-        raise DataError(folder, f"unreadable DICOM series: {len(stray)} DICOM files belong to no readable series ({shown})")
-    if uid is None and len(series) != 1:
-        problem = "no readable DICOM series found" if not series else f"holds {len(series)} DICOM series; read one series' files"
-        raise DataError(folder, f"unreadable DICOM series ({problem})")
-    chosen = [files for series_uid, files in series if uid is None or series_uid == uid]
-    if not chosen:
-        raise DataError(folder, f"unreadable DICOM series: series {uid} not found")
-    return chosen[0]
 
 
 # --- datalist -------------------------------------------------------------------------------------

@@ -31,11 +31,11 @@ from mssl.config import build_config
 from mssl.downstream.config import BenchmarkConfig, FinetuneConfig
 from mssl.downstream.datasets import Dataset, load_dataset
 from mssl.downstream.metrics import mean_std
-from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, read_model_description, write_json
+from mssl.downstream.run_files import read_model_description, write_json
+from mssl.runs import FinetuneRun, ProbeFolder, PretrainRun
 
 SCRATCH = "scratch"
-EVALUATION = Path("evaluation") / "test" / "summary.json"
-PROBE_FILE = "probe.json"
+TEST_SPLIT = "test"
 PLOT_FILE = "label_efficiency.png"
 TIE_DICE = 0.0005  # a paired difference that prints as ±0.000 is a tie, not a win
 
@@ -73,26 +73,26 @@ def pretrained_weights(method: str, config: BenchmarkConfig, dataset: Dataset, c
     from mssl.weights.exporter import export
     from mssl.train.pretrain import pretrain
 
-    run = config.out / "pretrain" / method
-    weights = run / "export" / "encoder.safetensors"
+    run = PretrainRun(config.out / "pretrain" / method)
+    weights = run.export.encoder
     if weights.is_file():
         return weights, False
     cache = config.out / "cache"
     preset = PresetConfig(name=config.preset or dataset.default_preset(), spacing=config.spacing)
     report = prepare(pretraining_datalist(dataset, config.out), cache, preset)
     console.print(f"pre-training cache {cache}: {len(report.written)} written, {len(report.unchanged)} unchanged, {len(report.failed)} failed")
-    console.print(f"[bold]pre-train {method}[/] ({config.pretrain_steps} steps) → {run}")
-    resume = (run / "checkpoints" / "last.ckpt").is_file()
+    console.print(f"[bold]pre-train {method}[/] ({config.pretrain_steps} steps) → {run.path}")
+    resume = run.checkpoint.is_file()
     pretrain(
         method=method,
         data=cache,
-        out=run,
+        out=run.path,
         backbone=config.backbone.model_dump(),
         steps=config.pretrain_steps,
         resume=resume or None,
         **{**config.pretrain_overrides, **config.method_overrides.get(method, {})},
     )
-    return export(run), True
+    return export(run.path), True
 
 
 def _finetune_config(config: BenchmarkConfig, method: str, weights: Path | None, k: int, seed: int) -> FinetuneConfig:
@@ -118,8 +118,9 @@ def run_one(config: BenchmarkConfig, method: str, weights: Path | None, k: int, 
     from mssl.downstream.finetune import finetune
 
     settings = _finetune_config(config, method, weights, k, seed)
-    summary_file = settings.out / EVALUATION
-    if (settings.out / MODEL_FILE).is_file():
+    run = FinetuneRun(settings.out)
+    summary_file = run.evaluation(TEST_SPLIT).summary
+    if run.model.is_file():
         saved = read_model_description(settings.out)["config"]
         if saved != settings.model_dump(mode="json"):
             changed = sorted(k for k in saved if saved[k] != settings.model_dump(mode="json").get(k))
@@ -127,14 +128,14 @@ def run_one(config: BenchmarkConfig, method: str, weights: Path | None, k: int, 
     if summary_file.is_file():
         return json.loads(summary_file.read_text(encoding="utf-8")), False
     trained = False
-    if not (settings.out / RESULT_FILE).is_file():
+    if not run.result.is_file():
         console.rule(f"{method} · k={k} · seed {seed}")
         finetune(settings, console=console)
         trained = True
     evaluate(
         run=settings.out,
         data=config.data,
-        split="test",
+        split=TEST_SPLIT,
         classes=config.classes,
         max_cases=config.max_test_cases,
         save_predictions=False,
@@ -148,11 +149,11 @@ def run_one(config: BenchmarkConfig, method: str, weights: Path | None, k: int, 
 def run_probe(config: BenchmarkConfig, method: str, weights: Path, console: Console) -> dict[str, Any]:
     from mssl.downstream.probe import probe
 
-    out = config.out / "probe" / method
-    if not (out / PROBE_FILE).is_file():
+    out = ProbeFolder(config.out / "probe" / method)
+    if not out.result.is_file():
         options = {"classes": config.classes, "preset": config.preset, "spacing": config.spacing, **config.probe_options}
-        probe(data=config.data, weights=weights, out=out, console=console, **options)
-    return json.loads((out / PROBE_FILE).read_text(encoding="utf-8"))
+        probe(data=config.data, weights=weights, out=out.path, console=console, **options)
+    return json.loads(out.result.read_text(encoding="utf-8"))
 
 
 def benchmark(config: BenchmarkConfig | None = None, console: Console | None = None, **overrides: Any) -> BenchmarkResult:
@@ -336,6 +337,8 @@ def plot_curves(result: BenchmarkResult, path: Path) -> Path:
 def seconds_of(out: Path) -> dict[str, float]:
     """Wall time of every finished fine-tuning under ``out`` (from its result.json), for budget reports."""
     times = {}
-    for result_file in sorted((Path(out) / "finetune").glob(f"*/k*/seed*/{RESULT_FILE}")):
-        times[str(result_file.parent.relative_to(out))] = float(json.loads(result_file.read_text(encoding="utf-8")).get("seconds", np.nan))
+    for folder in sorted((Path(out) / "finetune").glob("*/k*/seed*")):
+        result_file = FinetuneRun(folder).result
+        if result_file.is_file():
+            times[str(result_file.parent.relative_to(out))] = float(json.loads(result_file.read_text(encoding="utf-8")).get("seconds", np.nan))
     return times

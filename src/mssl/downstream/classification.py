@@ -30,16 +30,15 @@ from mssl.downstream.last_checkpoint import load_last, open_log, save_last
 from mssl.downstream.networks import build_classifier, freeze_encoder
 from mssl.downstream.pretrained import load_encoder
 from mssl.downstream.progress import finetune_reporter, planned_validations
-from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, save_weights, write_json
+from mssl.downstream.run_files import save_weights, write_json
 from mssl.downstream.optim import build_optimizer
 from mssl.downstream.sampling import automatic_roi
 from mssl.downstream.setup import check_roi, start_finetune
 from mssl.models.backbones import backbone_stride
+from mssl.runs import FinetuneRun
 from mssl.train.cost import Projection
 from mssl.train.schedules import poly
 
-LOG_FILE = "metrics.csv"
-TENSORBOARD_DIR = "tensorboard"
 
 
 def target_encoding(train_cases: Sequence[Case], every_case: Sequence[Case], key: str) -> dict[str, Any]:
@@ -126,6 +125,7 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
     console = console or Console()
     start = time.perf_counter()
     setup, fabric, out = start_finetune(config)
+    files = FinetuneRun(out)
     splits = setup.dataset.splits
     train_cases = labelled_subset(splits["train"], config.labels, config.seed)
     val_cases = sorted(splits["validation"], key=lambda c: c.case_id)[: config.val_cases]
@@ -160,9 +160,9 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
     loop = load_last(out, network, optimizer, schedule) if config.resume else {"step": 0, "best": -math.inf, "best_step": 0, "scores": {}}
     best, best_step, best_scores = loop["best"], loop["best_step"], loop["scores"]
     reporter = finetune_reporter(config, network, roi, config.batch_size, config.steps, fabric.device, console, validating=bool(val_cases))
-    writer = SummaryWriter(str(out / TENSORBOARD_DIR)) if fabric.is_global_zero else None
+    writer = SummaryWriter(str(files.tensorboard)) if fabric.is_global_zero else None
 
-    log_file, log = open_log(out / LOG_FILE, ["step", "loss", "lr", "validation"], loop["step"] if config.resume else None)
+    log_file, log = open_log(files.metrics, ["step", "loss", "lr", "validation"], loop["step"] if config.resume else None)
     reporter.start(loop["step"])
     with log_file:
         for step, batch in zip(range(loop["step"] + 1, config.steps + 1), _endless(loader)):
@@ -207,7 +207,7 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
             save_weights(network, out)
     if fabric.is_global_zero:
         write_json(
-            out / MODEL_FILE,
+            files.model,
             {
                 "task": "cls",
                 "backbone": setup.backbone.model_dump(mode="json"),
@@ -222,6 +222,6 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
                 "config": config.model_dump(mode="json"),
             },
         )
-        write_json(out / RESULT_FILE, {"best_step": best_step, "validation": best_scores, "steps": config.steps, "seconds": round(time.perf_counter() - start, 1)})
+        write_json(files.result, {"best_step": best_step, "validation": best_scores, "steps": config.steps, "seconds": round(time.perf_counter() - start, 1)})
     console.print(f"[green]done[/] {out} · best validation {best_scores} at step {best_step}")
     return out

@@ -33,6 +33,7 @@ from mssl.downstream.metrics import format_mean_std, mean_std, segmentation_metr
 from mssl.downstream.partial_labels import restrict_to
 from mssl.downstream.postprocess import keep_largest_component
 from mssl.downstream.run_files import load_finetuned, write_json
+from mssl.runs import EvaluationFolder, FinetuneRun
 
 HD95_NOTE = "HD95 in mm; a contoured organ the prediction misses entirely counts as the volume diagonal (and NSD 0)."
 
@@ -82,6 +83,7 @@ METRICS = ("dice", "hd95", "nsd")
 def evaluate_segmentation(network: torch.nn.Module, description: dict[str, Any], cases: list[Case], config: EvaluateConfig, out: Path, console: Console) -> EvaluationResult:
     """Per case and class: Dice, HD95 and NSD of the raw prediction and of the post-processed one (the
     run's keep-largest-component classes); the post-processed prediction is the result and is saved."""
+    files = EvaluationFolder(out)
     class_names = description["class_names"]
     selected = _class_selection(class_names, config.classes)
     mirror_axes = description.get("mirror_axes", []) if config.tta else []
@@ -106,11 +108,11 @@ def evaluate_segmentation(network: torch.nn.Module, description: dict[str, Any],
                     values[variant, metric][i].append(row[metric])
                 rows.append({"case": case.case_id, "class": class_names[i], "postprocessed": variant == "final", **row})
         if config.save_predictions:
-            predictions = out / "predictions"
+            predictions = files.predictions
             predictions.mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(final, image_file.affine), str(predictions / f"{case.case_id}.nii.gz"))
 
-    with open(out / "per_case.csv", "w", newline="", encoding="utf-8") as handle:
+    with open(files.per_case, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["case", "class", "postprocessed", *METRICS])
         writer.writeheader()
         writer.writerows(rows)
@@ -146,9 +148,9 @@ def evaluate_segmentation(network: torch.nn.Module, description: dict[str, Any],
         "",
         f"Mean ± sample std over the cases that contour the class (n). {HD95_NOTE}",
     ]
-    (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    files.report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     write_json(
-        out / "summary.json",
+        files.summary,
         {
             "per_class": per_class,
             "scores": scores,
@@ -167,11 +169,12 @@ def evaluate_classification(network: torch.nn.Module, description: dict[str, Any
 
     from mssl.downstream.classification import classification_items, classification_scores, predict_outputs, volume_transforms
 
+    files = EvaluationFolder(out)
     encoding = description["encoding"]
     data = MonaiDataset(classification_items(cases, description["target"], encoding), transform=volume_transforms(PresetConfig(**description["preset"]), description["roi"]))
     outputs, targets = predict_outputs(network, data)
     scores = classification_scores(outputs, targets, encoding)
-    with open(out / "per_case.csv", "w", newline="", encoding="utf-8") as handle:
+    with open(files.per_case, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         if encoding["kind"] == "regression":
             writer.writerow(["case", description["target"], "prediction"])
@@ -183,8 +186,8 @@ def evaluate_classification(network: torch.nn.Module, description: dict[str, Any
                 writer.writerow([case.case_id, case.extra[description["target"]], encoding["classes"][int(np.argmax(p))], *p])
     lines = [f"# Evaluation of `{config.run}` on split `{config.split}` ({len(cases)} cases)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {name} | {value:.4f} |" for name, value in scores.items()]
-    (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    write_json(out / "summary.json", {"scores": scores, "cases": [c.case_id for c in cases]})
+    files.report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_json(files.summary, {"scores": scores, "cases": [c.case_id for c in cases]})
     return EvaluationResult(out, {}, scores)
 
 
@@ -199,7 +202,7 @@ def evaluate(config: EvaluateConfig | None = None, console: Console | None = Non
     cases = sorted(dataset.splits[config.split], key=lambda c: c.case_id)[: config.max_cases]
     if not cases:
         raise ValueError(f"{config.data}: split {config.split!r} has no cases")
-    out = Path(config.out) if config.out else Path(config.run) / "evaluation" / config.split
+    out = Path(config.out) if config.out else FinetuneRun(config.run).evaluation(config.split).path
     out.mkdir(parents=True, exist_ok=True)
     if description["task"] == "seg":
         if description["class_names"] != dataset.class_names:
@@ -207,5 +210,5 @@ def evaluate(config: EvaluateConfig | None = None, console: Console | None = Non
         result = evaluate_segmentation(network, description, cases, config, out, console)
     else:
         result = evaluate_classification(network, description, cases, config, out)
-    console.print((out / "summary.md").read_text(encoding="utf-8"))
+    console.print(EvaluationFolder(out).report.read_text(encoding="utf-8"))
     return result

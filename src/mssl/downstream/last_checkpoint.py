@@ -18,14 +18,13 @@ from torch import nn
 
 from mssl.train.checkpoint import atomic_torch_save
 from mssl.train.loggers import drop_rows_after
+from mssl.runs import FinetuneRun
 from mssl.train.seeding import rng_state, set_rng_state
-
-LAST_CHECKPOINT = "last.ckpt"
 
 
 def save_last(out: Path, network: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, loop: dict[str, Any]) -> Path:
     """Write RUN/last.ckpt; ``loop``: the loop's own counters (plain values)."""
-    path = Path(out) / LAST_CHECKPOINT
+    path = FinetuneRun(out).checkpoint
     state = {
         "network": network.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -39,7 +38,7 @@ def save_last(out: Path, network: nn.Module, optimizer: torch.optim.Optimizer, s
 
 def load_last(out: Path, network: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any) -> dict[str, Any]:
     """Restore network, optimiser, schedule and RNG from RUN/last.ckpt; returns the loop's counters."""
-    path = Path(out) / LAST_CHECKPOINT
+    path = FinetuneRun(out).checkpoint
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from; run without --resume to start")
     state = torch.load(path, map_location="cpu", weights_only=True)

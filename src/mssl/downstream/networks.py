@@ -21,7 +21,8 @@ from monai.networks.nets import SwinUNETR
 from torch import nn
 
 from mssl.config import BackboneConfig
-from mssl.models.backbones import Backbone, UNetBackbone, build_backbone
+from mssl.models.backbones import UNetBackbone, build_backbone
+from mssl.models.features import Backbone
 from mssl.models.nnunet_backbones import NnUNetBackbone
 from mssl.nnunet_arch import NNUNET_CLASSES, NnUNetArchConfig
 

@@ -8,23 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from torch import nn
 
-from mssl.config import BackboneConfig, one_line_errors
+from mssl.config import BackboneConfig
 from mssl.data.preprocess import PresetConfig
+from mssl.runs import PretrainRun
 from mssl.weights.inspect import check_claimed_sizes
-from mssl.weights.safe_io import read_shapes, resolve_weights
-from mssl.weights.sidecar import backbone_spec, read_sidecar
-
-RUN_CONFIG = "config.yaml"
-# the U-Net's constructor calls its widths ``channels``; BackboneConfig calls them ``unet_channels``
-_CONSTRUCTOR_TO_CONFIG = {"channels": "unet_channels", "use_checkpoint": "gradient_checkpointing"}
-M = TypeVar("M", bound=BaseModel)
+from mssl.weights.safe_io import SAFETENSORS_SUFFIX, read_shapes, resolve_weights
+from mssl.weights.sidecar import EncoderSidecar, backbone_from_description, read_sidecar
 
 
 @dataclass
@@ -37,62 +32,35 @@ class PretrainedInfo:
     method: str | None
 
 
-def _backbone(raw: dict[str, Any], source: Path) -> BackboneConfig:
-    if not isinstance(raw, dict):
-        raise ValueError(f"{source}: backbone description must be a mapping, got {raw!r}")
-    fields = {_CONSTRUCTOR_TO_CONFIG.get(k, k): v for k, v in raw.items()}
-    known = {k: v for k, v in fields.items() if k in BackboneConfig.model_fields}
-    if "name" not in known:
-        raise ValueError(f"{source}: backbone description {raw} has no 'name'")
-    return _validated(BackboneConfig, known, f"{source}: backbone")
-
-
-def _preset(meta: dict[str, Any], source: Path) -> PresetConfig | None:
-    """A preset given as a PresetConfig dump or as a bare name (with a separate ``spacing``)."""
-    preset = meta.get("preset")
-    if preset is None:
-        return None
-    # a full preset dump says itself whether it resampled (spacing None = native); a bare name borrows ``spacing``
-    fields = dict(preset) if isinstance(preset, dict) else {"name": preset, "spacing": meta.get("spacing")}
-    return _validated(PresetConfig, {k: v for k, v in fields.items() if k in PresetConfig.model_fields}, f"{source}: preset")
-
-
-def _validated(model: type[M], fields: dict[str, Any], what: str) -> M:
-    """``model(**fields)``, or one ValueError line naming ``what`` and every bad key (a sidecar may be damaged or hostile)."""
-    try:
-        return model(**fields)
-    except ValidationError as error:
-        raise ValueError(f"{what}: {one_line_errors(error)}") from None
-
-
 def _run_config_of(weights_file: Path) -> Path | None:
-    for folder in (weights_file.parent, *weights_file.parents[:3]):
-        if (folder / RUN_CONFIG).is_file():
-            return folder / RUN_CONFIG
-    return None
+    configs = (PretrainRun(folder).config for folder in (weights_file.parent, *weights_file.parents[:3]))
+    return next((config for config in configs if config.is_file()), None)
+
+
+def _from_run_config(weights: Path, weights_file: Path) -> tuple[EncoderSidecar, Path]:
+    """What the ``config.yaml`` of the run behind a checkpoint says: its backbone and method."""
+    run_config = _run_config_of(weights_file)
+    if run_config is None:
+        raise FileNotFoundError(f"{weights}: no sidecar or run {PretrainRun(Path()).config} says which backbone these weights belong to")
+    config = yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{run_config}: expected a mapping of options, got {type(config).__name__}")
+    if "backbone" not in config:
+        raise ValueError(f"{run_config}: no 'backbone' entry")
+    return EncoderSidecar(backbone=backbone_from_description(config["backbone"], run_config), method=config.get("method")), run_config
 
 
 def describe_weights(weights: Path) -> PretrainedInfo:
     """Read the sidecar of an export (or the ``config.yaml`` of a run folder) behind ``weights``."""
     weights_file = resolve_weights(weights)
-    meta = read_sidecar(weights_file) if weights_file.suffix == ".safetensors" else None
+    sidecar = read_sidecar(weights_file) if weights_file.suffix == SAFETENSORS_SUFFIX else None
     source = weights_file
-    if meta is None:
-        run_config = _run_config_of(weights_file)
-        if run_config is None:
-            raise FileNotFoundError(f"{weights}: no sidecar or {RUN_CONFIG} says which backbone these weights belong to")
-        source = run_config
-        meta = yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}
-        if not isinstance(meta, dict):
-            raise ValueError(f"{source}: expected a mapping of options, got {type(meta).__name__}")
-    if "backbone" not in meta:
+    if sidecar is None:
+        sidecar, source = _from_run_config(weights, weights_file)
+    if sidecar.backbone is None:
         raise ValueError(f"{source}: no 'backbone' entry")
-    backbone = meta["backbone"]
-    if isinstance(backbone, dict) and isinstance(backbone.get("args"), dict):
-        backbone = {"name": backbone["name"], **backbone["args"]}
-    config = _backbone(backbone, source)
-    check_claimed_sizes(backbone_spec(config), read_shapes(weights_file), str(source))  # before anything is built from it
-    return PretrainedInfo(path=weights_file, backbone=config, preset=_preset(meta, source), method=meta.get("method"))
+    check_claimed_sizes(sidecar.backbone, read_shapes(weights_file), str(source))  # before anything is built from it
+    return PretrainedInfo(path=weights_file, backbone=sidecar.backbone, preset=sidecar.preset, method=sidecar.method)
 
 
 def load_encoder(network: nn.Module, weights: Path, console: Console | None = None) -> Any:

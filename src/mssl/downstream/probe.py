@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -45,7 +44,9 @@ from mssl.downstream.pretrained import PretrainedInfo, load_encoder
 from mssl.downstream.run_files import write_json
 from mssl.downstream.setup import resolve_setup
 from mssl.methods import trains_decoder
-from mssl.models.backbones import Backbone, backbone_stride, build_backbone
+from mssl.models.backbones import backbone_stride, build_backbone
+from mssl.models.features import Backbone
+from mssl.runs import ProbeFolder
 from mssl.weights.load_report import LoadReport, module_of
 
 PATCH_FOREGROUND_FRACTION = 0.05  # a cube is labelled when its dominant organ fills at least this share
@@ -343,7 +344,7 @@ def probe(config: ProbeConfig | None = None, console: Console | None = None, **o
     )
     console.print(result.markdown())
     if config.out is not None:
-        out = Path(config.out)
-        write_json(out / "probe.json", {**result.to_dict(), "config": config.model_dump(mode="json")})
-        (out / "probe.md").write_text(result.markdown(), encoding="utf-8")
+        files = ProbeFolder(config.out)
+        write_json(files.result, {**result.to_dict(), "config": config.model_dump(mode="json")})
+        files.report.write_text(result.markdown(), encoding="utf-8")
     return result

@@ -1,6 +1,6 @@
-"""A fine-tuned run on disk: ``model.json`` (what to build, how data were preprocessed) + ``best.safetensors``.
+"""A fine-tuned run on disk (:class:`mssl.runs.FinetuneRun`): the model description and the best weights.
 
-No pickle anywhere: ``mssl evaluate`` rebuilds the network from ``model.json`` and loads plain tensors.
+No pickle anywhere: ``mssl evaluate`` rebuilds the network from its description and loads plain tensors.
 """
 
 from __future__ import annotations
@@ -15,12 +15,9 @@ from torch import nn
 
 from mssl.config import BackboneConfig
 from mssl.downstream.networks import build_classifier, build_segmentation_network
+from mssl.runs import FinetuneRun
 from mssl.train.checkpoint import NonFiniteStateError
 from mssl.weights.checks import listed, nonfinite_names
-
-MODEL_FILE = "model.json"
-WEIGHTS_FILE = "best.safetensors"
-RESULT_FILE = "result.json"
 
 
 def save_weights(network: nn.Module, out: Path) -> Path:
@@ -30,7 +27,7 @@ def save_weights(network: nn.Module, out: Path) -> Path:
     before anything is written, and a write that fails midway never replaces the file: either way the
     previous best weights stay as they were.
     """
-    path = Path(out) / WEIGHTS_FILE
+    path = FinetuneRun(out).weights
     # copies: safetensors refuses shared storage (nnU-Net's networks hold the encoder under two names)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in network.state_dict().items()}
     bad = nonfinite_names(tensors)
@@ -56,18 +53,18 @@ def write_json(path: Path, content: dict[str, Any]) -> Path:
 
 
 def read_model_description(run: Path) -> dict[str, Any]:
-    path = Path(run) / MODEL_FILE
+    path = FinetuneRun(run).model
     if not path.is_file():
-        raise FileNotFoundError(f"{run}: not a fine-tuned run ({MODEL_FILE} missing)")
+        raise FileNotFoundError(f"{run}: not a fine-tuned run ({path.name} missing)")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 def load_finetuned(run: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the run's network from ``model.json`` and load ``best.safetensors`` strictly."""
     description = read_model_description(run)
-    weights = Path(run) / WEIGHTS_FILE
+    weights = FinetuneRun(run).weights
     if not weights.is_file():
-        raise FileNotFoundError(f"{run}: {WEIGHTS_FILE} missing (did the fine-tuning finish?)")
+        raise FileNotFoundError(f"{run}: {weights.name} missing (did the fine-tuning finish?)")
     backbone = BackboneConfig(**description["backbone"])
     if description["task"] == "seg":
         network = build_segmentation_network(backbone, description["num_classes"], description.get("deep_supervision", 0))

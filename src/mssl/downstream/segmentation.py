@@ -38,17 +38,15 @@ from mssl.downstream.partial_labels import PartialDiceCELoss, contoured_classes,
 from mssl.downstream.postprocess import choose_postprocessing, selected_classes
 from mssl.downstream.pretrained import load_encoder
 from mssl.downstream.progress import finetune_reporter, planned_validations
-from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, WEIGHTS_FILE, save_weights, write_json
+from mssl.downstream.run_files import save_weights, write_json
 from mssl.downstream.sampling import automatic_roi, patch_sampler
 from mssl.downstream.setup import check_roi, start_finetune
 from mssl.models.backbones import backbone_stride
+from mssl.runs import FinetuneRun
 from mssl.train.cost import Projection
 from mssl.train.schedules import poly
 from mssl.viz.curves import plot_finetune_curve
 
-LOG_FILE = "metrics.csv"
-CURVE_FILE = "curve.png"
-TENSORBOARD_DIR = "tensorboard"
 
 
 def predict_labels(
@@ -98,6 +96,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
     console = console or Console()
     start, cpu_start = time.perf_counter(), time.process_time()
     setup, fabric, out = start_finetune(config)
+    files = FinetuneRun(out)
     dataset = setup.dataset
     class_names = dataset.class_names
 
@@ -157,9 +156,9 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
     loss_fn = PartialDiceCELoss(batch_dice=config.batch_dice)
     history: list[float] = loop["history"]
     best_dice, best_step, step = loop["best"], loop["best_step"], loop["step"]
-    writer = SummaryWriter(str(out / TENSORBOARD_DIR)) if fabric.is_global_zero else None
+    writer = SummaryWriter(str(files.tensorboard)) if fabric.is_global_zero else None
     header = ["step", "loss", "lr", "val_dice", *(f"val_{n}" for n in class_names[1:]), "seconds"]
-    log_file, log = open_log(out / LOG_FILE, header, step if config.resume else None)
+    log_file, log = open_log(files.metrics, header, step if config.resume else None)
 
     def validate(step: int) -> tuple[float, np.ndarray]:
         """Validation Dice (mean, per class), the best weights kept, TensorBoard; step 0 = the initial network."""
@@ -225,7 +224,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
 
     postprocessing = {"classes": [], "validation": {}}
     if config.postprocess and val_items:
-        network.load_state_dict(load_file(str(out / WEIGHTS_FILE)))
+        network.load_state_dict(load_file(str(files.weights)))
         with fabric.autocast():
             predictions = predict_labels(network, val_items, roi, config.sw_overlap, trained_classes)
         decisions = choose_postprocessing(
@@ -266,9 +265,9 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         "cpu_seconds": round(time.process_time() - cpu_start, 1),
     }
     if fabric.is_global_zero:
-        write_json(out / MODEL_FILE, description)
-        write_json(out / RESULT_FILE, result)
-        plot_finetune_curve(out / LOG_FILE, out / CURVE_FILE, title=f"{description['method']} · k={len(train_cases)} · seed {config.seed}")
+        write_json(files.model, description)
+        write_json(files.result, result)
+        plot_finetune_curve(files.metrics, files.curve, title=f"{description['method']} · k={len(train_cases)} · seed {config.seed}")
     console.print(
         f"[green]done[/] {out} · best validation Dice {best_dice:.4f} at step {best_step} · "
         f"{'converged' if result['converged'] else 'not converged (still rising)'} · {result['cpu_seconds'] / 60:.1f} CPU-min"

@@ -25,8 +25,9 @@ from mssl.data.preprocess import PresetConfig
 from mssl.downstream.config import ProbeConfig
 from mssl.downstream.datasets import load_dataset
 from mssl.downstream.probe import EncoderProbe, ProbeData, load_probe_data, probe_encoder
-from mssl.models.backbones import Backbone, backbone_stride
-from mssl.train.loggers import LOG_DIR, PROBES_FILE
+from mssl.models.backbones import backbone_stride
+from mssl.models.features import Backbone
+from mssl.runs import PretrainRun
 from mssl.train.seeding import rng_state, set_rng_state
 
 # history field → logged name (per-class Dice is probe/dice/<class>)
@@ -67,7 +68,7 @@ class TrainingProbe(pl.Callback):
         options = cfg.probe.model_dump(exclude={"every"})
         config = ProbeConfig(**options, backbone=cfg.backbone, seed=cfg.seed, random_baseline=False)
         try:
-            return cls(config, preset, cfg.probe.every, run_dir / LOG_DIR / PROBES_FILE)
+            return cls(config, preset, cfg.probe.every, PretrainRun(run_dir).probes)
         except (FileNotFoundError, ValueError) as error:  # a bad datalist stops the run before its first step
             raise ConfigError(f"config key 'probe.data': {error}") from None
 

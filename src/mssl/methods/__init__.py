@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from mssl.methods.base import CropRequest, MethodOutput, PretrainMethod
-from mssl.models.backbones import Backbone, build_backbone
+from mssl.data.crops import CropRequest
+from mssl.methods.base import MethodOutput, PretrainMethod
+from mssl.models.backbones import build_backbone
+from mssl.models.features import Backbone
 
 if TYPE_CHECKING:
     from mssl.config import PretrainConfig

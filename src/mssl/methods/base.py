@@ -14,22 +14,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mssl.models.backbones import Backbone
-
-
-@dataclass(frozen=True)
-class CropRequest:
-    """``volumes`` random crops of ``size`` voxels per sample, each from a different volume.
-
-    ``corresponding``: the crops of a sample sit at the same relative position of their volumes (cached
-    volumes are cropped to the body, so roughly the same anatomy), each then moved independently by up to
-    ``jitter`` voxels per axis; otherwise every crop is at its own random position.
-    """
-
-    size: tuple[int, int, int]
-    volumes: int = 1
-    corresponding: bool = False
-    jitter: int = 0
+from mssl.data.crops import CropRequest
+from mssl.models.features import Backbone
 
 
 @dataclass

@@ -12,7 +12,8 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
-from mssl.methods.base import CropRequest, MethodOutput, PretrainMethod
+from mssl.data.crops import CropRequest
+from mssl.methods.base import MethodOutput, PretrainMethod
 
 SEPARATOR = "/"
 

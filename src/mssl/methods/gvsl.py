@@ -27,8 +27,9 @@ from torch import nn
 
 from mssl.config import GVSLConfig
 from mssl.losses.gvsl import local_ncc_loss, restoration_loss, smoothness_loss
-from mssl.methods.base import CropRequest, MethodOutput, PretrainMethod
-from mssl.models.backbones import Backbone
+from mssl.data.crops import CropRequest
+from mssl.methods.base import MethodOutput, PretrainMethod
+from mssl.models.features import Backbone
 from mssl.models.restoration import RestorationHead
 from mssl.models.warp import warp
 from mssl.models.zmatch import AffineBounds, ZMatchHead

@@ -18,8 +18,9 @@ from torch import nn
 from mssl.config import S2DCConfig
 from mssl.losses.s2dc import global_info_nce, p2p_loss, p2s_loss
 from mssl.losses.sinkhorn import log_sinkhorn
-from mssl.methods.base import CropRequest, MethodOutput, PretrainMethod
-from mssl.models.backbones import Backbone
+from mssl.data.crops import CropRequest
+from mssl.methods.base import MethodOutput, PretrainMethod
+from mssl.models.features import Backbone
 from mssl.models.ema import cosine_momentum, ema_update, make_teacher
 from mssl.models.heads import ProjectionHead
 from mssl.models.queue import KeyQueue

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from mssl.models.backbones import Backbone
+from mssl.models.features import Backbone
 
 
 def make_teacher(student: nn.Module) -> nn.Module:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from mssl.models.backbones import Backbone, Features
+from mssl.models.features import Backbone, Features
 from mssl.nnunet_arch import MIN_BOTTLENECK_VOXELS, NNUNET_CLASSES, REQUIRES_IMPORT, NnUNetArchConfig
 
 INSTALL_HINT = "pip install 'mssl[nnunet]'"

@@ -19,13 +19,11 @@ from typing import Any, Callable
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mssl.runs import PERIODIC_CHECKPOINT_PREFIX, PretrainRun
 from mssl.weights.checks import listed, nonfinite_names
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-LAST_NAME = "last"
-PERIODIC_FORMAT = "step-{step:07d}"
 PARTIAL_SUFFIX = ".partial"  # hidden ``.{name}.XXXX.partial`` files hold a write in progress
 # The parts of a Lightning checkpoint a resumed run continues from: weights (student, EMA teacher, queues) and moments.
 TRAINING_STATE_KEYS = ("state_dict", "optimizer_states")
@@ -45,18 +43,9 @@ def check_state_finite(checkpoint: dict[str, Any], step: int) -> None:
     if bad:
         raise NonFiniteStateError(
             f"step {step}: the weights or optimiser state hold NaN/inf in {listed(bad)}; the run diverged "
-            f"and stops without writing a checkpoint, so {CHECKPOINT_DIR}/{LAST_NAME}.ckpt keeps the last finite state. "
+            f"and stops without writing a checkpoint, so {PretrainRun(Path()).checkpoint} keeps the last finite state. "
             "Try a lower optim.lr, --grad-clip 1.0 or more warm-up steps."
         )
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return run_dir / CHECKPOINT_DIR
-
-
-def last_checkpoint(run_dir: Path) -> Path:
-    """RUN/checkpoints/last.ckpt: the newest full training state of a run."""
-    return checkpoint_dir(run_dir) / f"{LAST_NAME}.ckpt"
 
 
 def checkpoint_step(path: Path) -> int:
@@ -68,8 +57,8 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint to resume from: the newest intact one of last.ckpt and the periodic ones (a crash
     can land between the periodic write and the last.ckpt refresh). A file that cannot be read (truncated
     by a full disk, replaced by a pickle that needs code) is skipped with a warning naming it."""
-    last = last_checkpoint(run_dir)
-    periodic = sorted(checkpoint_dir(run_dir).glob(PERIODIC_FORMAT.split("{")[0] + "*.ckpt"), reverse=True)
+    run = PretrainRun(run_dir)
+    last, periodic = run.checkpoint, run.periodic_checkpoints()
     last_step = _readable_step(last) if last.is_file() else None
     newest = last if last_step is not None else None
     skipped = last.is_file() and last_step is None
@@ -86,7 +75,7 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def _named_step(path: Path) -> int:
-    return int(path.stem.removeprefix(PERIODIC_FORMAT.split("{")[0]))
+    return int(path.stem.removeprefix(PERIODIC_CHECKPOINT_PREFIX))
 
 
 def _readable_step(path: Path) -> int | None:
@@ -101,7 +90,7 @@ def _readable_step(path: Path) -> int | None:
 
 def remove_partial_writes(run_dir: Path) -> int:
     """Delete temporary files of checkpoint writes a killed process never finished; returns how many."""
-    partial = list(checkpoint_dir(run_dir).glob(f".*{PARTIAL_SUFFIX}"))
+    partial = list(PretrainRun(run_dir).checkpoints.glob(f".*{PARTIAL_SUFFIX}"))
     for path in partial:
         path.unlink(missing_ok=True)
     return len(partial)

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mssl.config import ConfigError, DataConfig, PretrainConfig
-from mssl.methods.base import CropRequest
+from mssl.data.crops import CropRequest
 
 if TYPE_CHECKING:
     from mssl.data.cache import CacheIndex

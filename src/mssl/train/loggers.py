@@ -9,9 +9,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-LOG_DIR = "logs"
-METRICS_FILE = ExperimentWriter.NAME_METRICS_FILE
-PROBES_FILE = "probes.csv"  # the probe curve of `mssl pretrain --probe` (mssl.downstream.training_probe)
+from mssl.runs import PretrainRun
 
 
 class _ContinuingWriter(ExperimentWriter):
@@ -38,9 +36,10 @@ class ContinuingCSVLogger(CSVLogger):
 
 def build_loggers(run_dir: Path) -> list:
     """TensorBoard events and ``metrics.csv`` side by side in RUN/logs."""
+    logs = PretrainRun(run_dir).logs
     return [
-        TensorBoardLogger(save_dir=run_dir, name=LOG_DIR, version="", default_hp_metric=False),
-        ContinuingCSVLogger(save_dir=run_dir, name=LOG_DIR, version=""),
+        TensorBoardLogger(save_dir=logs.parent, name=logs.name, version="", default_hp_metric=False),
+        ContinuingCSVLogger(save_dir=logs.parent, name=logs.name, version=""),
     ]
 
 

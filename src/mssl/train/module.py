@@ -12,7 +12,7 @@ from torch import nn
 from mssl.config import PretrainConfig
 from mssl.methods import build_method
 from mssl.methods.base import MethodOutput, PretrainMethod
-from mssl.models.backbones import Backbone
+from mssl.models.features import Backbone
 from mssl.train.checkpoint import check_state_finite
 from mssl.train.optimizer import build_optimizer
 from mssl.train.schedules import warmup_cosine

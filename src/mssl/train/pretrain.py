@@ -1,12 +1,8 @@
 """``mssl.pretrain(...)`` ≡ ``mssl pretrain ...``: build the config, train with Lightning, write the run folder.
 
-Run folder::
-
-    RUN/config.yaml                      resolved config
-    RUN/checkpoints/last.ckpt            newest full state (model, EMA teacher, queue, optimiser, schedule, step, RNG)
-    RUN/checkpoints/step-XXXXXXX.ckpt    periodic checkpoints (the ``trainer.keep_checkpoints`` newest)
-    RUN/logs/                            TensorBoard events + metrics.csv (+ probes.csv with --probe)
-    RUN/summary.json                     steps, wall time, final losses, data index hash, weights path
+The run folder's layout is :class:`mssl.runs.PretrainRun`'s: resolved config, the newest full state (model,
+EMA teacher, queue, optimiser, schedule, step, RNG) and the ``trainer.keep_checkpoints`` newest periodic
+ones, logs, and a summary (steps, wall time, final losses, data index hash, weights path).
 """
 
 from __future__ import annotations
@@ -23,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 import yaml
 
 from mssl.config import ConfigError, PretrainConfig, TrainerConfig, build_config, load_yaml, merge_overrides
+from mssl.runs import PERIODIC_CHECKPOINT_FORMAT, PretrainRun
 
 if TYPE_CHECKING:
     from lightning.pytorch import Callback
@@ -32,8 +29,6 @@ if TYPE_CHECKING:
     from mssl.train.cost import Projection
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.yaml"
 
 # The flat options of the CLI and of ``pretrain(**overrides)`` → the config key each one sets.
 FLAGS: dict[str, str] = {
@@ -96,7 +91,7 @@ def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | Non
         base = load_yaml(config)
     else:
         base = dict(config or {})
-        saved = Path(str(dotted.get("out", base.get("out", "")))) / CONFIG_FILE
+        saved = PretrainRun(str(dotted.get("out", base.get("out", "")))).config
         if dotted.get("resume") and config is None and saved.is_file():
             base = load_yaml(saved)  # resume continues the run as it was configured
     merged = merge_overrides(base, dotted)
@@ -166,22 +161,16 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
     from lightning.pytorch.utilities import rank_zero_only
 
     from mssl.train.callbacks import CompileTime, FinalLastCheckpoint
-    from mssl.train.checkpoint import (
-        PERIODIC_FORMAT,
-        AtomicCheckpointIO,
-        checkpoint_dir,
-        checkpoint_step,
-        last_checkpoint,
-        remove_partial_writes,
-    )
+    from mssl.train.checkpoint import AtomicCheckpointIO, checkpoint_step, remove_partial_writes
     from mssl.train.datamodule import CropDataModule
-    from mssl.train.loggers import LOG_DIR, METRICS_FILE, build_loggers, drop_rows_after
+    from mssl.train.loggers import build_loggers, drop_rows_after
     from mssl.train.module import PretrainModule
     from mssl.train.seeding import seed_init
     from mssl.train.summary import RunSummary
-    from mssl.weights.exporter import backbone_state
+    from mssl.weights.run_reader import backbone_state
     from mssl.weights.fingerprints import write_initial_fingerprints
 
+    files = PretrainRun(run_dir)
     resume_from = _checkpoint_to_resume(cfg, run_dir)
     is_rank_zero = rank_zero_only.rank == 0
     resumed_step = 0
@@ -189,11 +178,11 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
         resumed_step = checkpoint_step(resume_from)
         if is_rank_zero:
             remove_partial_writes(run_dir)
-            _check_resume_matches(cfg, run_dir / CONFIG_FILE)
-            drop_rows_after(run_dir / LOG_DIR / METRICS_FILE, resumed_step)
+            _check_resume_matches(cfg, files.config)
+            drop_rows_after(files.metrics, resumed_step)
     if is_rank_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+        files.config.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
 
     seed_init(cfg.seed)
     module = PretrainModule(cfg)
@@ -203,8 +192,8 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
     callbacks: list[pl.Callback] = [
         # keep_checkpoints newest periodic files: "step" is a monitor Lightning always provides
         ModelCheckpoint(
-            dirpath=checkpoint_dir(run_dir),
-            filename=PERIODIC_FORMAT,
+            dirpath=files.checkpoints,
+            filename=PERIODIC_CHECKPOINT_FORMAT,
             auto_insert_metric_name=False,
             every_n_train_steps=cfg.trainer.checkpoint_every,
             save_top_k=cfg.trainer.keep_checkpoints,
@@ -213,7 +202,7 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
             save_last=True,
             enable_version_counter=False,  # resuming overwrites last.ckpt instead of writing last-v1.ckpt
         ),
-        FinalLastCheckpoint(last_checkpoint(run_dir), cfg.trainer.checkpoint_every),
+        FinalLastCheckpoint(files.checkpoint, cfg.trainer.checkpoint_every),
     ]
     compile_time = CompileTime() if cfg.trainer.compile else None
     if compile_time is not None:
@@ -250,7 +239,7 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
             final_losses={name: float(value) for name, value in module.last_losses.items()},
             final_metrics={name: float(value) for name, value in module.last_metrics.items()},
             data_index_hash=datamodule.index_hash,
-            weights=str(last_checkpoint(run_dir).relative_to(run_dir)),
+            weights=str(files.checkpoint.relative_to(run_dir)),
             resumed_from_step=resumed_step if resume_from is not None else None,
             compile_s=None if compile_time is None or compile_time.compile_s is None else round(compile_time.compile_s, 2),
             cpu_time_s=round(cpu_time, 2),
@@ -389,12 +378,12 @@ def sync_batchnorm(trainer: TrainerConfig, module: nn.Module) -> bool:
 
 
 def _checkpoint_to_resume(cfg: PretrainConfig, run_dir: Path) -> Path | None:
-    from mssl.train.checkpoint import checkpoint_dir, newest_checkpoint
+    from mssl.train.checkpoint import newest_checkpoint
 
     newest = newest_checkpoint(run_dir)
     if cfg.resume:
         if newest is None:
-            raise ConfigError(f"resume: no checkpoint to continue from in {checkpoint_dir(run_dir)}")
+            raise ConfigError(f"resume: no checkpoint to continue from in {PretrainRun(run_dir).checkpoints}")
         return newest
     if newest is not None:
         raise ConfigError(

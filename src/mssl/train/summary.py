@@ -10,9 +10,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from mssl.runs import PretrainRun
 from mssl.train.cost import format_duration
-
-SUMMARY_FILE = "summary.json"
 
 
 @dataclass
@@ -35,7 +34,7 @@ class RunSummary:
     cpu_time_s: float | None = None  # process CPU time of the training loop, all threads (DataLoader workers not included)
 
     def write(self, run_dir: Path) -> Path:
-        path = run_dir / SUMMARY_FILE
+        path = PretrainRun(run_dir).summary
         path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
         return path
 

@@ -11,10 +11,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from mssl.train.loggers import LOG_DIR, METRICS_FILE as LOGGED_METRICS, PROBES_FILE as LOGGED_PROBES
+from mssl.runs import PretrainRun
 
-METRICS_FILE = Path(LOG_DIR) / LOGGED_METRICS
-PROBES_FILE = Path(LOG_DIR) / LOGGED_PROBES
 PREFIX = "train/"
 PROBE_PREFIX = "probe/"
 SKIPPED = ("train/lr", "train/crops_per_s")  # schedule and throughput, not losses
@@ -50,7 +48,7 @@ def _read_series(path: Path, prefix: str, skipped: tuple[str, ...] = ()) -> dict
 
 def read_metrics(run: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{name: (steps, values)}`` for every ``train/*`` column of the run's metrics.csv (empty cells skipped)."""
-    path = Path(run) / METRICS_FILE
+    path = PretrainRun(run).metrics
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no training log; was this run written by `mssl pretrain`?")
     return _read_series(path, PREFIX, SKIPPED)
@@ -58,7 +56,7 @@ def read_metrics(run: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def read_probes(run: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The probe curve of a run pre-trained with ``--probe`` (``mean_dice``, ``dice/<class>``, ``knn``, ...); empty without."""
-    path = Path(run) / PROBES_FILE
+    path = PretrainRun(run).probes
     return _read_series(path, PROBE_PREFIX) if path.is_file() else {}
 
 
@@ -74,7 +72,7 @@ def plot_curves(run: str | Path, path: str | Path, title: str = "") -> Path:
     the probe Dice (mean and per class) and patch accuracies next to them."""
     series = read_metrics(run)
     if not series:
-        raise ValueError(f"{Path(run) / METRICS_FILE}: no train/* values logged yet")
+        raise ValueError(f"{PretrainRun(run).metrics}: no train/* values logged yet")
     probes = read_probes(run)
     names = sorted(series, key=lambda n: (n != "loss", n))
     panels = len(names) + (2 if probes else 0)

@@ -18,7 +18,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from torch.nn import functional as F
 
-from mssl.models.backbones import Backbone
+from mssl.models.features import Backbone
 from mssl.viz.slices import foreground_mask, slice_centre, slice_specs, take_slice
 
 DEFAULT_STRIDE = 4  # pyramid level shown by default: fine enough to see organs, deep enough to be learned

@@ -17,16 +17,16 @@ from torch.nn import functional as F
 from mssl.config import PresetName, PretrainConfig
 from mssl.data.preprocess import PresetConfig, load_case
 from mssl.data.sources import Case
-from mssl.weights.exporter import data_provenance, run_config
-from mssl.weights.safe_io import LAST_CHECKPOINT, read_checkpoint
 from mssl.methods import build_method
 from mssl.methods.base import PretrainMethod
+from mssl.runs import PretrainRun
 from mssl.viz.curves import plot_curves
 from mssl.viz.features import DEFAULT_CLUSTERS, DEFAULT_STRIDE, plot_structure_maps, structure_maps
 from mssl.viz.registration import plot_registration
 from mssl.viz.slices import slice_centre
+from mssl.weights.run_reader import read_run
+from mssl.weights.sidecar import data_provenance
 
-FIGURES_DIR = "figures"
 MAX_SIDE = 192  # larger volumes are cropped around the body's centre to keep CPU inference to seconds
 METHOD_PREFIX = "method."
 GVSL = "gvsl"
@@ -34,11 +34,7 @@ GVSL = "gvsl"
 
 def load_run_method(run: Path) -> tuple[PretrainConfig, PretrainMethod, int]:
     """The run's config, its method with the last checkpoint's weights (eval mode), and the step."""
-    checkpoint_file = run / LAST_CHECKPOINT
-    if not checkpoint_file.is_file():
-        raise FileNotFoundError(f"{run}: no {LAST_CHECKPOINT}; is this a run folder written by `mssl pretrain`?")
-    checkpoint = read_checkpoint(checkpoint_file)
-    config = run_config(run, checkpoint)
+    _, checkpoint, config = read_run(run)
     method = build_method(config)
     state = {k[len(METHOD_PREFIX) :]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(METHOD_PREFIX)}
     method.load_state_dict(state, strict=True)
@@ -120,13 +116,12 @@ def visualize(
     elif spacing is not None:
         raise ValueError("spacing goes with a preset name (preset='ct', spacing=...), or inside a PresetConfig")
     run = Path(run)
-    out = Path(out) if out is not None else run / FIGURES_DIR
+    out = Path(out) if out is not None else PretrainRun(run).figures
     config, method, step = load_run_method(run)
     if preset is None:
-        stored = data_provenance(config.data)["preset"]
-        if stored is None:
+        _, preset = data_provenance(config.data)
+        if preset is None:
             raise FileNotFoundError(f"the cache of {run} ({config.data.cache}) is gone; pass --preset to preprocess {volume}")
-        preset = PresetConfig(**stored)
     case = load_case(Case("volume", Path(volume)), preset)
     image, spacing = torch.from_numpy(case["image"]), case["spacing"]
     title = f"{run.name}: {config.method} on {config.backbone.name}, step {step}"

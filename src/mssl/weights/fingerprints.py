@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-INITIAL_FINGERPRINTS = "initial_weights.json"  # in the run folder, written once when a run starts
+from mssl.runs import PretrainRun
 
 
 def fingerprint(tensor: torch.Tensor) -> str:
@@ -29,7 +29,7 @@ def fingerprint(tensor: torch.Tensor) -> str:
 
 def write_initial_fingerprints(tensors: Mapping[str, torch.Tensor], run: Path) -> Path:
     """Fingerprints of the untrained backbone, once per run (a resumed run keeps the first file)."""
-    path = Path(run) / INITIAL_FINGERPRINTS
+    path = PretrainRun(run).initial_fingerprints
     if not path.is_file():
         path.write_text(json.dumps({key: fingerprint(t) for key, t in tensors.items()}, indent=0), encoding="utf-8")
     return path
@@ -38,7 +38,7 @@ def write_initial_fingerprints(tensors: Mapping[str, torch.Tensor], run: Path) -
 def untrained_keys(tensors: Mapping[str, torch.Tensor], run: Path) -> list[str] | None:
     """The keys of ``tensors`` still bit-identical to the run's initialisation; None for runs that
     recorded no fingerprints (written before this check existed)."""
-    path = Path(run) / INITIAL_FINGERPRINTS
+    path = PretrainRun(run).initial_fingerprints
     if not path.is_file():
         return None
     initial = json.loads(path.read_text(encoding="utf-8"))

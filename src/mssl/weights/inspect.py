@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
-from mssl.config import BackboneConfig, one_line_errors
+from mssl.config import BackboneConfig
 from mssl.nnunet_arch import NNUNET_CLASSES
+from mssl.runs import sidecar_of
 from mssl.weights.load_report import LoadReport
 from mssl.weights.loading import align_keys, canonical, load_pretrained
 from mssl.weights.safe_io import read_weights, resolve_weights
-from mssl.weights.sidecar import read_sidecar, sidecar_path
+from mssl.weights.sidecar import network_spec, read_sidecar
 
 Target = Literal["swinunetr", "unet", "plainconv", "resenc"]
 TARGET_OF_BACKBONE: dict[str, Target] = {"swin": "swinunetr", "unet": "unet", "plainconv": "plainconv", "resenc": "resenc"}
@@ -56,29 +56,19 @@ def infer_unet_args(tensors: dict[str, torch.Tensor], source: str) -> dict[str, 
     return {"in_channels": int(stems[0].shape[1]), "channels": [int(stems[i].shape[0]) for i in range(len(stems))]}
 
 
-def check_claimed_sizes(spec: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Raise ValueError unless the sizes a sidecar or run config claims (``spec``: backbone name and
-    constructor ``args``) are the ones the weights have: the network is built from the claim before any
-    tensor loads, so a wrong or hostile one (10⁶ channels) would otherwise try to allocate terabytes."""
-    name, claimed = spec.get("name"), spec.get("args", {})
-    if name not in TARGET_OF_BACKBONE:
-        raise ValueError(f"{source}: unknown backbone {name!r}; expected one of {sorted(TARGET_OF_BACKBONE)}")
-    if name in NNUNET_CLASSES:
-        return check_nnunet_claim(nnunet_config(spec, source), tensors, source)
-    actual = infer_swin_args(tensors, source) if name == "swin" else infer_unet_args(tensors, source)
-    wrong = [k for k in CLAIMED_SIZES if k in claimed and k in actual and _plain(claimed[k]) != actual[k]]
+def check_claimed_sizes(backbone: BackboneConfig, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Raise ValueError unless the sizes a sidecar or run config claims for the ``backbone`` are the ones
+    the weights have: the network is built from the claim before any tensor loads, so a wrong or hostile
+    one (10⁶ channels) would otherwise try to allocate terabytes."""
+    if backbone.name in NNUNET_CLASSES:
+        return check_nnunet_claim(backbone, tensors, source)
+    claimed = network_spec(backbone).args
+    actual = infer_swin_args(tensors, source) if backbone.name == "swin" else infer_unet_args(tensors, source)
+    wrong = [k for k in CLAIMED_SIZES if k in claimed and k in actual and claimed[k] != actual[k]]
     if wrong:
         says = ", ".join(f"{k}={claimed[k]}" for k in wrong)
         has = ", ".join(f"{k}={actual[k]}" for k in wrong)
         raise ValueError(f"{source}: the backbone description says {says} but the weights have {has}; refusing to build a network from it")
-
-
-def nnunet_config(spec: dict[str, Any], source: str) -> BackboneConfig:
-    """The backbone config a sidecar's nnU-Net ``spec`` describes (one ValueError line when it is invalid)."""
-    try:
-        return BackboneConfig.model_validate({"name": spec["name"], **spec.get("args", {})})
-    except ValidationError as error:
-        raise ValueError(f"{source}: backbone: {one_line_errors(error)}") from None
 
 
 def check_nnunet_claim(config: BackboneConfig, tensors: dict[str, torch.Tensor], source: str) -> None:
@@ -93,10 +83,6 @@ def check_nnunet_claim(config: BackboneConfig, tensors: dict[str, torch.Tensor],
     if not mapping or wrong:
         found = f"shapes differ: {'; '.join(wrong[:3])}" if mapping else "no tensor of it is in the weights"
         raise ValueError(f"{source}: the backbone description ({config.name}) does not match the weights ({found}); refusing to build a network from it")
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def build_target(into: Target, args: dict[str, Any]) -> nn.Module:
@@ -127,16 +113,16 @@ def inspect_weights(weights: str | Path, into: Target | None = None, in_channels
     """
     path = resolve_weights(weights)
     tensors = read_weights(path)
-    sidecar = read_sidecar(path) or {}
-    spec = sidecar.get("backbone") or {}
+    sidecar = read_sidecar(path)
+    backbone = sidecar.backbone if sidecar else None
     if into is None:
         guessed = "swin" if any(".swinViT." in f".{canonical(k)}" or "patch_embed" in k for k in tensors) else "unet"
-        into = TARGET_OF_BACKBONE[spec.get("name", guessed)]
+        into = TARGET_OF_BACKBONE[backbone.name if backbone else guessed]
     if into not in TARGET_OF_BACKBONE.values():
         raise ValueError(f"--into must be one of {sorted(TARGET_OF_BACKBONE.values())}, got {into!r}")
-    if TARGET_OF_BACKBONE.get(spec.get("name", "")) == into:
-        check_claimed_sizes(spec, tensors, str(sidecar_path(path)))
-        args = dict(spec["args"])
+    if backbone is not None and TARGET_OF_BACKBONE[backbone.name] == into:
+        check_claimed_sizes(backbone, tensors, str(sidecar_of(path)))
+        args = dict(network_spec(backbone).args)
     elif into in NNUNET_CLASSES:
         raise ValueError(f"{path}: --into {into} needs the sidecar (encoder.json) naming the {into} architecture the weights were trained with")
     else:
@@ -144,6 +130,6 @@ def inspect_weights(weights: str | Path, into: Target | None = None, in_channels
     if in_channels is not None:
         args["in_channels"] = in_channels
     network = build_target(into, args)
-    report = load_pretrained(network, tensors, in_channels=args["in_channels"], source=str(path), verbose=False, untrained=sidecar.get("untrained"))
+    report = load_pretrained(network, tensors, in_channels=args["in_channels"], source=str(path), verbose=False, untrained=sidecar.untrained if sidecar else None)
     report.source, report.target = str(path), describe(into, args)
     return report

@@ -118,7 +118,8 @@ def load_pretrained(
         path = resolve_weights(weights)
         source, tensors = str(path), read_weights(path)
         if untrained_source is None:
-            untrained_source = (read_sidecar(path) or {}).get("untrained")
+            sidecar = read_sidecar(path)
+            untrained_source = sidecar.untrained if sidecar else None
     target = network.state_dict()
     target_channels = in_channels if in_channels is not None else input_channels_of(target)
     report = LoadReport(source=source, target=type(network).__name__, network_keys=list(target))

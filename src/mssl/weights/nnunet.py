@@ -23,10 +23,10 @@ import torch
 from mssl.config import PretrainConfig
 from mssl.models.backbones import build_backbone
 from mssl.nnunet_arch import NNUNET_CLASSES, REQUIRES_IMPORT
-from mssl.weights.exporter import backbone_state, build_sidecar, full_backbone_state, read_run
-from mssl.weights.nnunet_plans import CHECKPOINT_FILE, CONFIGURATION, PLANS_FILE, PLANS_FORMAT
-from mssl.weights.safe_io import EXPORT_DIR
-from mssl.weights.sidecar import file_sha256, write_sidecar
+from mssl.runs import EXPORT_FILES, ExportFolder, PretrainRun
+from mssl.weights.nnunet_plans import CONFIGURATION, PLANS_FORMAT
+from mssl.weights.run_reader import backbone_state, export_sidecar, full_backbone_state, read_run
+from mssl.weights.sidecar import EncoderSidecar, network_spec, write_sidecar
 from mssl.weights.stem import adapt_input_channels, is_input_channel_mismatch
 
 WEIGHTS_KEY = "network_weights"  # what nnU-Net's load_pretrained_weights reads
@@ -64,21 +64,21 @@ def check_against_nnunet(config: PretrainConfig, state: dict[str, torch.Tensor],
         raise ValueError(f"{source}: weights do not fit nnU-Net's {config.backbone.name} network ({'; '.join(problems[:5])})")
 
 
-def plans_fragment(config: PretrainConfig, sidecar: dict[str, Any], in_channels: int) -> dict[str, Any]:
+def plans_fragment(config: PretrainConfig, sidecar: EncoderSidecar, in_channels: int) -> dict[str, Any]:
     """The pre-trained architecture as nnU-Net plans (one configuration) plus what the target must match."""
     name, arch = config.backbone.name, config.backbone.nnunet
-    preset = (sidecar.get("preset") or {}).get("name")
+    preset = sidecar.preset.name if sidecar.preset else None
     normalization = NORMALIZATION.get(preset) if preset else None
-    crop = next(iter(sidecar.get("roi", {}).values()), None)
+    crop = next(iter(sidecar.roi.values()), None)
     return {
         "mssl": {
             "format": PLANS_FORMAT,
-            "weights": CHECKPOINT_FILE,
+            "weights": EXPORT_FILES["nnunet"],
             "backbone": name,
             "in_channels": in_channels,
             "preset": preset,  # None when the pre-training cache was not found at export time
             "normalization": normalization,
-            "spacing": sidecar.get("spacing"),
+            "spacing": list(sidecar.spacing) if sidecar.spacing else None,
             "pretrain_crop": crop,
             "total_stride": arch.total_stride(),
         },
@@ -110,15 +110,16 @@ def export_nnunet(run: str | Path, out: str | Path | None = None, in_channels: i
     state = nnunet_state(config, tensors, in_channels)
     check_against_nnunet(config, state, channels, str(checkpoint_file))
 
-    sidecar = build_sidecar(config, checkpoint, run, tensors, initialised_decoder)
-    sidecar["in_channels"] = sidecar["backbone"]["args"]["in_channels"] = channels
-    sidecar["stem_adapted_from"] = config.backbone.in_channels if channels != config.backbone.in_channels else None
-    folder = Path(out) if out is not None else run / EXPORT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / CHECKPOINT_FILE
-    torch.save({WEIGHTS_KEY: state, "mssl": json.dumps(sidecar, default=str)}, weights)
-    sidecar["weights"] = {"file": weights.name, "sha256": file_sha256(weights)}
+    sidecar = export_sidecar(config, checkpoint, run, tensors, initialised_decoder)
+    if channels != config.backbone.in_channels:  # the export is the network for ``channels`` inputs
+        sidecar.backbone = config.backbone.model_copy(update={"in_channels": channels})
+        sidecar.network = network_spec(sidecar.backbone)
+        sidecar.stem_adapted_from = config.backbone.in_channels
+    folder = ExportFolder(out if out is not None else PretrainRun(run).export.path)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    weights = folder.weights("nnunet")
+    torch.save({WEIGHTS_KEY: state, "mssl": sidecar.to_json()}, weights)
     write_sidecar(sidecar, weights)
     plans = plans_fragment(config, sidecar, channels)
-    (folder / PLANS_FILE).write_text(json.dumps(plans, indent=2) + "\n", encoding="utf-8")
+    folder.nnunet_plans.write_text(json.dumps(plans, indent=2) + "\n", encoding="utf-8")
     return weights

@@ -20,11 +20,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mssl.nnunet_arch import MIN_BOTTLENECK_VOXELS
-from mssl.weights.safe_io import EXPORT_DIR
+from mssl.runs import ExportFolder, PretrainRun
 
-# what `mssl export --format nnunet` writes (mssl.weights.nnunet); kept here so this module stays light
-CHECKPOINT_FILE = "nnunet_pretrained.pth"
-PLANS_FILE = "nnunet_plans.json"
 PLANS_FORMAT = "mssl-nnunet-plans/1"
 CONFIGURATION = "3d_fullres"
 PREPROCESSED_ENV = "nnUNet_preprocessed"
@@ -44,11 +41,12 @@ class AdaptedPlans:
 def find_pretrained_plans(weights: str | Path) -> Path:
     """``nnunet_plans.json`` behind a run folder, an export folder or the exported ``.pth``."""
     path = Path(weights)
-    candidates = [path.parent / PLANS_FILE] if path.is_file() else [path / PLANS_FILE, path / EXPORT_DIR / PLANS_FILE]
+    folders = [ExportFolder(path.parent)] if path.is_file() else [ExportFolder(path), PretrainRun(path).export]
+    candidates = [folder.nnunet_plans for folder in folders]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         raise FileNotFoundError(
-            f"{weights}: no {PLANS_FILE} (looked in {', '.join(str(c.parent) for c in candidates)}); "
+            f"{weights}: no {candidates[0].name} (looked in {', '.join(str(c.parent) for c in candidates)}); "
             f"export the run first: mssl export RUN --format nnunet"
         )
     return found
@@ -186,7 +184,7 @@ def write_nnunet_plans(
     dataset_json = read_json(folder / "dataset.json", "copied there by nnU-Net's planner")
     pretrained_file = find_pretrained_plans(weights)
     adapted = adapt_plans(target, dataset_json, read_json(pretrained_file, "mssl export"), plans_name, configuration, spacing, patch_size)
-    adapted.plans["mssl"]["weights"] = str((pretrained_file.parent / CHECKPOINT_FILE).resolve())
+    adapted.plans["mssl"]["weights"] = str(ExportFolder(pretrained_file.parent).weights("nnunet").resolve())
     out = folder / f"{plans_name}.json"
     out.write_text(json.dumps(adapted.plans, indent=2) + "\n", encoding="utf-8")
     return out, adapted

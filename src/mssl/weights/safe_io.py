@@ -16,10 +16,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from mssl.runs import ExportFolder, PretrainRun
+
 SAFETENSORS_SUFFIX = ".safetensors"
-ENCODER_FILE = "encoder.safetensors"
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
-EXPORT_DIR = "export"
 
 # Containers that checkpoints of common projects wrap their weights in, most specific first:
 # Lightning / MONAI / VoCo ``state_dict``, generic ``model``, nnssl ``network_weights``, ``net``, VoCo ``student``.
@@ -41,12 +40,13 @@ def resolve_weights(path: str | Path) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        for candidate in (path / ENCODER_FILE, path / EXPORT_DIR / ENCODER_FILE, path / LAST_CHECKPOINT):
-            if candidate.is_file():
-                return candidate
-        raise FileNotFoundError(
-            f"{path}: no weights found (looked for {ENCODER_FILE}, {EXPORT_DIR}/{ENCODER_FILE}, {LAST_CHECKPOINT})"
-        )
+        run = PretrainRun(path)
+        candidates = (ExportFolder(path).encoder, run.export.encoder, run.checkpoint)
+        found = next((candidate for candidate in candidates if candidate.is_file()), None)
+        if found is None:
+            looked = ", ".join(str(candidate.relative_to(path)) for candidate in candidates)
+            raise FileNotFoundError(f"{path}: no weights found (looked for {looked})")
+        return found
     raise FileNotFoundError(f"{path}: no such weight file or folder")
 
 
