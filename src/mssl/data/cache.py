@@ -7,7 +7,8 @@ Layout (written by ``mssl prepare``)::
     CACHE/labels/<case_id>.<hash>.npy     uint8 / int16 (1, X, Y, Z), when the source has a label
     CACHE/foreground/<case_id>.<hash>.npy int32 (N, 3) sample of foreground voxels for biased crops
 
-A record holds: case_id, image_source, label_source, source_hash, source_stat, image_file, label_file,
+A record holds: case_id, image_source (channel 0), channel_sources (channels 1, 2... when each channel is
+its own file), label_source, source_hash, source_stat, image_file, label_file,
 foreground_file, channels, shape, spacing, affine, original_shape, original_spacing, original_affine,
 pad_value (the volume's minimum, used to pad crops), preset and extra (every datalist key, e.g. split).
 Array names carry the source hash so a redone case never overwrites the arrays the index points to.

@@ -162,7 +162,7 @@ def source_files(case: Case, watched: bool = False) -> list[Path]:
     listing them is cheap, while finding one series' files parses every header (GDCM). Raises
     :class:`DataError` for a missing path."""
     files = []
-    for path in (case.image, case.label):
+    for path in (*case.image_files, case.label):
         if path is None:
             continue
         if not path.exists():
@@ -255,8 +255,12 @@ def _write_case(case: Case, preset: PresetConfig, out: Path, loaded: dict, diges
 
 
 def _source_fields(case: Case) -> dict:
-    """What a record takes from the source listing (may change without the bytes changing)."""
-    return {"image_source": str(case.image), "label_source": str(case.label) if case.label is not None else None, "extra": case.extra}
+    """What a record takes from the source listing (may change without the bytes changing); the files of
+    channels 1, 2... as ``channel_sources`` when each channel is its own file."""
+    fields = {"image_source": str(case.image), "label_source": str(case.label) if case.label is not None else None, "extra": case.extra}
+    if case.other_channels:
+        fields["channel_sources"] = [str(f) for f in case.other_channels]
+    return fields
 
 
 def foreground_points(image: np.ndarray, label: np.ndarray | None, seed: int) -> np.ndarray:
