@@ -27,7 +27,7 @@ from filelock import FileLock
 from mssl.config import PresetName
 from mssl.data.cache import FOREGROUND, IMAGES, INDEX_NAME, LABELS, read_index, remove_stale_temporaries, write_array, write_index
 from mssl.data.errors import DataError
-from mssl.data.preprocess import PresetConfig, load_case
+from mssl.data.preprocess import PresetConfig, check_files_exist, load_case
 from mssl.data.sources import Case, dicom_series, find_cases, is_dicom_file
 
 HASH_CHUNK = 1 << 20
@@ -161,12 +161,11 @@ def source_files(case: Case, watched: bool = False) -> list[Path]:
     its DICOM series) and the label. With ``watched``, a DICOM folder contributes all its files instead:
     listing them is cheap, while finding one series' files parses every header (GDCM). Raises
     :class:`DataError` for a missing path."""
+    check_files_exist(case)
     files = []
     for path in (*case.image_files, case.label):
         if path is None:
             continue
-        if not path.exists():
-            raise DataError(path, "does not exist")
         if path.is_dir() and watched:
             files += sorted(p for p in path.iterdir() if p.is_file())
         elif path.is_dir():

@@ -203,11 +203,7 @@ def load_case(case: Case, preset: PresetConfig) -> dict:
     Returns ``image`` (float32, (C, X, Y, Z)), ``label`` ((1, X, Y, Z), uint8 or int16, or None),
     ``affine``/``spacing``/``shape`` after preprocessing and ``original_*`` as read from the source.
     """
-    for number, path in enumerate(case.image_files):
-        if not path.exists():
-            raise DataError(path, f"does not exist (channel {number} of case {case.case_id})" if case.other_channels else "does not exist")
-    if case.label is not None and not case.label.exists():
-        raise DataError(case.label, "does not exist")
+    check_files_exist(case)
     data: dict[str, Any] = {"image": image_input(case)}
     if case.label is not None:
         data["label"] = str(case.label)
@@ -230,6 +226,15 @@ def load_case(case: Case, preset: PresetConfig) -> dict:
         "original_shape": [int(s) for s in np.asarray(image.meta["spatial_shape"]).tolist()],
     }
     return result
+
+
+def check_files_exist(case: Case) -> None:
+    """Raise :class:`DataError` for the first file of ``case`` that is missing (a channel file named as such)."""
+    for number, path in enumerate(case.image_files):
+        if not path.exists():
+            raise DataError(path, f"does not exist (channel {number} of case {case.case_id})" if case.other_channels else "does not exist")
+    if case.label is not None and not case.label.exists():
+        raise DataError(case.label, "does not exist")
 
 
 def image_input(case: Case) -> str | list[str] | ChannelFiles:
