@@ -118,6 +118,14 @@ class CacheIndex:
         ]
         return CacheIndex(self.root, self.preset, kept)
 
+    def channels(self) -> int:
+        """The channel count of the cases, which they must share (crops of different counts cannot be batched)."""
+        counts = sorted({c.channels for c in self.cases})
+        if len(counts) != 1:
+            problem = f"cases have different channel counts {counts}; crops cannot be batched" if counts else "no cases"
+            raise DataError(self.root, problem)
+        return counts[0]
+
     def hash(self) -> str:
         """Stable hash of what training sees (preset, and per case id, source hash, channels, shape,
         spacing); independent of case order, file locations and modification times."""
@@ -187,9 +195,7 @@ class CropDataset(Dataset):
             raise ValueError(f"length and seed must be non-negative, got length={length}, seed={seed}")
         if not 0.0 <= self.foreground_bias <= 1.0:
             raise ValueError(f"foreground_bias must be in [0, 1], got {foreground_bias}")
-        channels = {c.channels for c in self.index.cases}
-        if len(channels) > 1:
-            raise DataError(index.root, f"cases have different channel counts {sorted(channels)}; crops cannot be batched")
+        self.index.channels()  # one count, or a DataError now rather than in a worker
         self._warn_small_volumes()
 
     def __len__(self) -> int:
