@@ -67,6 +67,9 @@ def predict_case(
     allowed = torch.tensor(description["trained_classes"])
     preprocess = preprocessing(PresetConfig(**description["preset"]), with_label=True, num_classes=len(class_names))
     item = preprocessed_item(preprocess, case, class_names, with_label=True)
+    channels, expected = int(item["image"].shape[0]), description["backbone"]["in_channels"]
+    if channels != expected:
+        raise ValueError(f"{case.image}: case {case.case_id} has {channels} channels but the run's network takes {expected}")
     device = next(network.parameters()).device
     log_probs = predict_log_probs(network, item["image"].unsqueeze(0).to(device), description["roi"], overlap, mirror_axes)[0].cpu()
     probabilities = MetaTensor(log_probs.exp(), meta=item["image"].meta, applied_operations=item["image"].applied_operations)

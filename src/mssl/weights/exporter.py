@@ -114,6 +114,7 @@ def data_provenance(data: DataConfig) -> dict[str, Any]:
         return unknown
     try:
         index = CacheIndex.open(data.cache).select(split=data.split, case_ids=data.case_ids)
+        channels = index.channels()
     except (DataError, KeyError) as error:
         return {**unknown, "error": str(error)}
     spacings = sorted({tuple(case.spacing) for case in index.cases})
@@ -123,6 +124,7 @@ def data_provenance(data: DataConfig) -> dict[str, Any]:
         "available": True,
         "index_hash": index.hash(),
         "cases": len(index),
+        "channels": channels,
         "preset": index.preset.model_dump(mode="json"),
         "spacing": list(spacing) if spacing else None,
     }
@@ -132,6 +134,11 @@ def build_sidecar(
     config: PretrainConfig, checkpoint: dict[str, Any], run: Path, tensors: dict[str, torch.Tensor], initialised_decoder: list[str]
 ) -> dict[str, Any]:
     data = data_provenance(config.data)
+    if data["available"] and data["channels"] != config.backbone.in_channels:
+        raise ValueError(
+            f"{run}: the encoder takes {config.backbone.in_channels}-channel images but its cache {data['cache']} now holds "
+            f"{data['channels']}-channel volumes (prepared again since?); the sidecar would describe other data"
+        )
     preset, spacing, index_hash = data.pop("preset"), data.pop("spacing"), data.pop("index_hash", None)
     return {
         "format": SIDECAR_FORMAT,
