@@ -81,6 +81,15 @@ def test_a_config_naming_another_channel_count_is_an_error(two_channel_cache: Pa
     assert not (tmp_path / "run").exists()
 
 
+def test_probes_during_pretraining_on_data_of_another_channel_count_stop_the_run(two_channel_cache: Path, tmp_path: Path) -> None:
+    """Two-channel pre-training probed on the package's one-channel demo datalist."""
+    from conftest import DEMO_DATA
+
+    with pytest.raises(ConfigError, match=r"^config key 'probe.data': .*dataset.json has 1 channels but the encoder takes 2$"):
+        pretrain(method="gvsl", data=two_channel_cache, out=tmp_path / "run", roi=32, probe=DEMO_DATA / "dataset.json",
+                 **{**RUN, "probe.train_cases": 1, "probe.test_cases": 1})
+
+
 def test_finetune_and_probe_run_on_two_channels(gvsl_export: Path, labelled: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, [
