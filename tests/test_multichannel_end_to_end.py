@@ -13,18 +13,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import write_random_export
 from multichannel_data import CASES, msd_datalist, nnunet_raw, single_channel
 from typer.testing import CliRunner
 
 from mssl.cli import app
-from mssl.config import BackboneConfig, ConfigError
+from mssl.config import ConfigError
 from mssl.data.prepare import prepare
-from mssl.models.backbones import build_backbone
 from mssl.train.pretrain import pretrain
 from mssl.weights.exporter import export
-from mssl.weights.safe_io import write_safetensors
-from mssl.weights.sidecar import backbone_spec, read_sidecar, write_sidecar
+from mssl.weights.sidecar import read_sidecar
 
 TINY_UNET = {"name": "unet", "unet_channels": [8, 16, 32]}
 TINY_S2DC = {"s2dc.field_size": [64, 64, 32], "s2dc.roi": 32, "s2dc.head_hidden": 32, "s2dc.head_out": 16, "s2dc.queue_size": 8, "s2dc.sinkhorn_iters": 10}
@@ -47,11 +45,7 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def one_channel_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random one-channel tiny U-Net with the sidecar `mssl export` writes."""
-    config = BackboneConfig(**TINY_UNET)
-    torch.manual_seed(1)
-    weights = write_safetensors(build_backbone(config).state_dict(), tmp_path_factory.mktemp("export") / "encoder.safetensors", {})
-    write_sidecar({"method": "test", "backbone": backbone_spec(config), "preset": {"name": "ct", "spacing": None}}, weights)
-    return weights
+    return write_random_export(tmp_path_factory.mktemp("export"), TINY_UNET)
 
 
 @pytest.fixture(scope="module")
