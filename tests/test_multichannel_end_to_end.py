@@ -84,7 +84,12 @@ def test_probes_during_pretraining_on_data_of_another_channel_count_stop_the_run
                  **{**RUN, "probe.train_cases": 1, "probe.test_cases": 1})
 
 
-def test_finetune_and_probe_run_on_two_channels(gvsl_export: Path, labelled: Path, tmp_path: Path) -> None:
+def test_finetune_evaluate_and_probe_run_on_two_channels(gvsl_export: Path, labelled: Path, tmp_path: Path) -> None:
+    """Evaluating the two-channel run on the one-channel demo CTs is one line, not a convolution error."""
+    from conftest import DEMO_DATA
+
+    from mssl.downstream.evaluate import evaluate
+
     runner = CliRunner()
     result = runner.invoke(app, [
         "finetune", "--data", str(labelled), "--weights", str(gvsl_export), "--out", str(tmp_path / "ft"),
@@ -92,6 +97,11 @@ def test_finetune_and_probe_run_on_two_channels(gvsl_export: Path, labelled: Pat
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "ft" / "model.json").read_text(encoding="utf-8"))["backbone"]["in_channels"] == 2
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "ft"), "--data", str(labelled), "--out", str(tmp_path / "eval"), "--max-cases", "1"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "eval" / "summary.json").is_file()
+    with pytest.raises(ValueError, match=r"pt_\d+.nii.gz: case pt_\d+ has 1 channels but the run's network takes 2$"):
+        evaluate(run=tmp_path / "ft", data=DEMO_DATA / "dataset.json", out=tmp_path / "eval_ct", max_cases=1)
     result = runner.invoke(app, [
         "probe", "--data", str(labelled), "--weights", str(gvsl_export), "--out", str(tmp_path / "probe"),
         "--train-cases", "2", "--test-cases", "1", "--voxels-per-class", "20", "--fit-steps", "5",
