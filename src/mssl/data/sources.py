@@ -187,7 +187,7 @@ def _from_datalist(path: Path, base_dir: Path | None, sections: Sequence[str], m
     root = Path(base_dir).expanduser() if base_dir is not None else path.parent
     classes = _datalist_classes(data, path)
     found: list[tuple[str, Path, Path | None, dict]] = []
-    other_channels: dict[Path, tuple[Path, ...]] = {}
+    other_channels: list[tuple[Path, ...]] = []  # per entry, in the order of ``found``
     for section in sections:
         entries = data.get(section, [])
         if not isinstance(entries, list):
@@ -199,7 +199,7 @@ def _from_datalist(path: Path, base_dir: Path | None, sections: Sequence[str], m
             if not isinstance(entry, dict) or not _is_image_value(entry.get("image")):
                 raise DataError(path, f"{where}: needs an 'image' path string or a non-empty list of them (one per channel)")
             image, *more = [_resolve(root, value, path, where, missing) for value in _as_list(entry["image"])]
-            other_channels[image] = tuple(more)
+            other_channels.append(tuple(more))
             label_value = entry.get("label")
             if label_value is not None and not isinstance(label_value, str):
                 raise DataError(path, f"{where}: 'label' must be a path string")
@@ -208,9 +208,9 @@ def _from_datalist(path: Path, base_dir: Path | None, sections: Sequence[str], m
             extra.setdefault("section", section)
             found.append((strip_image_suffix(image.name), image, label, extra))
     cases = _with_unique_ids(found, root)
-    for case in cases:
+    for case, more in zip(cases, other_channels):  # _with_unique_ids keeps the order
         case.classes = classes
-        case.other_channels = other_channels[case.image]
+        case.other_channels = more
     return cases
 
 
