@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from multichannel_data import CASES, demo_case, four_d, msd_datalist, mirrored, nnunet_raw, save, single_channel
 
-from mssl.data.cache import CacheIndex
+from mssl.data.cache import CacheIndex, CropDataset
 from mssl.data.errors import DataError
 from mssl.data.prepare import prepare
 from mssl.data.sources import find_cases
+from mssl.methods.base import CropRequest
 
 TWO = CASES[:2]
 
@@ -60,6 +61,27 @@ def test_mri_preset_normalises_each_channel_on_its_own(tmp_path: Path) -> None:
     image = np.asarray(CacheIndex.open(tmp_path / "cache").image("a"))
     np.testing.assert_allclose(image[1], image[0], atol=1e-4)
     assert abs(float(image[1].mean())) < 1e-3 and abs(float(image[1].std()) - 1) < 1e-3
+
+
+def test_crops_larger_than_the_volume_pad_each_channel_with_its_own_minimum(tmp_path: Path) -> None:
+    """Preset none keeps HU: channel 0 (CT) bottoms out at -1000 HU, channel 1 (half the CT) at -500."""
+    hu, _, affine = demo_case(CASES[0])
+    save(tmp_path / "raw" / "imagesTr" / "a_0000.nii.gz", hu, affine)
+    save(tmp_path / "raw" / "imagesTr" / "a_0001.nii.gz", hu / 2, affine)
+    assert prepare(tmp_path / "raw", tmp_path / "cache", "none", foreground_crop=False).ok
+    index = CacheIndex.open(tmp_path / "cache")
+    assert index.case("a").pad_value == (float(hu.min()), float(hu.min()) / 2)
+    with pytest.warns(UserWarning, match="will be padded"):
+        crop = CropDataset(index, {"big": CropRequest((40, 40, 40))}, length=1, seed=0)[0]["big"][0].numpy()
+    image = np.asarray(index.image("a"))
+    inside = np.zeros(crop.shape[1:], bool)
+    for offset in np.ndindex(*(40 - n + 1 for n in image.shape[1:])):
+        box = tuple(slice(o, o + n) for o, n in zip(offset, image.shape[1:]))
+        if np.array_equal(crop[:, box[0], box[1], box[2]], image):
+            inside[box] = True
+            break
+    assert inside.any(), "the whole volume sits somewhere inside the crop"
+    assert (crop[0][~inside] == hu.min()).all() and (crop[1][~inside] == hu.min() / 2).all()
 
 
 def test_channel_files_of_different_shapes_fail_naming_case_and_file(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ Layout (written by ``mssl prepare``)::
 A record holds: case_id, image_source (channel 0), channel_sources (channels 1, 2... when each channel is
 its own file), label_source, source_hash, source_stat, image_file, label_file,
 foreground_file, channels, shape, spacing, affine, original_shape, original_spacing, original_affine,
-pad_value (the volume's minimum, used to pad crops), preset and extra (every datalist key, e.g. split).
+pad_value (the volume's minimum, used to pad crops; one per channel, as a list, when there are several),
+preset and extra (every datalist key, e.g. split).
 Array names carry the source hash so a redone case never overwrites the arrays the index points to.
 Every file is written to ``*.tmp`` and renamed, so a killed run never leaves a half-written case.
 """
@@ -54,7 +55,7 @@ class CachedCase:
     shape: tuple[int, int, int]
     channels: int
     spacing: tuple[float, float, float]
-    pad_value: float
+    pad_value: tuple[float, ...]  # per channel
     extra: dict
     record: dict
 
@@ -65,10 +66,16 @@ class CachedCase:
             shape=tuple(record["shape"]),
             channels=int(record["channels"]),
             spacing=tuple(record["spacing"]),
-            pad_value=float(record["pad_value"]),
+            pad_value=_pad_values(record),
             extra=dict(record.get("extra", {})),
             record=record,
         )
+
+
+def _pad_values(record: dict) -> tuple[float, ...]:
+    """One padding value per channel: a list in a multi-channel record, else the volume's minimum."""
+    value = record["pad_value"]
+    return tuple(float(v) for v in value) if isinstance(value, list) else (float(value),) * int(record["channels"])
 
 
 class CacheIndex:
@@ -243,7 +250,8 @@ class CropDataset(Dataset):
         target = tuple(slice(src.start - b, src.stop - b) for src, b in zip(source, start))
         if all(s == d for s, d in zip(size, (src.stop - src.start for src in source))):
             return np.array(image[(slice(None), *source)], dtype=np.float32)
-        crop = np.full((case.channels, *size), case.pad_value, dtype=np.float32)
+        crop = np.empty((case.channels, *size), dtype=np.float32)
+        crop[:] = np.asarray(case.pad_value, dtype=np.float32).reshape(-1, 1, 1, 1)  # each channel padded with its own minimum
         crop[(slice(None), *target)] = image[(slice(None), *source)]
         return crop
 

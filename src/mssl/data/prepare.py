@@ -248,7 +248,7 @@ def _write_case(case: Case, preset: PresetConfig, out: Path, loaded: dict, diges
         "original_shape": loaded["original_shape"],
         "original_spacing": loaded["original_spacing"],
         "original_affine": loaded["original_affine"],
-        "pad_value": float(image.min()),
+        "pad_value": float(image.min()) if image.shape[0] == 1 else [float(v) for v in image.min(axis=(1, 2, 3))],
         "preset": preset.model_dump(mode="json"),
     }
 
