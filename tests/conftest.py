@@ -78,3 +78,20 @@ def openkbp_dir() -> Path:
 def ixi_dir() -> Path:
     """../shared/data/ixi (skips the test when absent)."""
     return _dataset("ixi")
+
+
+def write_random_export(folder: Path, backbone: dict) -> Path:
+    """An export of a randomly initialised (seed 1) backbone with the sidecar `mssl export` writes; one channel
+    unless ``backbone`` names ``in_channels``."""
+    from mssl.config import BackboneConfig
+    from mssl.data.preprocess import PresetConfig
+    from mssl.models.backbones import build_backbone
+    from mssl.runs import ExportFolder
+    from mssl.weights.safe_io import write_safetensors
+    from mssl.weights.sidecar import EncoderSidecar, write_sidecar
+
+    config = BackboneConfig(**backbone)
+    torch.manual_seed(1)
+    weights = write_safetensors(build_backbone(config).state_dict(), ExportFolder(folder).weights("monai"), {})
+    write_sidecar(EncoderSidecar(method="test", backbone=config, preset=PresetConfig(name="ct")), weights)
+    return weights

@@ -135,7 +135,7 @@ def test_small_volumes_are_padded_with_a_warning(cache: CacheIndex) -> None:
     size = (full.shape[0] + 6, full.shape[1] - 4, full.shape[2] + 3)
     with pytest.warns(UserWarning, match="smaller than the 'big' crop"):
         dataset = CropDataset(cache, {"big": CropRequest(size)}, length=3, seed=0, case_ids=["c1"])
-    pad = cache.case("c1").pad_value
+    [pad] = cache.case("c1").pad_value
     for item in range(len(dataset)):
         crop = dataset[item]["big"][0, 0].numpy()
         assert crop.shape == size

@@ -10,15 +10,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import write_random_export
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from mssl.cli import app
-from mssl.config import BackboneConfig
-from mssl.data.preprocess import PresetConfig
-from mssl.weights.safe_io import write_safetensors
-from mssl.weights.sidecar import EncoderSidecar, write_sidecar
-from mssl.models.backbones import build_backbone
 
 TINY = {"name": "unet", "unet_channels": (8, 16, 32)}
 TINY_TRAINING = {"roi": (32, 32, 32), "steps": 2, "val_every": 2, "crops_per_case": 1}
@@ -48,11 +44,7 @@ def openkbp_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An export of a (random) tiny U-Net with the sidecar `mssl export` writes."""
-    config = BackboneConfig(**TINY)
-    torch.manual_seed(1)
-    weights = write_safetensors(build_backbone(config).state_dict(), tmp_path_factory.mktemp("export") / "encoder.safetensors", {})
-    write_sidecar(EncoderSidecar(method="test", backbone=config, preset=PresetConfig(name="ct")), weights)
-    return weights
+    return write_random_export(tmp_path_factory.mktemp("export"), TINY)
 
 
 @pytest.fixture(scope="module")

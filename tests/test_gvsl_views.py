@@ -43,6 +43,15 @@ def test_z_scored_images_are_damaged_within_their_own_range():
     assert (damaged < 0).float().mean() > 0.1  # negative intensities survive (no clamp to [0, 1])
 
 
+def test_each_channel_is_damaged_within_its_own_range():
+    """A [0, 1] CT-window channel next to a wide z-scored channel: the wide one must not drag the other out of [0, 1]."""
+    images = torch.cat([torch.rand(2, 1, 24, 24, 24, generator=_gen(3)), 10 * torch.randn(2, 1, 24, 24, 24, generator=_gen(4))], dim=1)
+    damaged = damage_appearance(images, generator=_gen(0))
+    assert damaged[:, 0].min() >= 0 and damaged[:, 0].max() <= 1
+    assert damaged[:, 1].min() >= images[:, 1].min() - 1e-4 and damaged[:, 1].max() <= images[:, 1].max() + 1e-4
+    assert not torch.equal(damaged[:, 0], images[:, 0]) and not torch.equal(damaged[:, 1], images[:, 1])
+
+
 def test_zero_probabilities_leave_the_image_untouched():
     images = _images()
     assert torch.equal(damage_appearance(images, 0.0, 0.0, 0.0, generator=_gen(0)), images)

@@ -26,7 +26,7 @@ def command(
     lower: float = typer.Option(0.5, "--lower", help="mri: lower clipping percentile."),
     upper: float = typer.Option(99.5, "--upper", help="mri: upper clipping percentile."),
     foreground_crop: bool = typer.Option(True, "--foreground-crop/--no-foreground-crop", help="Crop each volume to the bounding box of the body."),
-    channel_axis: Optional[int] = typer.Option(None, "--channel-axis", help="Axis holding channels in 4D images. (default: images must be 3D)"),
+    channel_axis: Optional[int] = typer.Option(None, "--channel-axis", help="Axis holding channels in 4D images, e.g. -1. (default: images must be 3D, or one file per channel)"),
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel worker processes."),
     on_error: Literal["skip", "stop"] = typer.Option("skip", "--on-error", help="skip: report a bad file and go on; stop: stop at the first bad file."),
     base_dir: Optional[Path] = typer.Option(None, "--base-dir", help="Folder that datalist paths are relative to. (default: the JSON's folder)"),

@@ -7,9 +7,11 @@ Layout (written by ``mssl prepare``)::
     CACHE/labels/<case_id>.<hash>.npy     uint8 / int16 (1, X, Y, Z), when the source has a label
     CACHE/foreground/<case_id>.<hash>.npy int32 (N, 3) sample of foreground voxels for biased crops
 
-A record holds: case_id, image_source, label_source, source_hash, source_stat, image_file, label_file,
+A record holds: case_id, image_source (channel 0), channel_sources (channels 1, 2... when each channel is
+its own file), label_source, source_hash, source_stat, image_file, label_file,
 foreground_file, channels, shape, spacing, affine, original_shape, original_spacing, original_affine,
-pad_value (the volume's minimum, used to pad crops), preset and extra (every datalist key, e.g. split).
+pad_value (the volume's minimum, used to pad crops; one per channel, as a list, when there are several),
+preset and extra (every datalist key, e.g. split).
 Array names carry the source hash so a redone case never overwrites the arrays the index points to.
 Every file is written to ``*.tmp`` and renamed, so a killed run never leaves a half-written case.
 """
@@ -50,7 +52,7 @@ class CachedCase:
     shape: tuple[int, int, int]
     channels: int
     spacing: tuple[float, float, float]
-    pad_value: float
+    pad_value: tuple[float, ...]  # per channel
     extra: dict
     record: dict
 
@@ -61,10 +63,16 @@ class CachedCase:
             shape=tuple(record["shape"]),
             channels=int(record["channels"]),
             spacing=tuple(record["spacing"]),
-            pad_value=float(record["pad_value"]),
+            pad_value=_pad_values(record),
             extra=dict(record.get("extra", {})),
             record=record,
         )
+
+
+def _pad_values(record: dict) -> tuple[float, ...]:
+    """One padding value per channel: a list in a multi-channel record, else the volume's minimum."""
+    value = record["pad_value"]
+    return tuple(float(v) for v in value) if isinstance(value, list) else (float(value),) * int(record["channels"])
 
 
 class CacheIndex:
@@ -113,6 +121,14 @@ class CacheIndex:
             if (splits is None or c.extra.get("split") in splits) and (wanted is None or c.case_id in wanted)
         ]
         return CacheIndex(self.root, self.preset, kept)
+
+    def channels(self) -> int:
+        """The channel count of the cases, which they must share (crops of different counts cannot be batched)."""
+        counts = sorted({c.channels for c in self.cases})
+        if len(counts) != 1:
+            problem = f"cases have different channel counts {counts}; crops cannot be batched" if counts else "no cases"
+            raise DataError(self.root, problem)
+        return counts[0]
 
     def hash(self) -> str:
         """Stable hash of what training sees (preset, and per case id, source hash, channels, shape,
@@ -183,9 +199,7 @@ class CropDataset(Dataset):
             raise ValueError(f"length and seed must be non-negative, got length={length}, seed={seed}")
         if not 0.0 <= self.foreground_bias <= 1.0:
             raise ValueError(f"foreground_bias must be in [0, 1], got {foreground_bias}")
-        channels = {c.channels for c in self.index.cases}
-        if len(channels) > 1:
-            raise DataError(index.root, f"cases have different channel counts {sorted(channels)}; crops cannot be batched")
+        self.index.channels()  # one count, or a DataError now rather than in a worker
         self._warn_small_volumes()
 
     def __len__(self) -> int:
@@ -233,7 +247,8 @@ class CropDataset(Dataset):
         target = tuple(slice(src.start - b, src.stop - b) for src, b in zip(source, start))
         if all(s == d for s, d in zip(size, (src.stop - src.start for src in source))):
             return np.array(image[(slice(None), *source)], dtype=np.float32)
-        crop = np.full((case.channels, *size), case.pad_value, dtype=np.float32)
+        crop = np.empty((case.channels, *size), dtype=np.float32)
+        crop[:] = np.asarray(case.pad_value, dtype=np.float32).reshape(-1, 1, 1, 1)  # each channel padded with its own minimum
         crop[(slice(None), *target)] = image[(slice(None), *source)]
         return crop
 

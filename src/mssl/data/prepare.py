@@ -28,7 +28,7 @@ from mssl.config import PresetName
 from mssl.data.cache import FOREGROUND, IMAGES, INDEX_NAME, LABELS, read_index, remove_stale_temporaries, write_array, write_index
 from mssl.data.dicom import dicom_series, is_dicom_file
 from mssl.data.errors import DataError
-from mssl.data.preprocess import PresetConfig, load_case
+from mssl.data.preprocess import PresetConfig, check_files_exist, load_case
 from mssl.data.sources import Case, find_cases
 
 HASH_CHUNK = 1 << 20
@@ -162,12 +162,11 @@ def source_files(case: Case, watched: bool = False) -> list[Path]:
     its DICOM series) and the label. With ``watched``, a DICOM folder contributes all its files instead:
     listing them is cheap, while finding one series' files parses every header (GDCM). Raises
     :class:`DataError` for a missing path."""
+    check_files_exist(case)
     files = []
-    for path in (case.image, case.label):
+    for path in (*case.image_files, case.label):
         if path is None:
             continue
-        if not path.exists():
-            raise DataError(path, "does not exist")
         if path.is_dir() and watched:
             files += sorted(p for p in path.iterdir() if p.is_file())
         elif path.is_dir():
@@ -250,14 +249,18 @@ def _write_case(case: Case, preset: PresetConfig, out: Path, loaded: dict, diges
         "original_shape": loaded["original_shape"],
         "original_spacing": loaded["original_spacing"],
         "original_affine": loaded["original_affine"],
-        "pad_value": float(image.min()),
+        "pad_value": float(image.min()) if image.shape[0] == 1 else [float(v) for v in image.min(axis=(1, 2, 3))],
         "preset": preset.model_dump(mode="json"),
     }
 
 
 def _source_fields(case: Case) -> dict:
-    """What a record takes from the source listing (may change without the bytes changing)."""
-    return {"image_source": str(case.image), "label_source": str(case.label) if case.label is not None else None, "extra": case.extra}
+    """What a record takes from the source listing (may change without the bytes changing); the files of
+    channels 1, 2... as ``channel_sources`` when each channel is its own file."""
+    fields = {"image_source": str(case.image), "label_source": str(case.label) if case.label is not None else None, "extra": case.extra}
+    if case.other_channels:
+        fields["channel_sources"] = [str(f) for f in case.other_channels]
+    return fields
 
 
 def foreground_points(image: np.ndarray, label: np.ndarray | None, seed: int) -> np.ndarray:

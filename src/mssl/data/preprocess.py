@@ -1,10 +1,12 @@
 """Intensity/spacing presets built from MONAI transforms, and ``load_case`` used by ``mssl prepare``.
 
-Every preset runs: load → validate (dimensions, finite, not constant, label matches image) → channel
-first → RAS orientation → foreground crop (optional) → resample to ``spacing`` (optional) → intensity:
+Every preset runs: load (stacking an image stored as one file per channel) → validate (dimensions,
+finite, not constant, label matches image) → channel first → RAS orientation → foreground crop
+(optional; the box is found on channel 0) → resample to ``spacing`` (optional) → intensity, channel by
+channel:
 
-- ``ct``: HU window [a_min, a_max] → [0, 1] (clipped);
-- ``mri``: per-volume clip to the [lower, upper] percentiles, then z-score;
+- ``ct``: HU window [a_min, a_max] → [0, 1] (clipped), the same window for every channel;
+- ``mri``: per-volume, per-channel clip to the [lower, upper] percentiles, then z-score;
 - ``none``: intensities unchanged.
 
 Labels take the same spatial steps with nearest-neighbour interpolation. ``build_transforms`` is usable
@@ -24,6 +26,7 @@ from pydantic import Field, model_validator
 from mssl.config import PresetName, StrictModel
 from mssl.data.dicom import series_files
 from mssl.data.errors import DataError
+from mssl.data.readers import CHANNEL_FILES, ChannelFiles, LoadVolumed
 from mssl.data.sources import Case
 
 CT_BODY_HU = -500.0  # foreground for the CT crop: denser than lung/air, so the box is the body
@@ -41,8 +44,8 @@ class PresetConfig(StrictModel):
 
     spacing: target voxel size in mm (None keeps each volume's own spacing).
     a_min/a_max: CT HU window mapped to [0, 1]. lower/upper: MRI percentile clip before the z-score.
-    foreground_crop: crop to the bounding box of the body (CT: HU > -500; others: above 5% of the range).
-    channel_axis: axis of a 4D image holding channels (None: images must be 3D).
+    foreground_crop: crop to the bounding box of the body in channel 0 (CT: HU > -500; others: above 5% of the range).
+    channel_axis: axis of a 4D image holding channels (None: images must be 3D, or one 3D file per channel).
     """
 
     name: PresetName = "ct"
@@ -96,27 +99,25 @@ class ValidateVolumed:
     def __call__(self, data: dict) -> dict:
         image = data["image"]
         path = image.meta.get("filename_or_obj", "image")
-        expected = 3 if self.channel_axis is None else 4
+        channel_axis = image_channel_axis(image, self.channel_axis)
+        expected = 3 if channel_axis is None else 4
         if image.ndim != expected:
-            hint = "" if self.channel_axis is not None else " (pass a channel axis for multi-channel images)"
+            hint = "" if channel_axis is not None else " (pass a channel axis for multi-channel images)"
             raise DataError(path, f"expected a {expected}D volume, got {image.ndim}D of shape {tuple(image.shape)}{hint}")
-        if min(self._spatial_shape(image)) < 2:
+        spatial = _spatial_shape(image, channel_axis)
+        if min(spatial) < 2:
             raise DataError(path, f"a 2D image stored as 3D (shape {tuple(image.shape)} has a single slice)")
-        check_min_side(self._spatial_shape(image), path)
+        check_min_side(spatial, path)
         if not bool(image.isfinite().all()):
             raise DataError(path, f"{int((~image.isfinite()).sum())} NaN/inf voxels")
         if bool(image.min() == image.max()):
             raise DataError(path, f"constant volume (every voxel is {float(image.min())})")
         if self.with_label:
-            self._check_label(image, data["label"])
+            self._check_label(image, spatial, data["label"])
         return data
 
-    def _spatial_shape(self, image) -> tuple[int, ...]:
-        return tuple(s for axis, s in enumerate(image.shape) if self.channel_axis is None or axis != self.channel_axis % image.ndim)
-
-    def _check_label(self, image, label) -> None:
+    def _check_label(self, image, spatial: tuple[int, ...], label) -> None:
         path = label.meta.get("filename_or_obj", "label")
-        spatial = self._spatial_shape(image)
         if tuple(label.shape) != spatial:
             raise DataError(path, f"label shape {tuple(label.shape)} does not match image shape {spatial}")
         if not np.allclose(np.asarray(label.affine), np.asarray(image.affine), atol=AFFINE_TOLERANCE_MM):
@@ -130,6 +131,18 @@ class ValidateVolumed:
             unknown = ~torch.isin(label, torch.as_tensor(list(self.classes), dtype=label.dtype))
             if bool(unknown.any()):
                 raise DataError(path, f"label values {_examples(label[unknown])} are not among the datalist's classes {sorted(self.classes)}")
+
+
+def image_channel_axis(image, preset_axis: int | None) -> int | None:
+    """The axis holding an image's channels: the preset's, else the last for an image stacked from one
+    file per channel, else none (a 3D volume)."""
+    if preset_axis is not None:
+        return preset_axis
+    return -1 if CHANNEL_FILES in image.meta else None
+
+
+def _spatial_shape(image, channel_axis: int | None) -> tuple[int, ...]:
+    return tuple(s for axis, s in enumerate(image.shape) if channel_axis is None or axis != channel_axis % image.ndim)
 
 
 def _examples(values) -> str:
@@ -149,26 +162,24 @@ def build_transforms(preset: PresetConfig, with_label: bool, classes: Sequence[i
     """MONAI ``Compose`` for ``{"image": path[, "label": path]}`` → MetaTensors (channel-first, RAS).
 
     The image is float32; the label (when ``with_label``) must hold non-negative integers (among
-    ``classes`` when given) and is rounded to integers after nearest resampling. A path may be a file,
-    a DICOM series folder or a list of one series' files.
+    ``classes`` when given) and is rounded to integers after nearest resampling. An image may be a file,
+    a DICOM series folder, a list of one series' files, or :class:`~mssl.data.readers.ChannelFiles`.
     """
     from monai import transforms as T
 
-    from mssl.data.readers import LoadVolumed
-
     keys = ["image", "label"] if with_label else ["image"]
-    channel_dim = "no_channel" if preset.channel_axis is None else preset.channel_axis
     steps: list[Any] = [
-        LoadVolumed(keys),
+        LoadVolumed(keys, preset.channel_axis),
         ValidateVolumed(preset.channel_axis, with_label, classes),
-        T.EnsureChannelFirstd("image", channel_dim=channel_dim),
+        # channel_dim None: the reader's metadata says (none for a 3D file, the stacking axis for channel files)
+        T.EnsureChannelFirstd("image", channel_dim=preset.channel_axis),
     ]
     if with_label:
         steps.append(T.EnsureChannelFirstd("label", channel_dim="no_channel"))
     steps.append(T.Orientationd(keys, axcodes="RAS", labels=RAS_LABELS))
     if preset.foreground_crop:
         threshold = CT_BODY_HU if preset.name == "ct" else None
-        steps.append(T.CropForegroundd(keys, source_key="image", select_fn=ForegroundSelect(threshold), allow_smaller=True))
+        steps.append(T.CropForegroundd(keys, source_key="image", select_fn=ForegroundSelect(threshold), channel_indices=0, allow_smaller=True))
     if preset.spacing is not None:
         modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
         steps.append(T.Spacingd(keys, pixdim=preset.spacing, mode=modes, dtype=np.float32))
@@ -193,13 +204,10 @@ def load_case(case: Case, preset: PresetConfig) -> dict:
     Returns ``image`` (float32, (C, X, Y, Z)), ``label`` ((1, X, Y, Z), uint8 or int16, or None),
     ``affine``/``spacing``/``shape`` after preprocessing and ``original_*`` as read from the source.
     """
-    data: dict[str, Any] = {"image": _image_input(case)}
+    check_files_exist(case)
+    data: dict[str, Any] = {"image": image_input(case)}
     if case.label is not None:
         data["label"] = str(case.label)
-    for key in data:
-        target = case.image if key == "image" else case.label
-        if not target.exists():
-            raise DataError(target, "does not exist")
     try:
         out = build_transforms(preset, with_label=case.label is not None, classes=case.classes)(data)
     except Exception as error:  # MONAI wraps every failure in RuntimeError("applying transform ...")
@@ -221,8 +229,20 @@ def load_case(case: Case, preset: PresetConfig) -> dict:
     return result
 
 
-def _image_input(case: Case) -> str | list[str]:
-    """A DICOM case with a known SeriesInstanceUID is read from that series' file list."""
+def check_files_exist(case: Case) -> None:
+    """Raise :class:`DataError` for the first file of ``case`` that is missing (a channel file named as such)."""
+    for number, path in enumerate(case.image_files):
+        if not path.exists():
+            raise DataError(path, f"does not exist (channel {number} of case {case.case_id})" if case.other_channels else "does not exist")
+    if case.label is not None and not case.label.exists():
+        raise DataError(case.label, "does not exist")
+
+
+def image_input(case: Case) -> str | list[str] | ChannelFiles:
+    """What ``LoadVolumed`` reads for ``case``: its channel files, a DICOM series' file list (when the
+    SeriesInstanceUID is known), or the image path."""
+    if case.other_channels:
+        return ChannelFiles(case.case_id, tuple(str(f) for f in case.image_files))
     uid = case.extra.get("series_uid")
     if uid and case.image.is_dir():
         return [str(f) for f in series_files(case.image, uid)]

@@ -1,6 +1,7 @@
 """Reading volumes with MONAI's loader, one reader per format, and errors that name the file.
 
-``LoadVolumed`` is MONAI's ``LoadImaged`` that always reads through :class:`VolumeReader`: NIfTI with
+``LoadVolumed`` is MONAI's ``LoadImaged`` that always reads through :class:`VolumeReader` (and stacks an
+image stored as one file per channel, :class:`ChannelFiles`, checking that the files share one grid): NIfTI with
 MONAI's ``NibabelReader``; NRRD, MetaImage and DICOM series with SimpleITK (MONAI's own reader for those
 needs the ``itk`` package; SimpleITK is already a dependency). Why not MONAI's reader fallback chain: on
 failure it silently tries every other reader (ITK happily decodes a truncated ``.nii.gz`` as zeros) and
@@ -14,11 +15,13 @@ import gzip
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from monai.data import ImageReader, NibabelReader
-from monai.transforms import LoadImaged
+import torch
+from monai.data import ImageReader, MetaTensor, NibabelReader
+from monai.transforms import LoadImage, MapTransform
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from mssl.data.dicom import keep_locale, series_files
@@ -31,6 +34,8 @@ GZIP_CHUNK = 1 << 24
 IMAGE_POSITION = "0020|0032"  # DICOM ImagePositionPatient, one per slice
 SLICE_STEP_TOLERANCE = 0.05  # a slice step may differ from the usual one by 5 % ...
 SLICE_STEP_TOLERANCE_MM = 0.01  # ... or 0.01 mm (rounding of the stored positions)
+CHANNEL_FILES = "channel_files"  # metadata key of an image stacked from one file per channel
+CHANNEL_AFFINE_TOLERANCE_MM = 1e-3  # channel files whose affines differ more are not on one grid
 
 
 class VolumeReader(ImageReader):
@@ -66,15 +71,51 @@ class VolumeReader(ImageReader):
             return self.nibabel.get_data(img)
 
 
-class LoadVolumed(LoadImaged):
-    """``LoadImaged`` reading every key through :class:`VolumeReader` (float32 MetaTensors)."""
+@dataclass(frozen=True)
+class ChannelFiles:
+    """An image stored as one 3D file per channel (nnU-Net ``_0000``, ``_0001``...; a datalist ``image``
+    list), read file by file and stacked. A plain list of paths is one DICOM series instead."""
 
-    def __init__(self, keys: Sequence[str]) -> None:
-        super().__init__(keys, image_only=True, dtype=np.float32)
+    case_id: str
+    files: tuple[str, ...]
+
+
+class LoadVolumed(MapTransform):
+    """``LoadImaged`` reading every key through :class:`VolumeReader` (float32 MetaTensors); a
+    :class:`ChannelFiles` value is stacked along ``channel_axis`` (the last axis when None) and its
+    metadata lists the files under ``CHANNEL_FILES``."""
+
+    def __init__(self, keys: Sequence[str], channel_axis: int | None = None) -> None:
+        super().__init__(keys)
+        self.loader = LoadImage(image_only=True, dtype=np.float32)
         self.volume_reader = VolumeReader()
+        self.channel_axis = -1 if channel_axis is None else channel_axis
 
-    def __call__(self, data, reader: ImageReader | None = None):
-        return super().__call__(data, reader or self.volume_reader)
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self._stack(d[key]) if isinstance(d[key], ChannelFiles) else self._load(d[key])
+        return d
+
+    def _load(self, path):
+        # the reader given per call is the only one tried: no silent fallback to MONAI's other readers
+        return self.loader(path, self.volume_reader)
+
+    def _stack(self, channels: ChannelFiles) -> MetaTensor:
+        """The channel files as one (X, Y, Z) volume each, checked to share shape and affine, stacked."""
+        volumes = [self._load(f) for f in channels.files]
+        first, first_name = volumes[0], Path(channels.files[0]).name
+        for number, (path, volume) in enumerate(zip(channels.files, volumes)):
+            where = f"channel {number} of case {channels.case_id}"
+            if volume.ndim != 3:
+                raise DataError(path, f"{where} must be a 3D volume, got shape {tuple(volume.shape)}")
+            if volume.shape != first.shape:
+                raise DataError(path, f"{where} has shape {tuple(volume.shape)} but channel 0 ({first_name}) has {tuple(first.shape)}")
+            if not np.allclose(np.asarray(volume.affine), np.asarray(first.affine), atol=CHANNEL_AFFINE_TOLERANCE_MM):
+                raise DataError(path, f"{where} is not on the grid of channel 0 ({first_name}): their affines differ")
+        stacked = torch.stack([v.as_tensor() for v in volumes], dim=self.channel_axis)
+        meta = {**first.meta, CHANNEL_FILES: list(channels.files), MetaKeys.ORIGINAL_CHANNEL_DIM: self.channel_axis}
+        return MetaTensor(stacked, meta=meta)  # the affine comes with channel 0's metadata
 
 
 @contextmanager

@@ -4,8 +4,10 @@
 
 - an MSD-style datalist JSON (a file, or a folder holding ``dataset.json`` with a ``training`` /
   ``validation`` / ``test`` list) — entries ``{"image", "label", ...}`` or plain path strings, paths
-  relative to the JSON's folder (or ``base_dir``), every other key kept in ``Case.extra``;
-- an nnU-Net raw dataset folder (``imagesTr/<case>_0000.nii.gz`` + ``labelsTr/<case>.nii.gz``);
+  relative to the JSON's folder (or ``base_dir``), every other key kept in ``Case.extra``; an ``image``
+  may be a list of files, one per channel;
+- an nnU-Net raw dataset folder (``imagesTr/<case>_0000.nii.gz``, ``_0001``... one file per channel,
+  + ``labelsTr/<case>.nii.gz``);
 - a folder searched recursively for ``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``, ``.mhd`` files and
   DICOM series (one case per SeriesInstanceUID);
 - a glob pattern (``data/**/*.nii.gz``), matched recursively.
@@ -29,6 +31,7 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 DATALIST_NAME = "dataset.json"
 SECTIONS = ("training", "validation", "test")
 NNUNET_FIRST_CHANNEL = "_0000"
+NNUNET_CHANNEL = re.compile(r"_(\d{4})$")  # the channel number nnU-Net appends to a case id
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -39,7 +42,9 @@ class Case:
 
     case_id: unique, file-name-safe identifier (file name without extension, or a relative path when
         names collide).
-    image: the image file, or the DICOM series folder.
+    image: the image file, or the DICOM series folder (channel 0 when channels are separate files).
+    other_channels: the files of channels 1, 2... when each channel is its own file (nnU-Net ``_0001``,
+        a datalist ``image`` list); empty when ``image`` holds every channel.
     label: the label map, if the source names one.
     extra: every other datalist key (``split``, ``present_labels``, ``age``...), plus ``section`` (which
         datalist list the entry came from) and ``series_uid`` for DICOM series.
@@ -51,6 +56,12 @@ class Case:
     label: Path | None = None
     extra: dict = field(default_factory=dict)
     classes: tuple[int, ...] | None = None
+    other_channels: tuple[Path, ...] = ()
+
+    @property
+    def image_files(self) -> tuple[Path, ...]:
+        """Every image path, channel by channel."""
+        return (self.image, *self.other_channels)
 
 
 def find_cases(
@@ -75,7 +86,7 @@ def find_cases(
     elif path.is_file() and is_image_file(path):
         cases = [Case(_safe_id(strip_image_suffix(path.name)), path)]
     elif path.is_dir() and _is_nnunet_raw(path):
-        cases = _from_nnunet_raw(path)
+        cases = _from_nnunet_raw(path, missing)
     elif path.is_dir() and _has_datalist(path / DATALIST_NAME, sections):
         cases = _from_datalist(path / DATALIST_NAME, base_dir, sections, missing)
     elif path.is_dir():
@@ -128,6 +139,7 @@ def _from_datalist(path: Path, base_dir: Path | None, sections: Sequence[str], m
     root = Path(base_dir).expanduser() if base_dir is not None else path.parent
     classes = _datalist_classes(data, path)
     found: list[tuple[str, Path, Path | None, dict]] = []
+    other_channels: list[tuple[Path, ...]] = []  # per entry, in the order of ``found``
     for section in sections:
         entries = data.get(section, [])
         if not isinstance(entries, list):
@@ -136,9 +148,10 @@ def _from_datalist(path: Path, base_dir: Path | None, sections: Sequence[str], m
             where = f"'{section}' entry {number}"
             if isinstance(entry, str):
                 entry = {"image": entry}
-            if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
-                raise DataError(path, f"{where}: needs an 'image' path string")
-            image = _resolve(root, entry["image"], path, where, missing)
+            if not isinstance(entry, dict) or not _is_image_value(entry.get("image")):
+                raise DataError(path, f"{where}: needs an 'image' path string or a non-empty list of them (one per channel)")
+            image, *more = [_resolve(root, value, path, where, missing) for value in _as_list(entry["image"])]
+            other_channels.append(tuple(more))
             label_value = entry.get("label")
             if label_value is not None and not isinstance(label_value, str):
                 raise DataError(path, f"{where}: 'label' must be a path string")
@@ -147,9 +160,19 @@ def _from_datalist(path: Path, base_dir: Path | None, sections: Sequence[str], m
             extra.setdefault("section", section)
             found.append((strip_image_suffix(image.name), image, label, extra))
     cases = _with_unique_ids(found, root)
-    for case in cases:
+    for case, more in zip(cases, other_channels):  # _with_unique_ids keeps the order
         case.classes = classes
+        case.other_channels = more
     return cases
+
+
+def _is_image_value(value: object) -> bool:
+    """A datalist ``image``: one path string, or a non-empty list of them (one file per channel)."""
+    return isinstance(value, str) or (isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value))
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
 
 
 def _datalist_classes(data: dict, path: Path) -> tuple[int, ...] | None:
@@ -178,17 +201,44 @@ def _is_nnunet_raw(folder: Path) -> bool:
     return images.is_dir() and any(strip_image_suffix(p.name).endswith(NNUNET_FIRST_CHANNEL) for p in images.iterdir())
 
 
-def _from_nnunet_raw(folder: Path) -> list[Case]:
-    """imagesTr/<case>_0000.* with labelsTr/<case>.*; only the first channel (_0000) is used."""
-    cases = []
+def _from_nnunet_raw(folder: Path, missing: str = "raise") -> list[Case]:
+    """imagesTr/<case>_0000.*, _0001.*... (one file per channel) with labelsTr/<case>.*.
+
+    Every case needs the same channels: those ``dataset.json`` names (``channel_names`` or ``modality``),
+    else as many as the case with the most. A missing channel file raises :class:`DataError` unless
+    ``missing="keep"`` (the case then fails, naming the file, when it is read)."""
+    channels: dict[str, dict[int, Path]] = {}
     for image in sorted((folder / "imagesTr").iterdir()):
-        stem = strip_image_suffix(image.name)
-        if not (is_image_file(image) and stem.endswith(NNUNET_FIRST_CHANNEL)):
-            continue
-        case_id = stem[: -len(NNUNET_FIRST_CHANNEL)]
+        match = NNUNET_CHANNEL.search(strip_image_suffix(image.name))
+        if is_image_file(image) and match:
+            channels.setdefault(strip_image_suffix(image.name)[: match.start()], {})[int(match.group(1))] = image
+    channels = {case_id: found for case_id, found in channels.items() if 0 in found}  # a case is named by its _0000 file
+    count = _nnunet_channel_count(folder) or max((max(found) + 1 for found in channels.values()), default=1)
+    cases = []
+    for case_id, found in channels.items():
+        if max(found) >= count:
+            raise DataError(found[max(found)], f"channel {max(found)} of case {case_id}, but {folder / DATALIST_NAME} names {count} channels")
+        files = [found.get(number, _missing_channel_file(found[0], number)) for number in range(count)]
+        absent = next((f for f in files if not f.exists()), None)
+        if absent is not None and missing == "raise":
+            raise DataError(absent, f"does not exist: case {case_id} needs {count} channel files (_0000 to _{count - 1:04d})")
         labels = [p for p in (folder / "labelsTr").glob(f"{case_id}.*") if is_image_file(p)] if (folder / "labelsTr").is_dir() else []
-        cases.append(Case(_safe_id(case_id), image, labels[0] if labels else None, {"section": "training"}))
+        cases.append(Case(_safe_id(case_id), files[0], labels[0] if labels else None, {"section": "training"}, other_channels=tuple(files[1:])))
     return cases
+
+
+def _nnunet_channel_count(folder: Path) -> int | None:
+    """How many channels the raw dataset's ``dataset.json`` names, if it names them."""
+    path = folder / DATALIST_NAME
+    data = _read_json(path) if path.is_file() else {}
+    names = data.get("channel_names") or data.get("modality") if isinstance(data, dict) else None
+    return len(names) if isinstance(names, dict) and names else None
+
+
+def _missing_channel_file(first: Path, number: int) -> Path:
+    """Where channel ``number`` of the case whose channel 0 is ``first`` would be (same folder and suffix)."""
+    stem = strip_image_suffix(first.name)
+    return first.with_name(f"{stem[: -len(NNUNET_FIRST_CHANNEL)]}_{number:04d}{first.name[len(stem):]}")
 
 
 # --- folders and globs ----------------------------------------------------------------------------

@@ -55,7 +55,7 @@ class BenchmarkResult:
 def pretraining_datalist(dataset: Dataset, out: Path) -> Path:
     """A datalist of the train + validation images only (absolute paths, no labels): the pre-training data."""
     entries = [
-        {"image": str(Path(c.image).resolve()), "split": split}
+        {"image": [str(p.resolve()) for p in c.image_files] if c.other_channels else str(Path(c.image).resolve()), "split": split}
         for split in ("train", "validation")
         for c in sorted(dataset.splits[split], key=lambda c: c.case_id)
     ]

@@ -25,7 +25,7 @@ from torch.utils.tensorboard import SummaryWriter
 from mssl.downstream.config import FinetuneConfig
 from mssl.data.preprocess import PresetConfig
 from mssl.data.sources import Case
-from mssl.downstream.datasets import case_dict, labelled_subset, preprocessing
+from mssl.downstream.datasets import case_dict, data_channels, labelled_subset, preprocessing
 from mssl.downstream.last_checkpoint import load_last, open_log, save_last
 from mssl.downstream.networks import build_classifier, freeze_encoder
 from mssl.downstream.pretrained import load_encoder
@@ -136,20 +136,21 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
         f"{len(train_cases)} labelled cases (seed {config.seed}) · {len(val_cases)} validation"
     )
 
+    if config.steps == "auto":
+        raise ValueError("steps='auto' stops on a validation Dice plateau: segmentation only; give cls a number of steps")
+    preprocess = preprocessing(setup.preset, with_label=False)
+    train_items = [preprocess(item) for item in classification_items(train_cases, config.target, encoding)]
+    val_items = [preprocess(item) for item in classification_items(val_cases, config.target, encoding)]
+    setup.match_channels(data_channels(train_items + val_items, setup.dataset.path))
     network = build_classifier(setup.backbone, num_outputs)
     if config.weights is not None:
         load_encoder(network.backbone, config.weights, console)
     if config.freeze_encoder:
         console.print(f"encoder frozen ({freeze_encoder(network, setup.backbone)} tensors)")
-    if config.steps == "auto":
-        raise ValueError("steps='auto' stops on a validation Dice plateau: segmentation only; give cls a number of steps")
     optimizer = build_optimizer([p for p in network.parameters() if p.requires_grad], config)
     schedule = poly(optimizer, config.steps)
     network, optimizer = fabric.setup(network, optimizer)
 
-    preprocess = preprocessing(setup.preset, with_label=False)
-    train_items = [preprocess(item) for item in classification_items(train_cases, config.target, encoding)]
-    val_items = [preprocess(item) for item in classification_items(val_cases, config.target, encoding)]
     roi = config.roi or automatic_roi([item["image"].shape[1:] for item in train_items], backbone_stride(setup.backbone), config.max_roi_voxels)
     check_roi(roi, setup.backbone, decode=False)
     fit = mt.ResizeWithPadOrCropd("image", spatial_size=tuple(roi))

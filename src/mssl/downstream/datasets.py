@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from monai import transforms as mt
 
-from mssl.data.preprocess import PresetConfig, as_data_error, build_transforms
+from mssl.data.preprocess import PresetConfig, as_data_error, build_transforms, image_input
 from mssl.data.sources import Case, find_cases
 from mssl.downstream.partial_labels import present_mask
 
@@ -88,13 +88,24 @@ def preprocessing(preset: PresetConfig, with_label: bool, num_classes: int | Non
 
 def case_dict(case: Case, class_names: Sequence[str], with_label: bool) -> dict[str, Any]:
     """The dict the transforms consume, with the case's present-class mask (C,) as ``present``."""
-    item: dict[str, Any] = {"image": str(case.image), "case_id": case.case_id}
+    item: dict[str, Any] = {"image": image_input(case), "case_id": case.case_id}
     if with_label:
         if case.label is None:
             raise ValueError(f"case {case.case_id} ({case.image}) has no label")
         item["label"] = str(case.label)
         item["present"] = present_mask(case.extra.get("present_labels"), class_names)
     return item
+
+
+def data_channels(items: Sequence[dict[str, Any]], dataset: Path) -> int:
+    """The input channels of preprocessed items (C, X, Y, Z), which every case must share."""
+    counts: dict[int, list[str]] = {}
+    for item in items:
+        counts.setdefault(int(item["image"].shape[0]), []).append(str(item.get("case_id", "?")))
+    if len(counts) != 1:
+        shown = "; ".join(f"{count}: {', '.join(ids[:3])}" for count, ids in sorted(counts.items()))
+        raise ValueError(f"{dataset}: cases have different channel counts ({shown}); one network takes one count")
+    return next(iter(counts))
 
 
 def preprocessed_item(preprocess: mt.Compose, case: Case, class_names: Sequence[str], with_label: bool) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from mssl.downstream.partial_labels import restrict_to
 from mssl.downstream.postprocess import keep_largest_component
 from mssl.downstream.run_files import load_finetuned, write_json
 from mssl.runs import EvaluationFolder, FinetuneRun
+from mssl.weights.loading import input_channels_of
 
 HD95_NOTE = "HD95 in mm; a contoured organ the prediction misses entirely counts as the volume diagonal (and NSD 0)."
 
@@ -68,6 +69,9 @@ def predict_case(
     allowed = torch.tensor(description["trained_classes"])
     preprocess = preprocessing(PresetConfig(**description["preset"]), with_label=True, num_classes=len(class_names))
     item = preprocessed_item(preprocess, case, class_names, with_label=True)
+    channels, expected = int(item["image"].shape[0]), input_channels_of(network.state_dict())
+    if expected is not None and channels != expected:
+        raise ValueError(f"{case.image}: case {case.case_id} has {channels} channels but the run's network takes {expected}")
     device = next(network.parameters()).device
     log_probs = predict_log_probs(network, item["image"].unsqueeze(0).to(device), description["roi"], overlap, mirror_axes)[0].cpu()
     probabilities = MetaTensor(log_probs.exp(), meta=item["image"].meta, applied_operations=item["image"].applied_operations)

@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from mssl.config import FeatureSource, build_config
 from mssl.data.preprocess import PresetConfig
 from mssl.downstream.config import ProbeConfig
-from mssl.downstream.datasets import Dataset, case_dict, labelled_subset, preprocessing
+from mssl.downstream.datasets import Dataset, case_dict, data_channels, labelled_subset, preprocessing
 from mssl.downstream.metrics import segmentation_metrics
 from mssl.downstream.partial_labels import marginal_log_probs
 from mssl.downstream.pretrained import PretrainedInfo, load_encoder
@@ -317,6 +317,7 @@ def probe(config: ProbeConfig | None = None, console: Console | None = None, **o
     console = console or Console()
     setup = resolve_setup(config, config.weights, config.backbone)
     data = load_probe_data(config, setup.dataset, setup.preset, backbone_stride(setup.backbone))
+    setup.match_channels(data_channels(data.train_items + data.test_items, setup.dataset.path))
     console.print(
         f"[bold]probe[/] {setup.backbone.name} {FEATURE_NAMES[config.features]} · {len(data.train_items)} train / "
         f"{len(data.test_items)} test cases · preset {setup.preset.name}"

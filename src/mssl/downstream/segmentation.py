@@ -27,7 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 from mssl.downstream.augmentation import default_mirror_axes, training_augmentation
 from mssl.downstream.config import FinetuneConfig
 from mssl.downstream.convergence import on_plateau
-from mssl.downstream.datasets import labelled_subset, preprocessed_item, preprocessing
+from mssl.downstream.datasets import data_channels, labelled_subset, preprocessed_item, preprocessing
 from mssl.downstream.inference import predict_log_probs
 from mssl.downstream.last_checkpoint import load_last, open_log, save_last, skip_draws
 from mssl.downstream.metrics import segmentation_metrics
@@ -105,6 +105,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
     preprocess = preprocessing(setup.preset, with_label=True, num_classes=dataset.num_classes)
     train_items = [preprocessed_item(preprocess, c, class_names, with_label=True) for c in train_cases]
     val_items = [preprocessed_item(preprocess, c, class_names, with_label=True) for c in val_cases]
+    setup.match_channels(data_channels(train_items + val_items, dataset.path))
     stride = backbone_stride(setup.backbone)
     roi = config.roi or automatic_roi([item["image"].shape[1:] for item in train_items], stride, config.max_roi_voxels)
     check_roi(roi, setup.backbone)

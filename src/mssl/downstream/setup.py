@@ -23,6 +23,17 @@ class DownstreamSetup:
     preset: PresetConfig
     pretrained: PretrainedInfo | None
 
+    def match_channels(self, channels: int) -> None:
+        """Give the backbone the data's input channels: a scratch network takes them, pre-trained weights
+        for another count are a one-line error."""
+        if self.pretrained is None:
+            self.backbone = self.backbone.model_copy(update={"in_channels": channels})
+        elif self.backbone.in_channels != channels:
+            raise ValueError(
+                f"{self.pretrained.path}: the encoder was pre-trained on {self.backbone.in_channels}-channel images "
+                f"but {self.dataset.path} has {channels} channels; use weights pre-trained on {channels}-channel data"
+            )
+
 
 def resolve_setup(config: DataConfig, weights: Path | None, backbone: BackboneConfig) -> DownstreamSetup:
     """Backbone and preprocessing follow the weights' sidecar unless the config says otherwise.

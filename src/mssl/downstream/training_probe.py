@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from mssl.config import ConfigError, PretrainConfig
 from mssl.data.preprocess import PresetConfig
 from mssl.downstream.config import ProbeConfig
-from mssl.downstream.datasets import load_dataset
+from mssl.downstream.datasets import data_channels, load_dataset
 from mssl.downstream.probe import EncoderProbe, ProbeData, load_probe_data, probe_encoder
 from mssl.models.backbones import backbone_stride
 from mssl.models.features import Backbone
@@ -123,6 +123,9 @@ class TrainingProbe(pl.Callback):
         """Probe ``backbone`` in place, leaving training exactly as it was: RNG states and train/eval modes."""
         if self._data is None:
             self._data = load_probe_data(self.config, self.dataset, self.preset, backbone_stride(self.config.backbone))
+            channels = data_channels(self._data.train_items + self._data.test_items, self.dataset.path)
+            if channels != self.config.backbone.in_channels:
+                raise ConfigError(f"config key 'probe.data': {self.dataset.path} has {channels} channels but the encoder takes {self.config.backbone.in_channels}")
         modes = {module: module.training for module in backbone.modules()}
         saved = rng_state()
         try:

@@ -86,7 +86,9 @@ def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | Non
         if key != ROI_FLAG and value is not None
     }
     if isinstance(config, PretrainConfig):
-        base = config.model_dump()
+        # an input channel count left at its default follows the data (see _with_data_channels)
+        unset = "in_channels" not in config.backbone.model_fields_set
+        base = config.model_dump(exclude={"backbone": {"in_channels"}} if unset else None)
     elif isinstance(config, (str, Path)):
         base = load_yaml(config)
     else:
@@ -104,6 +106,20 @@ def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | Non
     _check_crops_fit_backbone(resolved)
     _check_probe_features(resolved)
     return resolved
+
+
+def _with_data_channels(cfg: PretrainConfig, index: CacheIndex) -> PretrainConfig:
+    """The config with the backbone taking as many input channels as the cache's volumes have. A config
+    that names another count (set by hand, or the saved config of a run being resumed) is an error."""
+    channels = index.channels()
+    if cfg.backbone.in_channels == channels:
+        return cfg
+    if "in_channels" in cfg.backbone.model_fields_set:
+        raise ConfigError(
+            f"config key 'backbone.in_channels': {cfg.backbone.in_channels}, but the cache {index.root} holds {channels}-channel "
+            "volumes; the encoder's input channels follow the data (leave the key unset, or resume on the run's own data)"
+        )
+    return cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"in_channels": channels})})
 
 
 def _check_probe_features(cfg: PretrainConfig) -> None:
@@ -145,6 +161,7 @@ def pretrain(
 
     cfg = resolve_config(config, **overrides)
     index = open_cache(cfg.data)  # fail on a bad cache now, not inside the trainer
+    cfg = _with_data_channels(cfg, index)
     run_dir = Path(cfg.out)
     if dry_run:
         _checkpoint_to_resume(cfg, run_dir)  # the real run's objection to its folder, said now

@@ -136,11 +136,12 @@ def damage_appearance(
 ) -> torch.Tensor:
     """Appearance-damaged copy of ``images`` (B, C, X, Y, Z); deterministic for a seeded ``generator``.
 
-    The stages work on [0, 1]; a sample with values outside it (e.g. z-scored MRI) is mapped linearly from
-    [min(its min, 0), max(its max, 1)] to [0, 1] and back, so the output stays within that range.
+    The stages work on [0, 1]; a channel with values outside it (e.g. z-scored MRI) is mapped linearly from
+    [min(its min, 0), max(its max, 1)] to [0, 1] and back, so the output stays within that range. Each
+    channel is mapped on its own, so a channel of wide range does not squash the others.
     """
-    low = images.amin(dim=(1, 2, 3, 4), keepdim=True).clamp(max=0)
-    span = images.amax(dim=(1, 2, 3, 4), keepdim=True).clamp(min=1) - low
+    low = images.amin(dim=(2, 3, 4), keepdim=True).clamp(max=0)
+    span = images.amax(dim=(2, 3, 4), keepdim=True).clamp(min=1) - low
     damaged = (images - low) / span
     damaged = _gate(local_pixel_shuffle, damaged, shuffle_prob, generator)
     damaged = _gate(bezier_intensity, damaged, bezier_prob, generator)

@@ -64,6 +64,7 @@ class DataProvenance(SidecarModel):
     available: bool = False
     cases: int | None = None
     index_hash: str | None = None
+    channels: int | None = None  # image channels of the cached cases
     spacing: Spacing | None = None  # voxel spacing the encoder saw: the preset's target, else the cases' common one
     error: str | None = None  # why an existing cache could not be read
 
@@ -239,11 +240,14 @@ def data_provenance(data: DataConfig) -> tuple[DataProvenance, PresetConfig | No
         return unknown, None
     try:
         index = CacheIndex.open(data.cache).select(split=data.split, case_ids=data.case_ids)
+        channels = index.channels()
     except (DataError, KeyError) as error:
         return unknown.model_copy(update={"error": str(error)}), None
     spacings = sorted({tuple(case.spacing) for case in index.cases})
     spacing = index.preset.spacing or (spacings[0] if len(spacings) == 1 else None)
-    provenance = DataProvenance(cache=str(Path(data.cache).resolve()), available=True, cases=len(index), index_hash=index.hash(), spacing=spacing)
+    provenance = DataProvenance(
+        cache=str(Path(data.cache).resolve()), available=True, cases=len(index), index_hash=index.hash(), channels=channels, spacing=spacing
+    )
     return provenance, index.preset
 
 
@@ -252,6 +256,11 @@ def build_sidecar(
 ) -> EncoderSidecar:
     """The sidecar of the backbone ``tensors`` the run in ``run`` (``config``, ``steps``) trained."""
     data, preset = data_provenance(config.data)
+    if data.available and data.channels != config.backbone.in_channels:
+        raise ValueError(
+            f"{run}: the encoder takes {config.backbone.in_channels}-channel images but its cache {data.cache} now holds "
+            f"{data.channels}-channel volumes (prepared again since?); the sidecar would describe other data"
+        )
     return EncoderSidecar(
         method=config.method,
         backbone=config.backbone,
