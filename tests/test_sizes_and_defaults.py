@@ -8,8 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mssl.cli import app
-from mssl.config import BackboneConfig, PretrainConfig, S2DCConfig
-from mssl.models.backbones import input_size_problem
+from mssl.config import BackboneConfig, PretrainConfig, S2DCConfig, input_size_problem
 from mssl.train.pretrain import resolve_config
 from mssl.train.run_lock import run_lock
 

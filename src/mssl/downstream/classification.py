@@ -34,7 +34,7 @@ from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, save_weights, wri
 from mssl.downstream.optim import build_optimizer
 from mssl.downstream.sampling import automatic_roi
 from mssl.downstream.setup import check_roi, start_finetune
-from mssl.models.backbones import backbone_stride
+from mssl.config import backbone_stride
 from mssl.train.cost import Projection
 from mssl.train.schedules import poly
 

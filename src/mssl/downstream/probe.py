@@ -35,7 +35,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.nn import functional as F
 
-from mssl.config import FeatureSource, build_config
+from mssl.config import FeatureSource, backbone_stride, build_config
 from mssl.data.preprocess import PresetConfig
 from mssl.downstream.config import ProbeConfig
 from mssl.downstream.datasets import Dataset, case_dict, labelled_subset, preprocessing
@@ -45,7 +45,7 @@ from mssl.downstream.pretrained import PretrainedInfo, load_encoder
 from mssl.downstream.run_files import write_json
 from mssl.downstream.setup import resolve_setup
 from mssl.methods import trains_decoder
-from mssl.models.backbones import Backbone, backbone_stride, build_backbone
+from mssl.models.backbones import Backbone, build_backbone
 from mssl.weights.load_report import LoadReport, module_of
 
 PATCH_FOREGROUND_FRACTION = 0.05  # a cube is labelled when its dominant organ fills at least this share

@@ -41,7 +41,7 @@ from mssl.downstream.progress import finetune_reporter, planned_validations
 from mssl.downstream.run_files import MODEL_FILE, RESULT_FILE, WEIGHTS_FILE, save_weights, write_json
 from mssl.downstream.sampling import automatic_roi, patch_sampler
 from mssl.downstream.setup import check_roi, start_finetune
-from mssl.models.backbones import backbone_stride
+from mssl.config import backbone_stride
 from mssl.train.cost import Projection
 from mssl.train.schedules import poly
 from mssl.viz.curves import plot_finetune_curve

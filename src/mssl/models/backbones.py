@@ -8,8 +8,6 @@ Spatial sizes must be divisible by ``backbone.stride``.
 
 from __future__ import annotations
 
-import math
-
 import copy
 from dataclasses import dataclass
 from typing import Sequence
@@ -20,39 +18,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from mssl.config import BackboneConfig
+from mssl.config import SWIN_STRIDE, BackboneConfig, size_problem, unet_stride
 from mssl.nnunet_arch import NNUNET_CLASSES
-
-
-SWIN_STRIDE = 32  # patch embedding (2) and four patch merges (2⁴)
-
-
-def unet_stride(channels: Sequence[int]) -> int:
-    """One 2× max-pool per width after the first."""
-    return 2 ** (len(channels) - 1)
-
-
-def backbone_stride(config: BackboneConfig) -> int:
-    """Every spatial size fed to the backbone a config names must be a multiple of this (no need to build it)."""
-    if config.name in NNUNET_CLASSES:
-        return config.nnunet.total_stride()
-    return SWIN_STRIDE if config.name == "swin" else unet_stride(config.unet_channels)
-
-
-def input_size_problem(config: BackboneConfig, size: Sequence[int], decode: bool) -> str | None:
-    """Why the backbone a config names cannot take inputs of ``size`` (None when it can), checked before
-    anything is built or written. Every side must be a multiple of the stride; SwinUNETR's decoder also
-    instance-normalises its bottleneck, which needs more than one voxel (one side ≥ 2 × 32)."""
-    stride = backbone_stride(config)
-    if any(side % stride for side in size):
-        fitting = tuple(max(stride, side // stride * stride) for side in size)
-        return f"{tuple(size)} is not a multiple of the {config.name} backbone's stride {stride} on every axis (e.g. {fitting})"
-    if decode and config.name == "swin" and math.prod(side // stride for side in size) < 2:
-        return (
-            f"{tuple(size)} leaves SwinUNETR's decoder a single bottleneck voxel, which it cannot normalise; "
-            f"make at least one side {2 * stride} or more"
-        )
-    return None
 
 
 @dataclass
@@ -72,6 +39,8 @@ class Features:
 class Backbone(nn.Module):
     """Common surface of every backbone: sizes, channels and the divisibility check."""
 
+    network: str  # the BackboneConfig name
+    normalised_bottleneck: bool = False  # instance-normalised in every forward pass: needs more than one voxel
     stride: int
     pyramid_channels: tuple[int, ...]
     pyramid_strides: tuple[int, ...]
@@ -84,12 +53,10 @@ class Backbone(nn.Module):
         return self.pyramid_channels[-1]
 
     def check_size(self, spatial: Sequence[int]) -> None:
-        bad = [s for s in spatial if s % self.stride]
-        if bad:
-            raise ValueError(
-                f"{type(self).__name__} needs every spatial size divisible by {self.stride}, "
-                f"got {tuple(spatial)}; choose crops such as {tuple(max(self.stride, s // self.stride * self.stride) for s in spatial)}"
-            )
+        """The config-time rule (:func:`mssl.config.size_problem`), for inputs that never went through a config."""
+        problem = size_problem(spatial, self.stride, self.network, self.normalised_bottleneck)
+        if problem:
+            raise ValueError(f"input {problem}")
 
     def drop_decoder(self) -> None:
         """Delete the decoder in place, for backbones that never decode (S²DC's student and teacher).
@@ -127,6 +94,8 @@ def _skip_decoder_tensors(module: Backbone, state_dict: dict[str, torch.Tensor],
 
 class SwinBackbone(Backbone, SwinUNETR):
     """MONAI SwinUNETR minus its output convolution; keys load 1:1 into ``SwinUNETR``."""
+
+    network = "swin"
 
     def __init__(
         self,
@@ -214,6 +183,8 @@ class UNetBackbone(Backbone):
     ``checkpoint_activations``: keep only each block's input while the graph is built and recompute the
     block's inner activations in the backward pass (less memory, one more forward per block).
     """
+
+    network = "unet"
 
     def __init__(
         self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128, 256, 512), checkpoint_activations: bool = False

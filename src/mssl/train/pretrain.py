@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import yaml
 
-from mssl.config import ConfigError, PretrainConfig, TrainerConfig, build_config, load_yaml, merge_overrides
+from mssl.config import ConfigError, PretrainConfig, TrainerConfig, build_config, input_size_problem, load_yaml, merge_overrides
 
 if TYPE_CHECKING:
     from lightning.pytorch import Callback
@@ -35,40 +35,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 
-# The flat options of the CLI and of ``pretrain(**overrides)`` → the config key each one sets.
-FLAGS: dict[str, str] = {
-    "method": "method",
-    "out": "out",
-    "seed": "seed",
-    "resume": "resume",
-    "backbone": "backbone.name",
-    "data": "data.cache",
-    "split": "data.split",
-    "batch_size": "data.batch_size",
-    "workers": "data.workers",
-    "steps": "trainer.max_steps",
-    "accelerator": "trainer.accelerator",
-    "devices": "trainer.devices",
-    "num_nodes": "trainer.num_nodes",
-    "strategy": "trainer.strategy",
-    "precision": "trainer.precision",
-    "compile": "trainer.compile",
-    "checkpoint_activations": "backbone.gradient_checkpointing",
-    "grad_clip": "trainer.grad_clip",
-    "accumulate": "trainer.accumulate",
-    "checkpoint_every": "trainer.checkpoint_every",
-    "keep_checkpoints": "trainer.keep_checkpoints",
-    "max_nonfinite": "trainer.max_nonfinite",
-    "optimizer": "optim.optimizer",
-    "lr": "optim.lr",
-    "weight_decay": "optim.weight_decay",
-    "warmup_steps": "optim.warmup_steps",
-    "log_every": "logging.every_n_steps",
-    "progress_bar": "logging.progress_bar",
-    "probe": "probe.data",
-    "probe_every": "probe.every",
-}
-ROI_FLAG = "roi"  # sets s2dc.roi (an int) and/or gvsl.roi (a cube) for the objectives being trained
+ROI_FLAG = "roi"  # sets s2dc.roi and/or gvsl.roi for the objectives being trained
 
 # Keys that may differ between a run and its resumption (everything else must match for an exact resume).
 # Probes restore every RNG state and module mode, and compiling and checkpointing activations change how a
@@ -82,11 +49,11 @@ def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | Non
     """The validated, resolved run config.
 
     ``config``: a ``PretrainConfig``, a YAML path or a mapping (default: all defaults; when resuming,
-    the run's saved ``config.yaml``). ``overrides``: flat options (``steps=100``, see :data:`FLAGS`),
+    the run's saved ``config.yaml``). ``overrides``: flat options (``steps=100``, see ``PretrainConfig.FLAT_OPTIONS``),
     dotted keys (``**{"s2dc.tau_ot": 0.05}``) or whole sections (``backbone={"name": "unet"}``).
     """
     dotted = {
-        key if isinstance(value, Mapping) else FLAGS.get(key, key): value  # backbone="unet" vs backbone={...}
+        key if isinstance(value, Mapping) else PretrainConfig.FLAT_OPTIONS.get(key, key): value  # backbone="unet" vs backbone={...}
         for key, value in overrides.items()
         if key != ROI_FLAG and value is not None
     }
@@ -104,7 +71,7 @@ def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | Non
     if roi is not None:
         method = merged.get("method", PretrainConfig.model_fields["method"].default)
         objectives = {"s2dc": ("s2dc",), "gvsl": ("gvsl",)}.get(method, ("s2dc", "gvsl"))
-        merged = merge_overrides(merged, {f"{name}.roi": roi if name == "s2dc" else [roi] * 3 for name in objectives})
+        merged = merge_overrides(merged, {f"{name}.roi": roi for name in objectives})
     resolved = build_config(PretrainConfig, merged).resolved()
     _check_crops_fit_backbone(resolved)
     _check_probe_features(resolved)
@@ -122,11 +89,9 @@ def _check_probe_features(cfg: PretrainConfig) -> None:
 
 def _check_crops_fit_backbone(cfg: PretrainConfig) -> None:
     """Crops the backbone cannot take (stride, SwinUNETR's bottleneck): say so now, not at the first step."""
-    from mssl.models.backbones import input_size_problem
-
-    crops = {"s2dc": (cfg.s2dc.roi,) * 3, "gvsl": tuple(cfg.gvsl.roi)}
     for objective in cfg.objectives:
-        problem = input_size_problem(cfg.backbone, crops[objective], decode=objective == "gvsl")  # S²DC reads encoder maps only
+        crop = getattr(cfg, objective).roi
+        problem = input_size_problem(cfg.backbone, crop, decode=objective == "gvsl")  # S²DC reads encoder maps only
         if problem:
             raise ConfigError(f"config key '{objective}.roi': crop {problem}; set --roi")
 
@@ -407,7 +372,10 @@ def _check_resume_matches(cfg: PretrainConfig, saved_path: Path) -> None:
     """Warn when a resumed run changes options other than :data:`RESUMABLE_CHANGES` (the result is then not exact)."""
     if not saved_path.is_file():
         return
-    saved = _flatten(load_yaml(saved_path))
+    try:  # read through the model, so an older spelling of the same value (roi: 96) is no change
+        saved = _flatten(build_config(PretrainConfig, saved_path).model_dump(mode="json"))
+    except ConfigError:
+        saved = _flatten(load_yaml(saved_path))
     current = _flatten(cfg.model_dump(mode="json"))
     changed = sorted(
         key for key in saved.keys() | current.keys()
