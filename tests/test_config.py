@@ -121,3 +121,13 @@ def test_several_devices_get_plain_ddp() -> None:
     assert lightning_strategy(resolve_config(devices=4).trainer) == "ddp"
     assert lightning_strategy(resolve_config(num_nodes=2, strategy="ddp").trainer) == "ddp"
     assert lightning_strategy(resolve_config(devices=1, strategy="ddp").trainer) == "ddp"
+
+
+def test_dataclass_defaults_of_the_gvsl_transforms_are_the_configs() -> None:
+    """SpatialAugmentation and AffineBounds repeat GVSLConfig's defaults for direct use; they must not drift
+    (the augmentation's 0.1 is a fraction of the half extent, i.e. ±5 % of the crop, in both)."""
+    from mssl.models.zmatch import AffineBounds
+    from mssl.views.spatial_aug import SpatialAugmentation
+
+    assert SpatialAugmentation() == SpatialAugmentation.from_config(GVSLConfig())
+    assert AffineBounds() == AffineBounds.from_config(GVSLConfig())

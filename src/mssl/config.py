@@ -20,8 +20,8 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     TypeAdapter,
-    create_model,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
