@@ -21,6 +21,7 @@ from pydantic import (
     PositiveInt,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
@@ -366,6 +367,11 @@ class LoggingConfig(StrictModel):
     line_every_s: float = Field(60.0, gt=0, description="plain progress line at least every s seconds")
 
 
+def objectives(method: MethodName) -> tuple[str, ...]:
+    """The method names whose losses ``method`` trains (both for ``'both'``)."""
+    return ("s2dc", "gvsl") if method == "both" else (method,)
+
+
 class PretrainConfig(StrictModel):
     """Everything a pre-training run needs; saved resolved as RUN/config.yaml."""
 
@@ -416,7 +422,19 @@ class PretrainConfig(StrictModel):
     @property
     def objectives(self) -> tuple[str, ...]:
         """The method names whose losses are trained (both for ``method='both'``)."""
-        return ("s2dc", "gvsl") if self.method == "both" else (self.method,)
+        return objectives(self.method)
+
+    @field_validator("s2dc", "gvsl")
+    @classmethod
+    def _crop_fits_backbone(cls, section: S2DCConfig | GVSLConfig, info: ValidationInfo) -> S2DCConfig | GVSLConfig:
+        """A crop the backbone cannot take (stride, a lone normalised bottleneck voxel) is refused with the config,
+        not at the first step. S²DC reads encoder maps only; GVSL runs the decoder."""
+        backbone, method = info.data.get("backbone"), info.data.get("method")
+        if backbone is not None and method is not None and info.field_name in objectives(method):
+            problem = input_size_problem(backbone, section.roi, decode=info.field_name == "gvsl")
+            if problem:
+                raise ValueError(f"roi {problem}; set --roi")
+        return section
 
     def method_optim(self) -> OptimDefaults:
         """The recipe of the method (S²DC's for ``both``: AdamW with decay and warm-up suits the shared Swin)."""

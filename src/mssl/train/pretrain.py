@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import yaml
 
-from mssl.config import ConfigError, PretrainConfig, TrainerConfig, build_config, input_size_problem, load_yaml, merge_overrides
+from mssl.config import ConfigError, PretrainConfig, TrainerConfig, build_config, load_yaml, merge_overrides, objectives
 
 if TYPE_CHECKING:
     from lightning.pytorch import Callback
@@ -70,10 +70,8 @@ def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | Non
     roi = overrides.get(ROI_FLAG)
     if roi is not None:
         method = merged.get("method", PretrainConfig.model_fields["method"].default)
-        objectives = {"s2dc": ("s2dc",), "gvsl": ("gvsl",)}.get(method, ("s2dc", "gvsl"))
-        merged = merge_overrides(merged, {f"{name}.roi": roi for name in objectives})
+        merged = merge_overrides(merged, {f"{name}.roi": roi for name in objectives(method)})
     resolved = build_config(PretrainConfig, merged).resolved()
-    _check_crops_fit_backbone(resolved)
     _check_probe_features(resolved)
     return resolved
 
@@ -85,15 +83,6 @@ def _check_probe_features(cfg: PretrainConfig) -> None:
         raise ConfigError(
             f"config key 'probe.features': 'decoder' needs a trained decoder, but {cfg.method} trains only the encoder; use 'encoder'"
         )
-
-
-def _check_crops_fit_backbone(cfg: PretrainConfig) -> None:
-    """Crops the backbone cannot take (stride, SwinUNETR's bottleneck): say so now, not at the first step."""
-    for objective in cfg.objectives:
-        crop = getattr(cfg, objective).roi
-        problem = input_size_problem(cfg.backbone, crop, decode=objective == "gvsl")  # S²DC reads encoder maps only
-        if problem:
-            raise ConfigError(f"config key '{objective}.roi': crop {problem}; set --roi")
 
 
 def pretrain(
