@@ -563,7 +563,7 @@ def _message(item: Mapping[str, Any]) -> str:
 
 
 def format_validation_error(error: ValidationError) -> str:
-    """One line per problem: ``key: what was expected (got value)``."""
+    """One line per problem: ``key: what was expected (got value)``; a single problem on the line of the heading."""
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
@@ -572,6 +572,8 @@ def format_validation_error(error: ValidationError) -> str:
             message = "unknown option (check the spelling; see the command's --help or --print-config)"
         got = f" (got {item['input']!r})" if item["type"] != "extra_forbidden" and not isinstance(item["input"], dict) else ""
         lines.append(f"config key {key!r}: {message}{got}")
+    if len(lines) == 1:  # the usual case stays one line
+        return f"invalid configuration: {lines[0]}"
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
