@@ -9,19 +9,19 @@ import typer
 
 from mssl.commands import chosen_options, config_option, fail, print_config_option, resolve_and_show, set_option
 from mssl.config import option_help
-from mssl.downstream.config import EvaluateConfig as E
+from mssl.downstream.config import EvaluateConfig
 
 
 def command(
-    run: Path = typer.Argument(..., help=option_help(E, "run", "A fine-tuned run folder (model.json + best.safetensors).")),
-    data: Optional[Path] = typer.Option(None, help=option_help(E, "data", "The dataset.json to score on (its labels must match the run's).")),
-    split: Optional[str] = typer.Option(None, help=option_help(E, "split", "Split to score: test, validation or train.")),
-    out: Optional[Path] = typer.Option(None, help=option_help(E, "out", "Output folder.", unset="RUN/evaluation/SPLIT")),
-    classes: Optional[str] = typer.Option(None, help=option_help(E, "classes", "Comma-separated class names to report, e.g. Brainstem,Mandible.", unset="all")),
-    save_predictions: Optional[bool] = typer.Option(None, "--save-predictions/--no-predictions", help=option_help(E, "save_predictions", "Write predictions as NIfTI with each input's affine.")),
-    max_cases: Optional[int] = typer.Option(None, help=option_help(E, "max_cases", "Score only the first N cases (quick checks).", unset="all")),
-    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help=option_help(E, "tta", "Average the predictions of the run's mirrored views (test-time augmentation).")),
-    nsd_tolerance_mm: Optional[float] = typer.Option(None, "--nsd-tolerance-mm", "--nsd-tolerance", help=option_help(E, "nsd_tolerance_mm", "Tolerance of the normalised surface Dice, mm.")),
+    run: Path = typer.Argument(..., help=option_help(EvaluateConfig, "run", "A fine-tuned run folder (model.json + best.safetensors).")),
+    data: Optional[Path] = typer.Option(None, help=option_help(EvaluateConfig, "data", "The dataset.json to score on (its labels must match the run's).")),
+    split: Optional[str] = typer.Option(None, help=option_help(EvaluateConfig, "split", "Split to score: test, validation or train.")),
+    out: Optional[Path] = typer.Option(None, help=option_help(EvaluateConfig, "out", "Output folder.", unset="RUN/evaluation/SPLIT")),
+    classes: Optional[str] = typer.Option(None, help=option_help(EvaluateConfig, "classes", "Comma-separated class names to report, e.g. Brainstem,Mandible.", unset="all")),
+    save_predictions: Optional[bool] = typer.Option(None, "--save-predictions/--no-predictions", help=option_help(EvaluateConfig, "save_predictions", "Write predictions as NIfTI with each input's affine.")),
+    max_cases: Optional[int] = typer.Option(None, help=option_help(EvaluateConfig, "max_cases", "Score only the first N cases (quick checks).", unset="all")),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help=option_help(EvaluateConfig, "tta", "Average the predictions of the run's mirrored views (test-time augmentation).")),
+    nsd_tolerance_mm: Optional[float] = typer.Option(None, "--nsd-tolerance-mm", "--nsd-tolerance", help=option_help(EvaluateConfig, "nsd_tolerance_mm", "Tolerance of the normalised surface Dice, mm.")),
     config: Optional[Path] = config_option(),
     set_: Optional[list[str]] = set_option(),
     print_config: bool = print_config_option(),
@@ -44,8 +44,8 @@ def command(
     try:
         options = chosen_options(flags, set_)
         if print_config:
-            resolve_and_show(E, config, options)
+            resolve_and_show(EvaluateConfig, config, options)
             return
-        evaluate(build_config(E, config, **options), console=Console())
+        evaluate(build_config(EvaluateConfig, config, **options), console=Console())
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
         fail(error)

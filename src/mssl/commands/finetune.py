@@ -9,47 +9,46 @@ import typer
 
 from mssl.commands import chosen_options, config_option, fail, fail_environment, print_config_option, resolve_and_show, set_option
 from mssl.config import BackboneName, Precision, PresetName, option_help
-from mssl.downstream.config import FinetuneConfig as F
-from mssl.downstream.config import TaskName
+from mssl.downstream.config import FinetuneConfig, TaskName
 
 
 def command(
-    data: Optional[Path] = typer.Option(None, help=option_help(F, "data", "MSD-style dataset.json (entries with image, label, split, present_labels, ...).")),
-    task: Optional[TaskName] = typer.Option(None, help=option_help(F, "task", "seg (voxel labels) or cls (a datalist key such as sex or age).")),
-    weights: Optional[Path] = typer.Option(None, help=option_help(F, "weights", "Export (encoder.safetensors) or pre-training run folder; omit to train from scratch.")),
-    labels: Optional[int] = typer.Option(None, help=option_help(F, "labels", "Use k labelled training cases (seeded, nested across k).", unset="all")),
-    seed: Optional[int] = typer.Option(None, help=option_help(F, "seed", "Seed of the case choice, initialisation and crops.")),
-    out: Optional[Path] = typer.Option(None, help=option_help(F, "out", "Run folder: model.json, best.safetensors, metrics.csv.")),
+    data: Optional[Path] = typer.Option(None, help=option_help(FinetuneConfig, "data", "MSD-style dataset.json (entries with image, label, split, present_labels, ...).")),
+    task: Optional[TaskName] = typer.Option(None, help=option_help(FinetuneConfig, "task", "seg (voxel labels) or cls (a datalist key such as sex or age).")),
+    weights: Optional[Path] = typer.Option(None, help=option_help(FinetuneConfig, "weights", "Export (encoder.safetensors) or pre-training run folder; omit to train from scratch.")),
+    labels: Optional[int] = typer.Option(None, help=option_help(FinetuneConfig, "labels", "Use k labelled training cases (seeded, nested across k).", unset="all")),
+    seed: Optional[int] = typer.Option(None, help=option_help(FinetuneConfig, "seed", "Seed of the case choice, initialisation and crops.")),
+    out: Optional[Path] = typer.Option(None, help=option_help(FinetuneConfig, "out", "Run folder: model.json, best.safetensors, metrics.csv.")),
     config: Optional[Path] = config_option(),
-    backbone: Optional[BackboneName] = typer.Option(None, help=option_help(F, "backbone", "Scratch network: swin (MONAI SwinUNETR) or unet. Ignored with --weights (the sidecar decides).")),
-    feature_size: Optional[int] = typer.Option(None, help=option_help(F, "feature_size", "Scratch SwinUNETR feature size (multiple of 12).")),
-    window_size: Optional[int] = typer.Option(None, help=option_help(F, "window_size", "Scratch SwinUNETR attention window.")),
-    unet_channels: Optional[str] = typer.Option(None, help=option_help(F, "unet_channels", "Scratch U-Net widths, e.g. 32,64,128,256,512.")),
-    roi: Optional[str] = typer.Option(None, help=option_help(F, "roi", "Training patch (seg) or whole-volume size (cls): 96 or 128,128,64; multiple of the network stride.", unset="the median preprocessed shape, capped by --max-roi-voxels")),
-    max_roi_voxels: Optional[int] = typer.Option(None, help=option_help(F, "max_roi_voxels", "Memory budget of the automatic patch, voxels.")),
-    steps: Optional[str] = typer.Option(None, help=option_help(F, "steps", "Optimiser steps, or auto: stop when validation Dice plateaus (at most --max-steps).")),
-    max_steps: Optional[int] = typer.Option(None, help=option_help(F, "max_steps", "Horizon of --steps auto.")),
-    batch_size: Optional[int] = typer.Option(None, help=option_help(F, "batch_size", "Cases per step, drawn with replacement.")),
-    crops_per_case: Optional[int] = typer.Option(None, help=option_help(F, "crops_per_case", "Patches per case and step (seg).")),
-    foreground_fraction: Optional[float] = typer.Option(None, help=option_help(F, "foreground_fraction", "Share of patches centred on a labelled organ (seg; nnU-Net: 1/3).")),
-    batch_dice: Optional[bool] = typer.Option(None, "--batch-dice/--case-dice", help=option_help(F, "batch_dice", "Pool each class's Dice over the batch, as nnU-Net does in 3D (seg); --case-dice: per case.")),
-    deep_supervision: Optional[int] = typer.Option(None, help=option_help(F, "deep_supervision", "U-Net: extra outputs at 1/2, 1/4, … resolution in the loss, weights 1/2**i as nnU-Net; 0 turns it off (seg).", unset="2 for the U-Net, 0 otherwise")),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help=option_help(F, "augment", "nnU-Net-style spatial and intensity augmentation (seg).")),
-    mirror_axes: Optional[str] = typer.Option(None, help=option_help(F, "mirror_axes", "Axes mirrored in training and test-time augmentation, e.g. 1,2 or none.", unset="all but left-right when classes name Left/Right")),
-    postprocess: Optional[bool] = typer.Option(None, "--postprocess/--no-postprocess", help=option_help(F, "postprocess", "Keep-largest-component per class where it raises validation Dice (seg).")),
-    optimizer: Optional[str] = typer.Option(None, help=option_help(F, "optimizer", "adamw or sgd (Nesterov, momentum 0.99, as nnU-Net; use --lr 1e-2); poly decay.")),
-    lr: Optional[float] = typer.Option(None, help=option_help(F, "lr", "Peak learning rate.")),
-    freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--train-encoder", help=option_help(F, "freeze_encoder", "Keep the pre-trained encoder fixed.")),
-    val_every: Optional[int] = typer.Option(None, help=option_help(F, "val_every", "Validate every N steps (sliding window); the best checkpoint is kept and last.ckpt (for --resume) refreshed.")),
-    val_cases: Optional[int] = typer.Option(None, help=option_help(F, "val_cases", "Validate on at most N cases of the validation split.", unset="all")),
-    target: Optional[str] = typer.Option(None, help=option_help(F, "target", "cls: the datalist key to predict; strings → classes, numbers → regression.")),
-    preset: Optional[PresetName] = typer.Option(None, help=option_help(F, "preset", "Intensity preset ct, mri or none.", unset="the weights', else from the modality")),
-    spacing: Optional[str] = typer.Option(None, help=option_help(F, "spacing", "Resample to this spacing in mm, e.g. 1.5 or 1.5,1.5,2.", unset="the weights', else native")),
-    precision: Optional[Precision] = typer.Option(None, help=option_help(F, "precision", "32, bf16-mixed or 16-mixed.")),
-    accelerator: Optional[str] = typer.Option(None, help=option_help(F, "accelerator", "auto, cpu, gpu, cuda or mps.")),
-    devices: Optional[int] = typer.Option(None, help=option_help(F, "devices", "Devices (several → DDP).")),
-    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help=option_help(F, "resume", "Continue the run in --out from its last.ckpt (refreshed at every validation).")),
-    dry_run: Optional[bool] = typer.Option(None, "--dry-run", help=option_help(F, "dry_run", "Run a few steps in a temporary folder, print the cost and a projection of the whole run, write nothing to --out.")),
+    backbone: Optional[BackboneName] = typer.Option(None, help=option_help(FinetuneConfig, "backbone", "Scratch network: swin (MONAI SwinUNETR) or unet. Ignored with --weights (the sidecar decides).")),
+    feature_size: Optional[int] = typer.Option(None, help=option_help(FinetuneConfig, "feature_size", "Scratch SwinUNETR feature size (multiple of 12).")),
+    window_size: Optional[int] = typer.Option(None, help=option_help(FinetuneConfig, "window_size", "Scratch SwinUNETR attention window.")),
+    unet_channels: Optional[str] = typer.Option(None, help=option_help(FinetuneConfig, "unet_channels", "Scratch U-Net widths, e.g. 32,64,128,256,512.")),
+    roi: Optional[str] = typer.Option(None, help=option_help(FinetuneConfig, "roi", "Training patch (seg) or whole-volume size (cls): 96 or 128,128,64; multiple of the network stride.", unset="the median preprocessed shape, capped by --max-roi-voxels")),
+    max_roi_voxels: Optional[int] = typer.Option(None, help=option_help(FinetuneConfig, "max_roi_voxels", "Memory budget of the automatic patch, voxels.")),
+    steps: Optional[str] = typer.Option(None, help=option_help(FinetuneConfig, "steps", "Optimiser steps, or auto: stop when validation Dice plateaus (at most --max-steps).")),
+    max_steps: Optional[int] = typer.Option(None, help=option_help(FinetuneConfig, "max_steps", "Horizon of --steps auto.")),
+    batch_size: Optional[int] = typer.Option(None, help=option_help(FinetuneConfig, "batch_size", "Cases per step, drawn with replacement.")),
+    crops_per_case: Optional[int] = typer.Option(None, help=option_help(FinetuneConfig, "crops_per_case", "Patches per case and step (seg).")),
+    foreground_fraction: Optional[float] = typer.Option(None, help=option_help(FinetuneConfig, "foreground_fraction", "Share of patches centred on a labelled organ (seg; nnU-Net: 1/3).")),
+    batch_dice: Optional[bool] = typer.Option(None, "--batch-dice/--case-dice", help=option_help(FinetuneConfig, "batch_dice", "Pool each class's Dice over the batch, as nnU-Net does in 3D (seg); --case-dice: per case.")),
+    deep_supervision: Optional[int] = typer.Option(None, help=option_help(FinetuneConfig, "deep_supervision", "U-Net: extra outputs at 1/2, 1/4, … resolution in the loss, weights 1/2**i as nnU-Net; 0 turns it off (seg).", unset="2 for the U-Net, 0 otherwise")),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help=option_help(FinetuneConfig, "augment", "nnU-Net-style spatial and intensity augmentation (seg).")),
+    mirror_axes: Optional[str] = typer.Option(None, help=option_help(FinetuneConfig, "mirror_axes", "Axes mirrored in training and test-time augmentation, e.g. 1,2 or none.", unset="all but left-right when classes name Left/Right")),
+    postprocess: Optional[bool] = typer.Option(None, "--postprocess/--no-postprocess", help=option_help(FinetuneConfig, "postprocess", "Keep-largest-component per class where it raises validation Dice (seg).")),
+    optimizer: Optional[str] = typer.Option(None, help=option_help(FinetuneConfig, "optimizer", "adamw or sgd (Nesterov, momentum 0.99, as nnU-Net; use --lr 1e-2); poly decay.")),
+    lr: Optional[float] = typer.Option(None, help=option_help(FinetuneConfig, "lr", "Peak learning rate.")),
+    freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--train-encoder", help=option_help(FinetuneConfig, "freeze_encoder", "Keep the pre-trained encoder fixed.")),
+    val_every: Optional[int] = typer.Option(None, help=option_help(FinetuneConfig, "val_every", "Validate every N steps (sliding window); the best checkpoint is kept and last.ckpt (for --resume) refreshed.")),
+    val_cases: Optional[int] = typer.Option(None, help=option_help(FinetuneConfig, "val_cases", "Validate on at most N cases of the validation split.", unset="all")),
+    target: Optional[str] = typer.Option(None, help=option_help(FinetuneConfig, "target", "cls: the datalist key to predict; strings → classes, numbers → regression.")),
+    preset: Optional[PresetName] = typer.Option(None, help=option_help(FinetuneConfig, "preset", "Intensity preset ct, mri or none.", unset="the weights', else from the modality")),
+    spacing: Optional[str] = typer.Option(None, help=option_help(FinetuneConfig, "spacing", "Resample to this spacing in mm, e.g. 1.5 or 1.5,1.5,2.", unset="the weights', else native")),
+    precision: Optional[Precision] = typer.Option(None, help=option_help(FinetuneConfig, "precision", "32, bf16-mixed or 16-mixed.")),
+    accelerator: Optional[str] = typer.Option(None, help=option_help(FinetuneConfig, "accelerator", "auto, cpu, gpu, cuda or mps.")),
+    devices: Optional[int] = typer.Option(None, help=option_help(FinetuneConfig, "devices", "Devices (several → DDP).")),
+    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help=option_help(FinetuneConfig, "resume", "Continue the run in --out from its last.ckpt (refreshed at every validation).")),
+    dry_run: Optional[bool] = typer.Option(None, "--dry-run", help=option_help(FinetuneConfig, "dry_run", "Run a few steps in a temporary folder, print the cost and a projection of the whole run, write nothing to --out.")),
     set_: Optional[list[str]] = set_option(),
     print_config: bool = print_config_option(),
 ) -> None:
@@ -80,9 +79,9 @@ def command(
     try:
         options = chosen_options(flags, set_)
         if print_config:
-            resolve_and_show(F, config, options)
+            resolve_and_show(FinetuneConfig, config, options)
             return
-        settings = build_config(F, config, **options)
+        settings = build_config(FinetuneConfig, config, **options)
         with nullcontext() if settings.dry_run else run_lock(settings.out):  # one writer per run folder
             finetune(settings, console=Console())
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
