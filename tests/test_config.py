@@ -131,3 +131,17 @@ def test_dataclass_defaults_of_the_gvsl_transforms_are_the_configs() -> None:
 
     assert SpatialAugmentation() == SpatialAugmentation.from_config(GVSLConfig())
     assert AffineBounds() == AffineBounds.from_config(GVSLConfig())
+
+
+def test_resuming_a_run_saved_with_an_integer_roi_sees_no_change(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from mssl.train.pretrain import _check_resume_matches
+
+    config = resolve_config(steps=100_000)
+    saved = config.model_dump(mode="json")
+    saved["s2dc"]["roi"] = 96  # how RUN/config.yaml stored S²DC's crop before it became a 3-vector
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(saved), encoding="utf-8")
+    _check_resume_matches(config, path)
+    assert "changed options" not in caplog.text
+    _check_resume_matches(config.model_copy(update={"seed": 1}), path)
+    assert "changed options seed" in caplog.text
