@@ -6,6 +6,7 @@ never a silently ignored option.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from pathlib import Path
@@ -622,6 +623,7 @@ def option_help(model: type[BaseModel], key: str, text: str | None = None, unset
     return f"{text} (default: {default})" if default else text
 
 
+@functools.cache  # one class per model, however often a section is validated
 def lenient(model: type[M]) -> type[M]:
     """``model`` with its required keys optional (None): a config that can be shown before it is complete."""
     required = {name: (field.annotation | None, None) for name, field in model.model_fields.items() if field.is_required()}
