@@ -16,7 +16,7 @@ from mssl.config import PretrainConfig
 from mssl.data.preprocess import PresetConfig
 from mssl.config import build_config
 from mssl.downstream.config import BenchmarkConfig, EvaluateConfig, FinetuneConfig, ProbeConfig
-from mssl.train.pretrain import FLAGS, ROI_FLAG
+from mssl.train.pretrain import ROI_FLAG
 
 # command → (API function, config model its **overrides build, flat names it maps)
 API = {
@@ -25,7 +25,7 @@ API = {
     "export": ("export", None, {}),
     "inspect": ("inspect_weights", None, {}),
     "visualize": ("visualize", None, {}),
-    "pretrain": ("pretrain", PretrainConfig, {**FLAGS, ROI_FLAG: ROI_FLAG}),
+    "pretrain": ("pretrain", PretrainConfig, {**PretrainConfig.FLAT_OPTIONS, ROI_FLAG: ROI_FLAG}),
     "finetune": ("finetune", FinetuneConfig, FinetuneConfig.FLAT_OPTIONS),
     "evaluate": ("evaluate", EvaluateConfig, {}),
     "probe": ("probe", ProbeConfig, ProbeConfig.FLAT_OPTIONS),

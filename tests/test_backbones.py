@@ -35,7 +35,7 @@ def test_features_shapes_and_optional_decoder(config, size):
 
 def test_indivisible_size_is_a_clear_error():
     backbone = build_backbone(BackboneConfig(name="unet", unet_channels=(8, 16, 32)))
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with pytest.raises(ValueError, match="not a multiple of the unet backbone.s stride 4"):
         backbone(torch.randn(1, 1, 30, 32, 32))
 
 

@@ -242,7 +242,7 @@ def test_resume_falls_back_from_a_truncated_or_planted_last_checkpoint(cache, tm
 def test_a_crop_the_backbone_cannot_take_is_a_config_error_before_training(cache, tmp_path) -> None:
     result = runner.invoke(app, ["pretrain", *TINY_GVSL, "--roi", "30", "--data", str(cache), "--out", str(tmp_path / "run")])
     line = _one_line_error(result)
-    assert "config key 'gvsl.roi': crop (30, 30, 30) is not a multiple of the unet backbone's stride 4 on every axis (e.g. (28, 28, 28)); set --roi" in line
+    assert "config key 'gvsl': roi (30, 30, 30) is not a multiple of the unet backbone's stride 4 on every axis (e.g. (28, 28, 28)); set --roi" in line
     assert not (tmp_path / "run").exists()
 
 

@@ -16,7 +16,7 @@ from mssl.config import (
     merge_overrides,
     parse_assignment,
 )
-from mssl.train.pretrain import FLAGS, resolve_config
+from mssl.train.pretrain import resolve_config
 
 
 def test_defaults_validate_and_resolve_to_the_method_recipe() -> None:
@@ -48,7 +48,7 @@ def test_wrong_value_names_key_expectation_and_value() -> None:
 
 
 def test_cross_field_rule_is_reported_with_its_section() -> None:
-    with pytest.raises(ConfigError, match=r"'s2dc'.*multiple of roi 64"):
+    with pytest.raises(ConfigError, match=r"'s2dc'.*multiple of roi \(64, 64, 64\)"):
         resolve_config(method="s2dc", roi=64, **{"s2dc.field_size": [384, 384, 96]})  # 96 is not a multiple of 64
 
 
@@ -56,7 +56,7 @@ def test_roi_flag_sets_only_the_trained_objectives() -> None:
     config = resolve_config(method="gvsl", roi=32)
     assert config.gvsl.roi == (32, 32, 32) and config.s2dc.roi == S2DCConfig().roi
     both = resolve_config(method="both", roi=64, **{"s2dc.field_size": [128, 128, 64]})
-    assert both.s2dc.roi == 64 and both.gvsl.roi == (64, 64, 64)
+    assert both.s2dc.roi == (64, 64, 64) and both.gvsl.roi == (64, 64, 64)
 
 
 def test_speed_options_are_off_by_default_and_set_by_their_flags() -> None:
@@ -107,7 +107,7 @@ def test_resolved_config_round_trips_through_yaml(tmp_path: Path) -> None:
 
 def test_every_flag_points_at_a_config_key() -> None:
     fields = PretrainConfig.model_fields
-    for flag, key in FLAGS.items():
+    for flag, key in PretrainConfig.FLAT_OPTIONS.items():
         section, _, leaf = key.partition(".")
         assert section in fields, flag
         if leaf:
@@ -121,3 +121,27 @@ def test_several_devices_get_plain_ddp() -> None:
     assert lightning_strategy(resolve_config(devices=4).trainer) == "ddp"
     assert lightning_strategy(resolve_config(num_nodes=2, strategy="ddp").trainer) == "ddp"
     assert lightning_strategy(resolve_config(devices=1, strategy="ddp").trainer) == "ddp"
+
+
+def test_dataclass_defaults_of_the_gvsl_transforms_are_the_configs() -> None:
+    """SpatialAugmentation and AffineBounds repeat GVSLConfig's defaults for direct use; they must not drift
+    (the augmentation's 0.1 is a fraction of the half extent, i.e. ±5 % of the crop, in both)."""
+    from mssl.models.zmatch import AffineBounds
+    from mssl.views.spatial_aug import SpatialAugmentation
+
+    assert SpatialAugmentation() == SpatialAugmentation.from_config(GVSLConfig())
+    assert AffineBounds() == AffineBounds.from_config(GVSLConfig())
+
+
+def test_resuming_a_run_saved_with_an_integer_roi_sees_no_change(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from mssl.train.pretrain import _check_resume_matches
+
+    config = resolve_config(steps=100_000)
+    saved = config.model_dump(mode="json")
+    saved["s2dc"]["roi"] = 96  # how RUN/config.yaml stored S²DC's crop before it became a 3-vector
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(saved), encoding="utf-8")
+    _check_resume_matches(config, path)
+    assert "changed options" not in caplog.text
+    _check_resume_matches(config.model_copy(update={"seed": 1}), path)
+    assert "changed options seed" in caplog.text

@@ -127,7 +127,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path: Path) -> 
     source = _source(tmp_path / "src", count, shape=(48, 44, 32))
     preset = PresetConfig(name="ct", spacing=(1.0, 1.0, 1.0))
     cache = tmp_path / "killed"
-    command = [sys.executable, "-c", "from mssl.cli import main; main()", "prepare", str(source), "--out", str(cache), "--spacing", "1", "1", "1"]
+    command = [sys.executable, "-c", "from mssl.cli import main; main()", "prepare", str(source), "--out", str(cache), "--spacing", "1"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done = 0
     deadline = time.monotonic() + 120
@@ -163,7 +163,7 @@ def test_cli_reports_bad_files_and_exit_codes(tmp_path: Path) -> None:
     source = _source(tmp_path / "src", 1)
     (source / "broken.nii.gz").write_bytes(b"\x1f\x8b" + b"\0" * 40)
     runner = CliRunner()
-    skip = runner.invoke(app, ["prepare", str(source), "--out", str(tmp_path / "a"), "--spacing", "2", "2", "2"])
+    skip = runner.invoke(app, ["prepare", str(source), "--out", str(tmp_path / "a"), "--spacing", "2,2,2"])
     assert skip.exit_code == 0, skip.output
     assert f"{source / 'broken.nii.gz'}: " in skip.output and "1 written, 0 unchanged, 1 failed" in skip.output
     stop = runner.invoke(app, ["prepare", str(source), "--out", str(tmp_path / "b"), "--on-error", "stop"])

@@ -142,4 +142,4 @@ def test_cli_evaluate_and_clear_errors(finetuned: Path, openkbp_small: Path, tmp
     assert done.exit_code == 0, done.output
     assert "Brainstem" in (tmp_path / "summary.md").read_text(encoding="utf-8")
     bad = runner.invoke(app, ["finetune", "--data", str(openkbp_small), "--roi", "3,4"])
-    assert bad.exit_code == 2 and "size '3,4'" in bad.output
+    assert bad.exit_code == 2 and "config key 'roi': expected one number or three" in bad.output

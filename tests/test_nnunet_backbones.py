@@ -10,10 +10,10 @@ import torch
 
 pytest.importorskip("dynamic_network_architectures")
 
-from mssl.config import BackboneConfig, ConfigError, GVSLConfig, PretrainConfig, S2DCConfig, build_config  # noqa: E402
+from mssl.config import BackboneConfig, ConfigError, GVSLConfig, PretrainConfig, S2DCConfig, backbone_stride, build_config  # noqa: E402
 from mssl.methods.gvsl import GVSLMethod  # noqa: E402
 from mssl.methods.s2dc import S2DCMethod  # noqa: E402
-from mssl.models.backbones import backbone_stride, build_backbone  # noqa: E402
+from mssl.models.backbones import build_backbone  # noqa: E402
 from mssl.models.nnunet_backbones import build_nnunet_network  # noqa: E402
 
 NAMES = ("plainconv", "resenc")
@@ -63,9 +63,9 @@ def test_default_presets_match_nnunets_resenc_and_plain_unets():
 
 def test_sizes_must_suit_the_strides_and_leave_a_bottleneck_instancenorm_can_normalise():
     backbone = build_backbone(tiny("resenc"))
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with pytest.raises(ValueError, match="not a multiple of the resenc backbone.s stride 4"):
         backbone(torch.randn(1, 1, 16, 16, 18))
-    with pytest.raises(ValueError, match="1-voxel bottleneck"):
+    with pytest.raises(ValueError, match="single bottleneck voxel"):
         backbone(torch.randn(1, 1, 4, 4, 4))
 
 

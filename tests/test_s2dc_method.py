@@ -166,7 +166,7 @@ def test_matching_accuracy_counts_only_matched_tokens():
 def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="token_stage=5"):
         _method(token_stage=5)
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with pytest.raises(ValueError, match="not a multiple of the unet backbone.s stride 4"):
         S2DCMethod(build_backbone(UNET), S2DCConfig(field_size=(36, 36, 18), roi=18))
     method = _method()
     with pytest.raises(ValueError, match=r"batch\['field'\] must be"):

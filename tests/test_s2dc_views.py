@@ -135,7 +135,7 @@ def test_global_view_gives_each_crop_its_own_mild_affine(monkeypatch):
 
 def test_crop_affines_stay_within_their_ranges_over_many_draws():
     config = S2DCConfig()  # ±10° about z, scale 0.95–1.05 per axis, in-plane shift ±0.0625 roi
-    roi = config.roi
+    roi = config.crop_side
     matrices = random_crop_affines(
         (4000,), roi, config.crop_rotation_deg, config.crop_scale_range, config.crop_shift_fraction, torch.device("cpu")
     )

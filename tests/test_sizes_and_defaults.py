@@ -8,8 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mssl.cli import app
-from mssl.config import BackboneConfig, PretrainConfig, S2DCConfig
-from mssl.models.backbones import input_size_problem
+from mssl.config import BackboneConfig, ConfigError, PretrainConfig, S2DCConfig, build_config, input_size_problem
 from mssl.train.pretrain import resolve_config
 from mssl.train.run_lock import run_lock
 
@@ -26,7 +25,7 @@ def test_swin_decoder_needs_more_than_one_bottleneck_voxel() -> None:
 
 
 def test_gvsl_on_swin_with_a_one_voxel_bottleneck_is_refused_at_config_time() -> None:
-    with pytest.raises(ValueError, match="gvsl.roi.*single bottleneck voxel"):
+    with pytest.raises(ValueError, match="'gvsl': roi.*single bottleneck voxel"):
         resolve_config(method="gvsl", backbone="swin", roi=32)
 
 
@@ -69,3 +68,12 @@ def test_run_lock_keeps_a_folder_that_holds_something(tmp_path: Path) -> None:
     with run_lock(existing):
         pass
     assert existing.is_dir()  # not created by the lock: never removed by it
+
+
+def test_the_run_config_itself_refuses_a_crop_its_backbone_cannot_take() -> None:
+    """The check belongs to PretrainConfig's validation (YAML, API, resume), for the objectives trained only."""
+    with pytest.raises(ConfigError, match=r"'gvsl': roi \(30, 30, 30\) is not a multiple of the unet backbone's stride 16"):
+        build_config(PretrainConfig, {"method": "gvsl", "gvsl": {"roi": 30}})
+    assert build_config(PretrainConfig, {"method": "s2dc", "gvsl": {"roi": 30}}).gvsl.roi == (30, 30, 30)  # not trained
+    with pytest.raises(ConfigError, match=r"'s2dc': roi \(48, 48, 48\) is not a multiple of the swin backbone's stride 32"):
+        build_config(PretrainConfig, {"s2dc": {"roi": 48}})

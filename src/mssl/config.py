@@ -6,16 +6,56 @@ never a silently ignored option.
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Mapping, Sequence, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
-from mssl.nnunet_arch import NNUNET_CLASSES, NnUNetArchConfig, fill_arch
+from mssl.nnunet_arch import MIN_BOTTLENECK_VOXELS, NNUNET_CLASSES, NnUNetArchConfig, fill_arch
 
-Size3 = tuple[int, int, int]
+
+def three_values(value: Any) -> Any:
+    """The one reader of a per-axis size or spacing: ``96``, ``"96"``, ``"128,128,64"``, ``"128x128x64"``,
+    ``"1.5 1.5 2"`` or ``[128, 128, 64]`` → three values (one value means the same on every axis).
+    Anything else is left for pydantic to reject with the key's name."""
+    if isinstance(value, str):
+        value = value.replace("x", ",").replace(",", " ").split()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = list(value) * 3
+    if isinstance(value, (list, tuple)) and len(value) != 3:
+        raise ValueError("expected one number or three comma-separated ones (x,y,z)")
+    return value
+
+
+def comma_list(value: Any) -> Any:
+    """``"8,16,32"`` → ``["8", "16", "32"]`` (pydantic then types each item); other values are left as they are."""
+    return [item.strip() for item in value.split(",")] if isinstance(value, str) else value
+
+
+# A size in voxels or a spacing in mm per axis, x, y, z: one type for every config field and CLI option.
+Size3 = Annotated[tuple[PositiveInt, PositiveInt, PositiveInt], BeforeValidator(three_values)]
+Spacing3 = Annotated[tuple[PositiveFloat, PositiveFloat, PositiveFloat], BeforeValidator(three_values)]
+Widths = Annotated[tuple[PositiveInt, ...], BeforeValidator(comma_list)]
 WARMUP_SHARE = 0.1  # longest warm-up, as a fraction of the run
 GVSL_PAPER_BATCH = 2  # pairs per step in the GVSL paper
 
@@ -48,7 +88,7 @@ class BackboneConfig(StrictModel):
         False, description="recompute block activations in the backward pass (swin, unet): less memory, slower steps"
     )
     # unet (GVSL 3D U-Net)
-    unet_channels: tuple[int, ...] = (32, 64, 128, 256, 512)
+    unet_channels: Widths = (32, 64, 128, 256, 512)
     # plainconv / resenc (nnU-Net's PlainConvUNet / ResidualEncoderUNet): preset, plans file or explicit stages
     nnunet: NnUNetArchConfig = NnUNetArchConfig()
 
@@ -79,6 +119,46 @@ class BackboneConfig(StrictModel):
         return value
 
 
+SWIN_STRIDE = 32  # SwinUNETR: patch embedding (2) and four patch merges (2⁴)
+
+
+def unet_stride(channels: Sequence[int]) -> int:
+    """One 2× max-pool per width after the first."""
+    return 2 ** (len(channels) - 1)
+
+
+def backbone_stride(config: BackboneConfig) -> int:
+    """Every spatial size fed to the backbone a config names must be a multiple of this (no need to build it)."""
+    if config.name in NNUNET_CLASSES:
+        return config.nnunet.total_stride()
+    return SWIN_STRIDE if config.name == "swin" else unet_stride(config.unet_channels)
+
+
+def size_problem(size: Sequence[int], stride: int, network: str, normalised_bottleneck: bool) -> str | None:
+    """Why a ``network`` of ``stride`` cannot take inputs of ``size`` (None when it can): the one rule behind
+    the config-time checks (:func:`input_size_problem`) and the backbones' own (``Backbone.check_size``).
+
+    Every side must be a multiple of the stride; a network that instance-normalises its bottleneck
+    (SwinUNETR's decoder, nnU-Net's encoder) needs more than one voxel there (one side ≥ 2 × stride)."""
+    size = tuple(int(side) for side in size)
+    if any(side % stride for side in size):
+        fitting = tuple(max(stride, side // stride * stride) for side in size)
+        return f"{size} is not a multiple of the {network} backbone's stride {stride} on every axis (e.g. {fitting})"
+    if normalised_bottleneck and math.prod(side // stride for side in size) < MIN_BOTTLENECK_VOXELS:
+        return (
+            f"{size} leaves the {network} backbone a single bottleneck voxel, which it cannot normalise; "
+            f"make at least one side {2 * stride} or more"
+        )
+    return None
+
+
+def input_size_problem(config: BackboneConfig, size: Sequence[int], decode: bool) -> str | None:
+    """:func:`size_problem` for the backbone a config names, checked before anything is built or written.
+    ``decode``: the decoder runs (SwinUNETR's normalises the bottleneck; nnU-Net's encoder always does)."""
+    normalised = config.name in NNUNET_CLASSES or (decode and config.name == "swin")
+    return size_problem(size, backbone_stride(config), config.name, normalised)
+
+
 class OptimDefaults(StrictModel):
     """A method's optimiser recipe; the training config may override any field."""
 
@@ -93,7 +173,7 @@ class S2DCConfig(StrictModel):
     """S²DC hyper-parameters (defaults follow reference/s2dc.md with the fixes of DESIGN §4)."""
 
     field_size: Size3 = (384, 384, 96)
-    roi: int = Field(96, ge=16, description="side of each grid crop; field_size must be a multiple of it")
+    roi: Size3 = Field((96, 96, 96), description="grid crop, a cube (one side or three equal ones); field_size must be a multiple of it")
     token_stage: int = Field(-1, description="pyramid index of the token layer (-1 = bottleneck)")
     # teacher token view: one in-plane similarity warp of the whole field
     rotation_deg: float = Field(30.0, ge=0)
@@ -127,16 +207,26 @@ class S2DCConfig(StrictModel):
     def _field_follows_roi(cls, data: Any) -> Any:
         """A roi without a field keeps the paper's grid of 4 × 4 × 1 crops, not a 384 × 384 × 96 field of tiny crops."""
         if isinstance(data, Mapping) and data.get("roi") is not None and data.get("field_size") is None:
-            roi = int(data["roi"])
+            try:
+                roi = TypeAdapter(Size3).validate_python(data["roi"])
+            except ValidationError:
+                return data  # the field's own validation names the problem
             default_roi, default_field = cls.model_fields["roi"].default, cls.model_fields["field_size"].default
-            return {**data, "field_size": tuple(side // default_roi * roi for side in default_field)}
+            return {**data, "field_size": tuple(f // d * r for f, d, r in zip(default_field, default_roi, roi))}
         return data
 
     @model_validator(mode="after")
     def _grid(self) -> "S2DCConfig":
-        if any(s % self.roi for s in self.field_size):
+        if len(set(self.roi)) > 1:
+            raise ValueError(f"roi must be a cube for S²DC (its token grids tile cubic crops), got {self.roi}")
+        if any(f % r for f, r in zip(self.field_size, self.roi)):
             raise ValueError(f"field_size {self.field_size} must be a multiple of roi {self.roi} on every axis")
         return self
+
+    @property
+    def crop_side(self) -> int:
+        """The side of the cubic grid crops."""
+        return self.roi[0]
 
 
 class GVSLConfig(StrictModel):
@@ -278,8 +368,44 @@ class LoggingConfig(StrictModel):
     line_every_s: float = Field(60.0, gt=0, description="plain progress line at least every s seconds")
 
 
+def objectives(method: MethodName) -> tuple[str, ...]:
+    """The method names whose losses ``method`` trains (both for ``'both'``)."""
+    return ("s2dc", "gvsl") if method == "both" else (method,)
+
+
 class PretrainConfig(StrictModel):
     """Everything a pre-training run needs; saved resolved as RUN/config.yaml."""
+
+    # The flat options of the CLI and of ``pretrain(**overrides)`` → the config key each one sets
+    # (``roi`` is not here: it sets s2dc.roi and/or gvsl.roi, for the objectives being trained).
+    FLAT_OPTIONS: ClassVar[dict[str, str]] = {
+        "backbone": "backbone.name",
+        "data": "data.cache",
+        "split": "data.split",
+        "batch_size": "data.batch_size",
+        "workers": "data.workers",
+        "steps": "trainer.max_steps",
+        "accelerator": "trainer.accelerator",
+        "devices": "trainer.devices",
+        "num_nodes": "trainer.num_nodes",
+        "strategy": "trainer.strategy",
+        "precision": "trainer.precision",
+        "compile": "trainer.compile",
+        "checkpoint_activations": "backbone.gradient_checkpointing",
+        "grad_clip": "trainer.grad_clip",
+        "accumulate": "trainer.accumulate",
+        "checkpoint_every": "trainer.checkpoint_every",
+        "keep_checkpoints": "trainer.keep_checkpoints",
+        "max_nonfinite": "trainer.max_nonfinite",
+        "optimizer": "optim.optimizer",
+        "lr": "optim.lr",
+        "weight_decay": "optim.weight_decay",
+        "warmup_steps": "optim.warmup_steps",
+        "log_every": "logging.every_n_steps",
+        "progress_bar": "logging.progress_bar",
+        "probe": "probe.data",
+        "probe_every": "probe.every",
+    }
 
     method: MethodName = "s2dc"
     backbone: BackboneConfig = BackboneConfig()
@@ -297,7 +423,19 @@ class PretrainConfig(StrictModel):
     @property
     def objectives(self) -> tuple[str, ...]:
         """The method names whose losses are trained (both for ``method='both'``)."""
-        return ("s2dc", "gvsl") if self.method == "both" else (self.method,)
+        return objectives(self.method)
+
+    @field_validator("s2dc", "gvsl")
+    @classmethod
+    def _crop_fits_backbone(cls, section: S2DCConfig | GVSLConfig, info: ValidationInfo) -> S2DCConfig | GVSLConfig:
+        """A crop the backbone cannot take (stride, a lone normalised bottleneck voxel) is refused with the config,
+        not at the first step. S²DC reads encoder maps only; GVSL runs the decoder."""
+        backbone, method = info.data.get("backbone"), info.data.get("method")
+        if backbone is not None and method is not None and info.field_name in objectives(method):
+            problem = input_size_problem(backbone, section.roi, decode=info.field_name == "gvsl")
+            if problem:
+                raise ValueError(f"roi {problem}; set --roi")
+        return section
 
     def method_optim(self) -> OptimDefaults:
         """The recipe of the method (S²DC's for ``both``: AdamW with decay and warm-up suits the shared Swin)."""
@@ -419,19 +557,26 @@ def build_config(model: type[M], config: BaseModel | Mapping[str, Any] | str | P
 
 def one_line_errors(error: ValidationError) -> str:
     """Every problem of a validation error on one line: ``key: message; key: message``."""
-    return "; ".join(f"{'.'.join(map(str, item['loc'])) or '(top level)'}: {item['msg']}" for item in error.errors())
+    return "; ".join(f"{'.'.join(map(str, item['loc'])) or '(top level)'}: {_message(item)}" for item in error.errors())
+
+
+def _message(item: Mapping[str, Any]) -> str:
+    """Pydantic's message without the "Value error, " it puts before our validators' own words."""
+    return str(item["msg"]).removeprefix("Value error, ")
 
 
 def format_validation_error(error: ValidationError) -> str:
-    """One line per problem: ``key: what was expected (got value)``."""
+    """One line per problem: ``key: what was expected (got value)``; a single problem on the line of the heading."""
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
+        message = _message(item)
         if item["type"] == "extra_forbidden":
             message = "unknown option (check the spelling; see the command's --help or --print-config)"
         got = f" (got {item['input']!r})" if item["type"] != "extra_forbidden" and not isinstance(item["input"], dict) else ""
         lines.append(f"config key {key!r}: {message}{got}")
+    if len(lines) == 1:  # the usual case stays one line
+        return f"invalid configuration: {lines[0]}"
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
@@ -439,23 +584,76 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
-def defaults_yaml(model: type[BaseModel], indent: int = 0) -> str:
-    """Every key of ``model`` with its default as YAML and its description as a comment (``--print-config``).
+def config_field(model: type[BaseModel], key: str) -> FieldInfo:
+    """The field a flat option or a dotted key of ``model`` names (``steps`` → ``trainer.max_steps``).
 
-    Nested config models are expanded; a required key shows ``null  # required``."""
+    A section that is a mapping of another config's overrides (``BenchmarkConfig.finetune``) is read
+    through the model its ``SECTION_MODELS`` names."""
+    key = getattr(model, "FLAT_OPTIONS", {}).get(key, key)
+    *sections, leaf = key.split(".")
+    for section in sections:
+        model = getattr(model, "SECTION_MODELS", {}).get(section) or model.model_fields[section].annotation
+    return model.model_fields[leaf]
+
+
+def default_text(field: FieldInfo) -> str | None:
+    """A field's default as a user types it on the command line (None when the default is None or empty)."""
+    if field.is_required():
+        return None
+    default = field.get_default(call_default_factory=True)
+    if default is None or default == {}:
+        return None
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, float):
+        return f"{default:g}"
+    if isinstance(default, (tuple, list)):
+        return ",".join(str(item) for item in default)
+    return str(default)
+
+
+def option_help(model: type[BaseModel], key: str, text: str | None = None, unset: str | None = None) -> str:
+    """Help of the CLI option that sets ``key`` of ``model``, ending with the model's default, so the two never drift.
+
+    ``text``: what the option does (default: the field's description); ``unset``: what happens when the
+    default is None (e.g. "the median preprocessed shape")."""
+    field = config_field(model, key)
+    if text is None:
+        description = field.description or ""
+        text = f"{description[:1].upper()}{description[1:]}."
+    default = default_text(field) or unset
+    return f"{text} (default: {default})" if default else text
+
+
+@functools.cache  # one class per model, however often a section is validated
+def lenient(model: type[M]) -> type[M]:
+    """``model`` with its required keys optional (None): a config that can be shown before it is complete."""
+    required = {name: (field.annotation | None, None) for name, field in model.model_fields.items() if field.is_required()}
+    return create_model(model.__name__, __base__=model, **required) if required else model  # type: ignore[call-overload]
+
+
+def config_yaml(model: type[BaseModel], values: Mapping[str, Any] | None = None, indent: int = 0) -> str:
+    """Every key of ``model`` as YAML with its description as a comment (``--print-config``).
+
+    ``values``: a ``model_dump(mode="json")`` of a resolved config (default: the model's defaults).
+    Nested config models are expanded; a required key without a value shows ``null  # required``."""
     lines = []
     pad = " " * indent
     for name, field in model.model_fields.items():
         comment = f"  # {field.description}" if field.description else ""
-        if field.is_required():
+        if values is not None:
+            value = values.get(name)
+        else:
+            value = None if field.is_required() else field.get_default(call_default_factory=True)
+        if field.is_required() and value is None:
             lines.append(f"{pad}{name}: null  # required{'; ' + field.description if field.description else ''}")
             continue
-        default = field.get_default(call_default_factory=True)
-        if isinstance(default, BaseModel):
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) and isinstance(value, Mapping):
             lines.append(f"{pad}{name}:{comment}")
-            lines.append(defaults_yaml(type(default), indent + 2))
+            lines.append(config_yaml(field.annotation, value, indent + 2))
             continue
-        value = yaml.safe_dump(TypeAdapter(Any).dump_python(default, mode="json"), default_flow_style=True, width=10**6).strip()
-        value = value.removesuffix("\n...").strip()
-        lines.append(f"{pad}{name}: {value}{comment}")
+        text = yaml.safe_dump(TypeAdapter(Any).dump_python(value, mode="json"), default_flow_style=True, width=10**6)
+        lines.append(f"{pad}{name}: {text.strip().removesuffix('...').strip()}{comment}")
     return "\n".join(lines)

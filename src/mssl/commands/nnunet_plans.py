@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from mssl.commands import fail
+from mssl.commands import fail, per_axis
+from mssl.config import Size3, Spacing3
 
 
 def command(
@@ -16,8 +17,8 @@ def command(
     plans_name: str = typer.Option("nnUNetPlans_mssl", help="Name of the plans to write (nnUNetv2_train -p NAME)."),
     source_plans: str = typer.Option("nnUNetPlans", help="The target's own plans to start from."),
     configuration: str = typer.Option("3d_fullres", "--configuration", "-c", help="Configuration that runs the pre-trained network."),
-    spacing: Optional[tuple[float, float, float]] = typer.Option(None, help="Target spacing in the plans' axis order. (default: the target's own)"),
-    patch_size: Optional[tuple[int, int, int]] = typer.Option(None, help="Patch size; must be a multiple of the network's stride. (default: the target's, rounded down to one)"),
+    spacing: Optional[str] = typer.Option(None, help="Target spacing in the plans' axis order, e.g. 1.5 or 3,1.5,1.5. (default: the target's own)"),
+    patch_size: Optional[str] = typer.Option(None, help="Patch size, e.g. 128 or 64,128,128; must be a multiple of the network's stride. (default: the target's, rounded down to one)"),
     preprocessed: Optional[Path] = typer.Option(None, help="nnU-Net's preprocessed folder. (default: $nnUNet_preprocessed)"),
 ) -> None:
     """Write plans for DATASET whose network is the pre-trained one, next to the target's own plans.
@@ -34,7 +35,8 @@ def command(
 
     console = Console()
     try:
-        out, adapted = write_nnunet_plans(dataset, weights, plans_name, source_plans, configuration, spacing, patch_size, preprocessed)
+        sizes = per_axis(Spacing3, spacing, "--spacing"), per_axis(Size3, patch_size, "--patch-size")
+        out, adapted = write_nnunet_plans(dataset, weights, plans_name, source_plans, configuration, *sizes, preprocessed)
     except (PlansError, FileNotFoundError) as error:
         fail(error)
     console.print(f"[bold]wrote[/bold] {out}", soft_wrap=True)

@@ -7,9 +7,8 @@ from typing import Literal, Optional
 
 import typer
 
-from mssl.commands import fail, fail_environment
-
-from mssl.config import PresetName
+from mssl.commands import fail, fail_environment, per_axis
+from mssl.config import PresetName, Spacing3
 
 
 def command(
@@ -20,7 +19,7 @@ def command(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Cache folder to write (index.json + .npy arrays); rerunning on it skips unchanged cases."),
     preset: PresetName = typer.Option("ct", "--preset", help="ct: HU window → [0,1]; mri: percentile clip + z-score; none: intensities as read."),
-    spacing: Optional[tuple[float, float, float]] = typer.Option(None, "--spacing", help="Target voxel size in mm, e.g. --spacing 1.5 1.5 1.5. (default: keep each volume's spacing)"),
+    spacing: Optional[str] = typer.Option(None, "--spacing", help="Target voxel size in mm, e.g. --spacing 1.5 or 1.5,1.5,2; unset: keep each volume's spacing."),
     a_min: float = typer.Option(-1000.0, "--a-min", help="ct: HU mapped to 0."),
     a_max: float = typer.Option(1000.0, "--a-max", help="ct: HU mapped to 1."),
     lower: float = typer.Option(0.5, "--lower", help="mri: lower clipping percentile."),
@@ -41,7 +40,7 @@ def command(
 
     Bad files get one line each; exit code 1 if --on-error stop hit one or no case of SOURCE is cached.
 
-    Example: mssl prepare data/ --preset ct --spacing 1.5 1.5 1.5 --out cache/ --workers 2
+    Example: mssl prepare data/ --preset ct --spacing 1.5 --out cache/ --workers 2
     """
     from pydantic import ValidationError
 
@@ -49,7 +48,7 @@ def command(
     from mssl.data.errors import DataError
     from mssl.data.prepare import prepare
 
-    options = dict(spacing=spacing, a_min=a_min, a_max=a_max, lower=lower, upper=upper, foreground_crop=foreground_crop, channel_axis=channel_axis)
+    options = dict(spacing=per_axis(Spacing3, spacing, "--spacing"), a_min=a_min, a_max=a_max, lower=lower, upper=upper, foreground_crop=foreground_crop, channel_axis=channel_axis)
     try:
         report = prepare(source, out, preset, workers=workers, on_error=on_error, base_dir=base_dir, progress=True, **options)
     except ValidationError as error:

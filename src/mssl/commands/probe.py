@@ -7,24 +7,28 @@ from typing import Optional
 
 import typer
 
-from mssl.commands import fail
-from mssl.config import FeatureSource
+from mssl.commands import chosen_options, config_option, fail, print_config_option, resolve_and_show, set_option
+from mssl.config import FeatureSource, option_help
+from mssl.downstream.config import ProbeConfig
 
 
 def command(
-    data: Path = typer.Option(..., help="Labelled dataset.json (the train split feeds the probes, the test split scores them)."),
-    weights: Optional[Path] = typer.Option(None, help="Export or pre-training run folder; omit to probe a random encoder only."),
-    out: Optional[Path] = typer.Option(None, help="Write probe.json and probe.md here."),
-    train_cases: int = typer.Option(4, help="Training cases the probes are fitted on."),
-    test_cases: int = typer.Option(4, help="Test cases the probes are scored on."),
-    voxels_per_class: int = typer.Option(2000, help="Voxels sampled per class and case for the linear probe."),
-    patch: int = typer.Option(16, help="Side of the cubes the patch classifier labels (voxels)."),
-    size: Optional[str] = typer.Option(None, help="Pad/crop volumes to this size, e.g. 128 or 128,128,96. (default: next stride multiple)"),
-    classes: Optional[str] = typer.Option(None, help="Comma-separated class names to report. (default: all)"),
-    fit_steps: int = typer.Option(300, help="Adam steps fitting the linear voxel probe."),
-    features: FeatureSource = typer.Option("encoder", help="encoder: the encoder's pyramid maps; decoder: the full network's last decoder map (GVSL's 1×1×1 linear protocol), for weights whose decoder was pre-trained (GVSL, both)."),
-    seed: int = typer.Option(0, help="Seed of the case choice, voxel sampling and the random encoder."),
-    random_baseline: bool = typer.Option(True, "--random-baseline/--no-random-baseline", help="Also probe a randomly initialised encoder."),
+    data: Optional[Path] = typer.Option(None, help=option_help(ProbeConfig, "data", "Labelled dataset.json (the train split feeds the probes, the test split scores them).")),
+    weights: Optional[Path] = typer.Option(None, help=option_help(ProbeConfig, "weights", "Export or pre-training run folder; omit to probe a random encoder only.")),
+    out: Optional[Path] = typer.Option(None, help=option_help(ProbeConfig, "out", "Write probe.json and probe.md here.")),
+    train_cases: Optional[int] = typer.Option(None, help=option_help(ProbeConfig, "train_cases", "Training cases the probes are fitted on.")),
+    test_cases: Optional[int] = typer.Option(None, help=option_help(ProbeConfig, "test_cases")),
+    voxels_per_class: Optional[int] = typer.Option(None, help=option_help(ProbeConfig, "voxels_per_class", "Voxels sampled per class and case for the linear probe.")),
+    patch: Optional[int] = typer.Option(None, help=option_help(ProbeConfig, "patch", "Side of the cubes the patch classifier labels (voxels).")),
+    size: Optional[str] = typer.Option(None, help=option_help(ProbeConfig, "size", "Pad/crop volumes to this size, e.g. 128 or 128,128,96.", unset="next stride multiple")),
+    classes: Optional[str] = typer.Option(None, help=option_help(ProbeConfig, "classes", "Comma-separated class names to report.", unset="all")),
+    fit_steps: Optional[int] = typer.Option(None, help=option_help(ProbeConfig, "fit_steps")),
+    features: Optional[FeatureSource] = typer.Option(None, help=option_help(ProbeConfig, "features", "encoder: the encoder's pyramid maps; decoder: the full network's last decoder map (GVSL's 1×1×1 linear protocol), for weights whose decoder was pre-trained (GVSL, both).")),
+    seed: Optional[int] = typer.Option(None, help=option_help(ProbeConfig, "seed", "Seed of the case choice, voxel sampling and the random encoder.")),
+    random_baseline: Optional[bool] = typer.Option(None, "--random-baseline/--no-random-baseline", help=option_help(ProbeConfig, "random_baseline", "Also probe a randomly initialised encoder.")),
+    config: Optional[Path] = config_option(),
+    set_: Optional[list[str]] = set_option(),
+    print_config: bool = print_config_option(),
 ) -> None:
     """Minutes-on-CPU check of what an encoder learned, before any fine-tuning.
 
@@ -34,32 +38,17 @@ def command(
 
         mssl probe --weights runs/s2dc --data openkbp/dataset.json
     """
+    flags = {name: value for name, value in locals().items() if name not in ("config", "set_", "print_config")}  # before any import
     from rich.console import Console
 
     from mssl.config import build_config
-
-    from mssl.downstream.config import ProbeConfig, parse_size
     from mssl.downstream.probe import probe
 
-    console = Console()
     try:
-        settings = build_config(
-            ProbeConfig,
-            None,
-            data=data,
-            weights=weights,
-            out=out,
-            train_cases=train_cases,
-            test_cases=test_cases,
-            voxels_per_class=voxels_per_class,
-            patch=patch,
-            size=parse_size(size) if size else None,
-            classes=classes.split(",") if classes else None,
-            fit_steps=fit_steps,
-            features=features,
-            seed=seed,
-            random_baseline=random_baseline,
-        )
-        probe(settings, console=console)
+        options = chosen_options(flags, set_)
+        if print_config:
+            resolve_and_show(ProbeConfig, config, options)
+            return
+        probe(build_config(ProbeConfig, config, **options), console=Console())
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
         fail(error)

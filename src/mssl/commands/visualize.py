@@ -7,9 +7,8 @@ from typing import Optional
 
 import typer
 
-from mssl.commands import fail
-
-from mssl.config import PresetName
+from mssl.commands import fail, per_axis
+from mssl.config import PresetName, Spacing3
 
 
 def command(
@@ -20,7 +19,7 @@ def command(
     stride: int = typer.Option(4, help="Encoder pyramid level shown, by its stride (2, 4, 8, 16, 32 for swin; 1, 2, 4, ... for unet)."),
     clusters: int = typer.Option(6, min=2, max=10, help="k of the k-means structure map."),
     preset: Optional[PresetName] = typer.Option(None, help="Preprocessing of --volume when the run's cache is gone. (default: the cache's preset)"),
-    spacing: Optional[tuple[float, float, float]] = typer.Option(None, help="With --preset: target spacing in mm, e.g. --spacing 1.5 1.5 1.5."),
+    spacing: Optional[str] = typer.Option(None, help="With --preset: target spacing in mm, e.g. --spacing 1.5 or 1.5,1.5,2."),
     seed: int = typer.Option(0, help="Seed of the k-means, the PCA and GVSL's appearance damage."),
 ) -> None:
     """Draw what a pre-trained encoder learned, as PNGs.
@@ -39,7 +38,7 @@ def command(
     from mssl.viz.visualize import visualize
 
     try:
-        paths = visualize(run, volume, out=out, moving=moving, stride=stride, clusters=clusters, preset=preset, spacing=spacing, seed=seed)
+        paths = visualize(run, volume, out=out, moving=moving, stride=stride, clusters=clusters, preset=preset, spacing=per_axis(Spacing3, spacing, "--spacing"), seed=seed)
     except (FileNotFoundError, ValueError, DataError) as error:
         fail(error)
     console = Console()

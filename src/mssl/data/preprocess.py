@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from mssl.config import PresetName, StrictModel
+from mssl.config import PresetName, Spacing3, StrictModel
 from mssl.data.dicom import series_files
 from mssl.data.errors import DataError
 from mssl.data.readers import CHANNEL_FILES, ChannelFiles, LoadVolumed
@@ -49,7 +49,7 @@ class PresetConfig(StrictModel):
     """
 
     name: PresetName = "ct"
-    spacing: tuple[float, float, float] | None = None
+    spacing: Spacing3 | None = None
     a_min: float = -1000.0
     a_max: float = 1000.0
     lower: float = Field(0.5, ge=0, le=100)
@@ -63,8 +63,6 @@ class PresetConfig(StrictModel):
             raise ValueError(f"a_min ({self.a_min}) must be below a_max ({self.a_max})")
         if self.lower >= self.upper:
             raise ValueError(f"lower percentile ({self.lower}) must be below upper ({self.upper})")
-        if self.spacing is not None and min(self.spacing) <= 0:
-            raise ValueError(f"spacing must be positive, got {self.spacing}")
         return self
 
 

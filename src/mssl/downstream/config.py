@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
 
-from mssl.config import BackboneConfig, Precision, PresetName, ProbeOptions, Size3, StrictModel
+from mssl.config import BackboneConfig, Precision, PresetName, ProbeOptions, Size3, Spacing3, StrictModel, comma_list, lenient, one_line_errors
 
 TaskName = Literal["seg", "cls"]
+Names = Annotated[list[str], BeforeValidator(comma_list)]  # "Brainstem,Mandible" or a YAML list
 # flat option names (CLI flags and API keywords) that set one key of a nested section
 BACKBONE_OPTIONS = {"backbone": "backbone.name", "feature_size": "backbone.feature_size", "window_size": "backbone.window_size", "unet_channels": "backbone.unet_channels"}
 
@@ -26,7 +27,7 @@ class DataConfig(SplitConfig):
     """A dataset plus its preprocessing (preset and spacing default to the weights' sidecar)."""
 
     preset: PresetName | None = Field(None, description="intensity preset; default: the weights' preset, else from modality")
-    spacing: tuple[float, float, float] | None = Field(None, description="resample to this spacing (mm); default: keep")
+    spacing: Spacing3 | None = Field(None, description="resample to this spacing (mm), e.g. 1.5 or 1.5,1.5,2; default: keep")
 
 
 class FinetuneConfig(DataConfig):
@@ -55,7 +56,7 @@ class FinetuneConfig(DataConfig):
     )
     augment: bool = Field(True, description="seg: nnU-Net-style spatial and intensity augmentation (MONAI transforms)")
     elastic: bool = Field(False, description="seg: add elastic deformation to the augmentation (slow on CPU)")
-    mirror_axes: tuple[int, ...] | None = Field(
+    mirror_axes: Annotated[tuple[int, ...], BeforeValidator(comma_list)] | None = Field(
         None, description="axes mirrored in augmentation and test-time augmentation; None = all but left-right when classes name Left/Right"
     )
     optimizer: Literal["sgd", "adamw"] = Field(
@@ -88,7 +89,7 @@ class EvaluateConfig(SplitConfig):
     run: Path = Field(description="a finetune output folder (model.json + best.safetensors)")
     split: str = "test"
     out: Path | None = Field(None, description="default: RUN/evaluation/SPLIT")
-    classes: list[str] | None = Field(None, description="report only these classes (names); default all")
+    classes: Names | None = Field(None, description="report only these classes (names); default all")
     save_predictions: bool = True
     max_cases: int | None = Field(None, ge=1, description="evaluate the first N cases only (quick checks)")
     sw_overlap: float = Field(0.25, ge=0, lt=1)
@@ -104,7 +105,7 @@ class ProbeConfig(DataConfig, ProbeOptions):
     weights: Path | None = Field(None, description="export or run folder; None = random encoder only")
     backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig(), description="used when no weights")
     out: Path | None = Field(None, description="write probe.json / probe.md here")
-    classes: list[str] | None = Field(None, description="report only these classes; default all")
+    classes: Names | None = Field(None, description="report only these classes; default all")
     seed: int = 0
     random_baseline: bool = True
 
@@ -113,11 +114,12 @@ class BenchmarkConfig(DataConfig):
     """``mssl benchmark``: the few-label protocol (scratch vs pre-trainings × k × seeds, fixed test split)."""
 
     FLAT_OPTIONS: ClassVar[dict[str, str]] = {**BACKBONE_OPTIONS, "roi": "finetune.roi", "finetune_steps": "finetune.steps"}
+    SECTION_MODELS: ClassVar[dict[str, type[BaseModel]]] = {"finetune": FinetuneConfig, "probe_options": ProbeConfig}
 
     out: Path = Path("runs/benchmark")
-    methods: list[str] = ["scratch", "s2dc", "gvsl"]
+    methods: Names = ["scratch", "s2dc", "gvsl"]
     runs: dict[str, Path] = Field(default_factory=dict, description="method → existing run or export (skips pre-training)")
-    labels: list[int] = [2, 5, 10]
+    labels: Annotated[list[int], BeforeValidator(comma_list)] = Field([2, 5, 10], description="numbers k of labelled training cases")
     seeds: int = Field(3, ge=1)
     backbone: BackboneConfig = Field(default_factory=lambda: BackboneConfig(), description="backbone of pre-training and scratch")
     pretrain_steps: int = Field(1000, ge=1)
@@ -128,33 +130,16 @@ class BenchmarkConfig(DataConfig):
     finetune: dict[str, object] = Field(default_factory=dict, description="FinetuneConfig overrides (roi, steps, ...)")
     probe: bool = True
     probe_options: dict[str, object] = Field(default_factory=dict, description="ProbeConfig overrides (train_cases, ...)")
-    classes: list[str] | None = Field(None, description="classes in the table; default all")
+    classes: Names | None = Field(None, description="classes in the table; default all")
     max_test_cases: int | None = Field(None, ge=1, description="score on the first N test cases (CPU budgets)")
 
-
-def parse_size(text: str) -> Size3:
-    """'96' → (96, 96, 96); '128,128,64' → (128, 128, 64)."""
-    try:
-        values = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise ValueError(f"size {text!r} is not one integer or three comma-separated integers") from None
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3 or min(values) < 1:
-        raise ValueError(f"size {text!r} must be one positive integer or three comma-separated ones")
-    return values  # type: ignore[return-value]
-
-
-def parse_widths(text: str | None) -> tuple[int, ...] | None:
-    """'8,16,32,64' → (8, 16, 32, 64); None or '' → None (not set)."""
-    return tuple(int(c) for c in text.split(",")) if text else None
-
-
-def parse_spacing(text: str | None) -> tuple[float, float, float] | None:
-    """'4,4,3' → (4.0, 4.0, 3.0); None or '' → None (not set)."""
-    return tuple(float(v) for v in text.split(",")) if text else None  # type: ignore[return-value]
-
-
-def parse_steps(text: str | None) -> int | str | None:
-    """'500' → 500, 'auto' stays; None or '' → None (not set)."""
-    return (text if text == "auto" else int(text)) if text else None
+    @field_validator("finetune", "probe_options")
+    @classmethod
+    def _section_keys(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Each key checked and typed by the model it overrides now, not after hours of pre-training."""
+        model = cls.SECTION_MODELS[info.field_name]
+        try:
+            checked = lenient(model).model_validate(value)
+        except ValidationError as error:
+            raise ValueError(one_line_errors(error)) from None
+        return {key: getattr(checked, key) for key in value}

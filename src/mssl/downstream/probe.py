@@ -34,7 +34,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.nn import functional as F
 
-from mssl.config import FeatureSource, build_config
+from mssl.config import FeatureSource, backbone_stride, build_config
 from mssl.data.preprocess import PresetConfig
 from mssl.downstream.config import ProbeConfig
 from mssl.downstream.datasets import Dataset, case_dict, data_channels, labelled_subset, preprocessing
@@ -44,7 +44,7 @@ from mssl.downstream.pretrained import PretrainedInfo, load_encoder
 from mssl.downstream.run_files import write_json
 from mssl.downstream.setup import resolve_setup
 from mssl.methods import trains_decoder
-from mssl.models.backbones import backbone_stride, build_backbone
+from mssl.models.backbones import build_backbone
 from mssl.models.features import Backbone
 from mssl.runs import ProbeFolder
 from mssl.weights.load_report import LoadReport, module_of

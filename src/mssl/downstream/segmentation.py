@@ -41,7 +41,7 @@ from mssl.downstream.progress import finetune_reporter, planned_validations
 from mssl.downstream.run_files import save_weights, write_json
 from mssl.downstream.sampling import automatic_roi, patch_sampler
 from mssl.downstream.setup import check_roi, start_finetune
-from mssl.models.backbones import backbone_stride
+from mssl.config import backbone_stride
 from mssl.runs import FinetuneRun
 from mssl.train.cost import Projection
 from mssl.train.schedules import poly

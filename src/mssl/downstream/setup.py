@@ -8,11 +8,10 @@ from typing import Sequence
 
 from lightning.fabric import Fabric
 
-from mssl.config import BackboneConfig
+from mssl.config import BackboneConfig, input_size_problem
 from mssl.data.preprocess import PresetConfig
 from mssl.downstream.config import DataConfig, FinetuneConfig
 from mssl.downstream.datasets import Dataset, load_dataset
-from mssl.models.backbones import input_size_problem
 from mssl.downstream.pretrained import PretrainedInfo, describe_weights
 
 

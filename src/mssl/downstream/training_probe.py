@@ -20,12 +20,11 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from mssl.config import ConfigError, PretrainConfig
+from mssl.config import ConfigError, PretrainConfig, backbone_stride
 from mssl.data.preprocess import PresetConfig
 from mssl.downstream.config import ProbeConfig
 from mssl.downstream.datasets import data_channels, load_dataset
 from mssl.downstream.probe import EncoderProbe, ProbeData, load_probe_data, probe_encoder
-from mssl.models.backbones import backbone_stride
 from mssl.models.features import Backbone
 from mssl.runs import PretrainRun
 from mssl.train.seeding import rng_state, set_rng_state

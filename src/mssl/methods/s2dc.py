@@ -50,7 +50,7 @@ class S2DCMethod(PretrainMethod):
         stages = len(backbone.pyramid_channels)
         if not -stages <= config.token_stage < stages:
             raise ValueError(f"S2DCConfig.token_stage={config.token_stage} is outside the backbone's {stages} pyramid stages")
-        backbone.check_size((config.roi,) * 3)
+        backbone.check_size(config.roi)
         self.config = config
         self.backbone = backbone
         self.token_stride = backbone.pyramid_strides[config.token_stage]
@@ -73,7 +73,7 @@ class S2DCMethod(PretrainMethod):
             raise ValueError(f"batch['field'] must be (B, 1, C, X, Y, Z), got {tuple(field.shape)}")
         field = field[:, 0]  # (B, C, X, Y, Z)
         config, stage = self.config, self.config.token_stage
-        crops = crop_grid_shape(field.shape[2:], config.roi)
+        crops = crop_grid_shape(field.shape[2:], config.crop_side)
         num_crops = field.shape[0] * math.prod(crops)
         if num_crops < 2:
             raise ValueError(

@@ -8,7 +8,6 @@ Spatial sizes must be divisible by ``backbone.stride``.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -17,44 +16,15 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from mssl.config import BackboneConfig
+from mssl.config import SWIN_STRIDE, BackboneConfig, unet_stride
 from mssl.models.features import Backbone, Features
 from mssl.nnunet_arch import NNUNET_CLASSES
 
 
-SWIN_STRIDE = 32  # patch embedding (2) and four patch merges (2⁴)
-
-
-def unet_stride(channels: Sequence[int]) -> int:
-    """One 2× max-pool per width after the first."""
-    return 2 ** (len(channels) - 1)
-
-
-def backbone_stride(config: BackboneConfig) -> int:
-    """Every spatial size fed to the backbone a config names must be a multiple of this (no need to build it)."""
-    if config.name in NNUNET_CLASSES:
-        return config.nnunet.total_stride()
-    return SWIN_STRIDE if config.name == "swin" else unet_stride(config.unet_channels)
-
-
-def input_size_problem(config: BackboneConfig, size: Sequence[int], decode: bool) -> str | None:
-    """Why the backbone a config names cannot take inputs of ``size`` (None when it can), checked before
-    anything is built or written. Every side must be a multiple of the stride; SwinUNETR's decoder also
-    instance-normalises its bottleneck, which needs more than one voxel (one side ≥ 2 × 32)."""
-    stride = backbone_stride(config)
-    if any(side % stride for side in size):
-        fitting = tuple(max(stride, side // stride * stride) for side in size)
-        return f"{tuple(size)} is not a multiple of the {config.name} backbone's stride {stride} on every axis (e.g. {fitting})"
-    if decode and config.name == "swin" and math.prod(side // stride for side in size) < 2:
-        return (
-            f"{tuple(size)} leaves SwinUNETR's decoder a single bottleneck voxel, which it cannot normalise; "
-            f"make at least one side {2 * stride} or more"
-        )
-    return None
-
-
 class SwinBackbone(Backbone, SwinUNETR):
     """MONAI SwinUNETR minus its output convolution; keys load 1:1 into ``SwinUNETR``."""
+
+    network = "swin"
 
     def __init__(
         self,
@@ -142,6 +112,8 @@ class UNetBackbone(Backbone):
     ``checkpoint_activations``: keep only each block's input while the graph is built and recompute the
     block's inner activations in the backward pass (less memory, one more forward per block).
     """
+
+    network = "unet"
 
     def __init__(
         self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128, 256, 512), checkpoint_activations: bool = False

@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from mssl.config import size_problem
+
 
 @dataclass
 class Features:
@@ -31,6 +33,8 @@ class Features:
 class Backbone(nn.Module):
     """Common surface of every backbone: sizes, channels and the divisibility check."""
 
+    network: str  # the BackboneConfig name
+    normalised_bottleneck: bool = False  # instance-normalised in every forward pass: needs more than one voxel
     stride: int
     pyramid_channels: tuple[int, ...]
     pyramid_strides: tuple[int, ...]
@@ -43,12 +47,10 @@ class Backbone(nn.Module):
         return self.pyramid_channels[-1]
 
     def check_size(self, spatial: Sequence[int]) -> None:
-        bad = [s for s in spatial if s % self.stride]
-        if bad:
-            raise ValueError(
-                f"{type(self).__name__} needs every spatial size divisible by {self.stride}, "
-                f"got {tuple(spatial)}; choose crops such as {tuple(max(self.stride, s // self.stride * self.stride) for s in spatial)}"
-            )
+        """The config-time rule (:func:`mssl.config.size_problem`), for inputs that never went through a config."""
+        problem = size_problem(spatial, self.stride, self.network, self.normalised_bottleneck)
+        if problem:
+            raise ValueError(f"input {problem}")
 
     def drop_decoder(self) -> None:
         """Delete the decoder in place, for backbones that never decode (S²DC's student and teacher).

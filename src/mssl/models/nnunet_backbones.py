@@ -10,15 +10,14 @@ what ``nnUNetv2_train -pretrained_weights`` checks for every tensor but ``.seg_l
 from __future__ import annotations
 
 import itertools
-import math
 import pydoc
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from mssl.models.features import Backbone, Features
-from mssl.nnunet_arch import MIN_BOTTLENECK_VOXELS, NNUNET_CLASSES, REQUIRES_IMPORT, NnUNetArchConfig
+from mssl.nnunet_arch import NNUNET_CLASSES, REQUIRES_IMPORT, NnUNetArchConfig
 
 INSTALL_HINT = "pip install 'mssl[nnunet]'"
 
@@ -42,6 +41,8 @@ def build_nnunet_network(name: str, in_channels: int, arch: NnUNetArchConfig, nu
 class NnUNetBackbone(Backbone):
     """Encoder + decoder of an nnU-Net U-Net; pyramid = encoder stages, local = last decoder stage (full resolution)."""
 
+    normalised_bottleneck = True  # InstanceNorm in every encoder stage
+
     def __init__(self, name: str, in_channels: int, arch: NnUNetArchConfig) -> None:
         super().__init__()
         network = build_nnunet_network(name, in_channels, arch)
@@ -54,14 +55,7 @@ class NnUNetBackbone(Backbone):
         self.pyramid_channels = tuple(arch.features_per_stage or ())
         self.local_channels = self.pyramid_channels[0]
         self.decoder_names = ("decoder",)
-
-    def check_size(self, spatial: Sequence[int]) -> None:
-        super().check_size(spatial)
-        if math.prod(s // self.stride for s in spatial) < MIN_BOTTLENECK_VOXELS:
-            raise ValueError(
-                f"{type(self).__name__}: input {tuple(spatial)} leaves a 1-voxel bottleneck (stride {self.stride}), "
-                f"which InstanceNorm cannot normalise; use at least {2 * self.stride} voxels on one axis"
-            )
+        self.network = name
 
     def forward(self, x: torch.Tensor, decode: bool = True) -> Features:
         self.check_size(x.shape[2:])

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import yaml
 
-from mssl.config import ConfigError, PretrainConfig, TrainerConfig, build_config, load_yaml, merge_overrides
+from mssl.config import ConfigError, PretrainConfig, TrainerConfig, build_config, load_yaml, merge_overrides, objectives
 from mssl.runs import PERIODIC_CHECKPOINT_FORMAT, PretrainRun
 
 if TYPE_CHECKING:
@@ -30,40 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The flat options of the CLI and of ``pretrain(**overrides)`` → the config key each one sets.
-FLAGS: dict[str, str] = {
-    "method": "method",
-    "out": "out",
-    "seed": "seed",
-    "resume": "resume",
-    "backbone": "backbone.name",
-    "data": "data.cache",
-    "split": "data.split",
-    "batch_size": "data.batch_size",
-    "workers": "data.workers",
-    "steps": "trainer.max_steps",
-    "accelerator": "trainer.accelerator",
-    "devices": "trainer.devices",
-    "num_nodes": "trainer.num_nodes",
-    "strategy": "trainer.strategy",
-    "precision": "trainer.precision",
-    "compile": "trainer.compile",
-    "checkpoint_activations": "backbone.gradient_checkpointing",
-    "grad_clip": "trainer.grad_clip",
-    "accumulate": "trainer.accumulate",
-    "checkpoint_every": "trainer.checkpoint_every",
-    "keep_checkpoints": "trainer.keep_checkpoints",
-    "max_nonfinite": "trainer.max_nonfinite",
-    "optimizer": "optim.optimizer",
-    "lr": "optim.lr",
-    "weight_decay": "optim.weight_decay",
-    "warmup_steps": "optim.warmup_steps",
-    "log_every": "logging.every_n_steps",
-    "progress_bar": "logging.progress_bar",
-    "probe": "probe.data",
-    "probe_every": "probe.every",
-}
-ROI_FLAG = "roi"  # sets s2dc.roi (an int) and/or gvsl.roi (a cube) for the objectives being trained
+ROI_FLAG = "roi"  # sets s2dc.roi and/or gvsl.roi for the objectives being trained
 
 # Keys that may differ between a run and its resumption (everything else must match for an exact resume).
 # Probes restore every RNG state and module mode, and compiling and checkpointing activations change how a
@@ -77,11 +44,11 @@ def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | Non
     """The validated, resolved run config.
 
     ``config``: a ``PretrainConfig``, a YAML path or a mapping (default: all defaults; when resuming,
-    the run's saved ``config.yaml``). ``overrides``: flat options (``steps=100``, see :data:`FLAGS`),
+    the run's saved ``config.yaml``). ``overrides``: flat options (``steps=100``, see ``PretrainConfig.FLAT_OPTIONS``),
     dotted keys (``**{"s2dc.tau_ot": 0.05}``) or whole sections (``backbone={"name": "unet"}``).
     """
     dotted = {
-        key if isinstance(value, Mapping) else FLAGS.get(key, key): value  # backbone="unet" vs backbone={...}
+        key if isinstance(value, Mapping) else PretrainConfig.FLAT_OPTIONS.get(key, key): value  # backbone="unet" vs backbone={...}
         for key, value in overrides.items()
         if key != ROI_FLAG and value is not None
     }
@@ -100,10 +67,8 @@ def resolve_config(config: PretrainConfig | str | Path | Mapping[str, Any] | Non
     roi = overrides.get(ROI_FLAG)
     if roi is not None:
         method = merged.get("method", PretrainConfig.model_fields["method"].default)
-        objectives = {"s2dc": ("s2dc",), "gvsl": ("gvsl",)}.get(method, ("s2dc", "gvsl"))
-        merged = merge_overrides(merged, {f"{name}.roi": roi if name == "s2dc" else [roi] * 3 for name in objectives})
+        merged = merge_overrides(merged, {f"{name}.roi": roi for name in objectives(method)})
     resolved = build_config(PretrainConfig, merged).resolved()
-    _check_crops_fit_backbone(resolved)
     _check_probe_features(resolved)
     return resolved
 
@@ -129,17 +94,6 @@ def _check_probe_features(cfg: PretrainConfig) -> None:
         raise ConfigError(
             f"config key 'probe.features': 'decoder' needs a trained decoder, but {cfg.method} trains only the encoder; use 'encoder'"
         )
-
-
-def _check_crops_fit_backbone(cfg: PretrainConfig) -> None:
-    """Crops the backbone cannot take (stride, SwinUNETR's bottleneck): say so now, not at the first step."""
-    from mssl.models.backbones import input_size_problem
-
-    crops = {"s2dc": (cfg.s2dc.roi,) * 3, "gvsl": tuple(cfg.gvsl.roi)}
-    for objective in cfg.objectives:
-        problem = input_size_problem(cfg.backbone, crops[objective], decode=objective == "gvsl")  # S²DC reads encoder maps only
-        if problem:
-            raise ConfigError(f"config key '{objective}.roi': crop {problem}; set --roi")
 
 
 def pretrain(
@@ -413,7 +367,10 @@ def _check_resume_matches(cfg: PretrainConfig, saved_path: Path) -> None:
     """Warn when a resumed run changes options other than :data:`RESUMABLE_CHANGES` (the result is then not exact)."""
     if not saved_path.is_file():
         return
-    saved = _flatten(load_yaml(saved_path))
+    try:  # read through the model, so an older spelling of the same value (roi: 96) is no change
+        saved = _flatten(build_config(PretrainConfig, saved_path).model_dump(mode="json"))
+    except ConfigError:
+        saved = _flatten(load_yaml(saved_path))
     current = _flatten(cfg.model_dump(mode="json"))
     changed = sorted(
         key for key in saved.keys() | current.keys()

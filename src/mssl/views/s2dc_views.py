@@ -83,7 +83,7 @@ def _intensity_shift(volumes: torch.Tensor, config: S2DCConfig) -> torch.Tensor:
 def _global_view(field: torch.Tensor, config: S2DCConfig) -> torch.Tensor:
     """Every grid crop resampled from the field through its own mild affine; one grid_sample."""
     b, c = field.shape[:2]
-    roi = config.roi
+    roi = config.crop_side
     crops = crop_grid_shape(field.shape[2:], roi)
     k = crops[0] * crops[1] * crops[2]
     affines = random_crop_affines(
@@ -105,10 +105,10 @@ def make_s2dc_views(field: torch.Tensor, config: S2DCConfig, token_stride: int) 
         field.shape[0], size, config.rotation_deg, config.scale_range, config.shift_fraction, field.device
     )
     warped = _intensity_shift(warp_volume(field, warp), config)  # one shift per warped field, as officially
-    teacher_tokens = grid_crops(warped, config.roi)
+    teacher_tokens = grid_crops(warped, config.crop_side)
     teacher_global = _intensity_shift(_global_view(field, config), config)  # one per crop, as officially
     return S2DCViews(
-        student=grid_crops(field, config.roi),
+        student=grid_crops(field, config.crop_side),
         teacher_tokens=teacher_tokens,
         teacher_global=teacher_global,
         warped_field=warped,

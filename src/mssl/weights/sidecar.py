@@ -219,12 +219,7 @@ def file_sha256(path: Path) -> str:
 
 def crop_sizes(config: PretrainConfig) -> dict[str, list[int]]:
     """The crop each objective trained on, in voxels."""
-    sizes: dict[str, list[int]] = {}
-    if "s2dc" in config.objectives:
-        sizes["s2dc"] = [config.s2dc.roi] * 3
-    if "gvsl" in config.objectives:
-        sizes["gvsl"] = list(config.gvsl.roi)
-    return sizes
+    return {objective: list(getattr(config, objective).roi) for objective in config.objectives}
 
 
 def data_provenance(data: DataConfig) -> tuple[DataProvenance, PresetConfig | None]:
