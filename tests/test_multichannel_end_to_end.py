@@ -56,8 +56,8 @@ def gvsl_export(two_channel_cache: Path, tmp_path_factory: pytest.TempPathFactor
 
 def test_gvsl_pretrains_on_two_channels_and_the_export_says_so(gvsl_export: Path) -> None:
     sidecar = read_sidecar(gvsl_export)
-    assert sidecar["in_channels"] == 2 and sidecar["backbone"]["args"]["in_channels"] == 2
-    assert sidecar["steps"] == 2 and sidecar["data"]["channels"] == 2
+    assert sidecar.backbone.in_channels == 2 and sidecar.network.args["in_channels"] == 2
+    assert sidecar.steps == 2 and sidecar.data.channels == 2
     runner = CliRunner()
     result = runner.invoke(app, ["inspect", str(gvsl_export)])
     assert result.exit_code == 0 and "in_channels=2" in result.output
@@ -66,7 +66,7 @@ def test_gvsl_pretrains_on_two_channels_and_the_export_says_so(gvsl_export: Path
 def test_s2dc_pretrains_on_two_channels_and_the_export_says_so(two_channel_cache: Path, tmp_path: Path) -> None:
     run = pretrain(method="s2dc", data=two_channel_cache, out=tmp_path / "run", **RUN, **TINY_S2DC)
     sidecar = read_sidecar(export(run))
-    assert sidecar["in_channels"] == 2 and sidecar["steps"] == 2
+    assert sidecar.backbone.in_channels == 2 and sidecar.steps == 2
 
 
 def test_a_config_naming_another_channel_count_is_an_error(two_channel_cache: Path, tmp_path: Path) -> None:
