@@ -46,7 +46,7 @@ MUTANTS = [
     Mutant("s2dc_tau_default_1", "tau_ot default 1.0", "config.py",
            "tau_ot: float = Field(0.1, gt=0)", "tau_ot: float = Field(1.0, gt=0)", ("tests/test_s2dc_method.py",)),
     Mutant("head_no_l2_norm", "projection head without L2 normalisation", "models/heads.py",
-           "return F.normalize(self.mlp(flat), dim=-1).reshape(", "return self.mlp(flat).reshape(", ("tests/test_heads.py",)),
+           "return F.normalize(projected.float(), dim=-1).reshape(", "return projected.float().reshape(", ("tests/test_heads.py",)),
     Mutant("head_norm_wrong_axis", "head normalises each token over its features, not each feature over tokens",
            "models/heads.py", "nn.BatchNorm1d(hidden_features, track_running_stats=False)",
            "nn.LayerNorm(hidden_features)", ("tests/test_heads.py",), count=2),
