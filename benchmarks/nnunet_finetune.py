@@ -260,7 +260,9 @@ def write_report(bench: Bench) -> None:
             rows = [r for r in group if r["arm"] == arm]
             if not rows:
                 continue
-            cpu = lambda stages: _mean_std([sum(r["cpu_seconds"].get(s, 0.0) for s in stages) / 60 for r in rows])  # noqa: E731
+            def cpu(stages: list[str], rows: list[dict] = rows) -> str:  # CPU minutes of these stages, over seeds
+                return _mean_std([sum(r["cpu_seconds"].get(s, 0.0) for s in stages) / 60 for r in rows])
+
             lines.append(
                 f"| {arm} | {', '.join(str(r['seed']) for r in rows)} | "
                 + " | ".join(_mean_std([r["test_dice"][c] for r in rows]) for c in classes)
