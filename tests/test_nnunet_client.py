@@ -24,33 +24,15 @@ from test_pretrain_run import TINY  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from mssl.cli import app  # noqa: E402
+from mssl.data.nnunet_raw import write_raw_dataset  # noqa: E402
+from mssl.downstream.datasets import load_dataset  # noqa: E402
 
 CLIENT = Path(__file__).with_name("nnunet_client.py")
 DATASET = "Dataset501_OpenKBPTiny"
 CASES = TINY_CACHE_CASES
-LABELS = ("Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible")
 SHRINK = 2  # every 2nd voxel: 64³ volumes keep nnU-Net's fingerprint, preprocessing and steps cheap
 PATCH = (32, 32, 32)
 ITERATIONS = 3
-
-
-def raw_dataset(openkbp: Path, raw: Path) -> None:
-    """nnU-Net's raw layout (imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz, dataset.json) of shrunken cases."""
-    import SimpleITK as sitk
-
-    folder = raw / DATASET
-    for kind, suffix in (("imagesTr", "_0000"), ("labelsTr", "")):
-        (folder / kind).mkdir(parents=True)
-        for case in CASES:
-            image = sitk.ReadImage(str(openkbp / kind / f"{case}.nii.gz"))
-            sitk.WriteImage(image[::SHRINK, ::SHRINK, ::SHRINK], str(folder / kind / f"{case}{suffix}.nii.gz"))
-    dataset = {
-        "channel_names": {"0": "CT"},
-        "labels": {"background": 0, **{name: i + 1 for i, name in enumerate(LABELS)}},
-        "numTraining": len(CASES),
-        "file_ending": ".nii.gz",
-    }
-    (folder / "dataset.json").write_text(json.dumps(dataset), encoding="utf-8")
 
 
 @pytest.mark.slow
@@ -66,7 +48,9 @@ def test_stock_nnunet_fine_tunes_from_an_mssl_export(tiny_ct_cache: Path, tmp_pa
 
     # nnU-Net plans and preprocesses, mssl adapts the plans, nnU-Net's trainer loads the export and trains
     folders = {name: tmp_path / name for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    raw_dataset(DEMO_DATA, folders["nnUNet_raw"])
+    demo = load_dataset(DEMO_DATA / "dataset.json")
+    cases = [case for split in demo.splits.values() for case in split if case.case_id in CASES]
+    write_raw_dataset(folders["nnUNet_raw"] / DATASET, cases, demo.class_names, subsample=SHRINK)
     out = tmp_path / "client"
     out.mkdir()
     # nnUNet_n_proc_DA=1: nnU-Net's planner sets its thread count from it (0 is refused)

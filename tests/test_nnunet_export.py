@@ -19,7 +19,7 @@ from mssl.cli import app  # noqa: E402
 from mssl.config import BackboneConfig  # noqa: E402
 from mssl.models.backbones import build_backbone  # noqa: E402
 from mssl.weights.nnunet import export_nnunet  # noqa: E402
-from mssl.weights.nnunet_plans import PlansError, adapt_plans  # noqa: E402
+from mssl.weights.nnunet_plans import PlansError, adapt_plans, plans_spacing  # noqa: E402
 from mssl.weights.stem import adapt_input_channels  # noqa: E402
 
 RESENC = BackboneConfig(name="resenc", nnunet={"preset": "tiny"})
@@ -140,6 +140,20 @@ def test_new_spacing_means_new_preprocessed_data(pretrained: dict):
     adapted = adapt_plans(target_plans(), DATASET_JSON, pretrained, "mine", spacing=(2.0, 2.0, 2.0))
     config = adapted.plans["configurations"]["3d_fullres"]
     assert config["spacing"] == [2.0, 2.0, 2.0] and config["data_identifier"] == "mine_3d_fullres" and adapted.needs_preprocessing
+
+
+def test_plans_at_another_spacing_than_the_pre_training_say_which_spacing_matches(pretrained: dict):
+    # OpenKBP: 4.68 × 4.68 × 3 mm images, which nnU-Net transposes to (y, z, x); the encoder saw 4 × 4 × 3 mm (x, y, z)
+    pretrained["mssl"].update(normalization="CTNormalization", spacing=[4.0, 4.0, 3.0])
+    target = {**target_plans(spacing=(4.684, 3.0, 4.684)), "transpose_forward": [1, 0, 2]}
+    kept = adapt_plans(target, DATASET_JSON, pretrained, "mine")
+    assert kept.notes == [
+        "spacing [4.684, 3.0, 4.684] (plans' axis order) differs from the pre-training spacing [4.0, 4.0, 3.0] mm (x, y, z): "
+        "organs appear at another scale than the encoder learned; --spacing 4,3,4 matches it"
+    ]
+    assert plans_spacing([4.0, 4.0, 3.0], [1, 0, 2]) == [4.0, 3.0, 4.0] and plans_spacing([1.0, 2.0, 3.0], [0, 1, 2]) == [3.0, 2.0, 1.0]
+    matched = adapt_plans(target, DATASET_JSON, pretrained, "mine", spacing=(4.0, 3.0, 4.0))
+    assert matched.notes == ["spacing [4.684, 3.0, 4.684] → [4.0, 3.0, 4.0]: preprocess with these plans before training"]
 
 
 @pytest.mark.parametrize(

@@ -120,6 +120,27 @@ def check_normalization(pretrained: dict[str, Any], schemes: Sequence[str], data
     return None
 
 
+def plans_spacing(xyz: Sequence[float], transpose_forward: Sequence[int]) -> list[float]:
+    """mssl's (x, y, z) spacing in a plans file's axis order: nnU-Net's arrays are (z, y, x), then transposed."""
+    zyx = list(reversed([float(s) for s in xyz]))
+    return [zyx[axis] for axis in transpose_forward]
+
+
+def check_spacing(pretrained: dict[str, Any], spacing: Sequence[float], transpose_forward: Sequence[int]) -> str | None:
+    """A note when the plans resample to another spacing than the encoder was pre-trained at."""
+    xyz = pretrained.get("spacing")
+    if not xyz:
+        return None
+    expected = plans_spacing(xyz, transpose_forward)
+    if all(math.isclose(a, float(b), rel_tol=0.01) for a, b in zip(expected, spacing)):
+        return None
+    matching = ",".join(f"{s:g}" for s in expected)
+    return (
+        f"spacing {list(spacing)} (plans' axis order) differs from the pre-training spacing {list(xyz)} mm (x, y, z): "
+        f"organs appear at another scale than the encoder learned; --spacing {matching} matches it"
+    )
+
+
 def adapt_plans(
     target: dict[str, Any],
     dataset_json: dict[str, Any],
@@ -157,6 +178,7 @@ def adapt_plans(
         notes.append(f"spacing {config['spacing']} → {list(spacing)}: preprocess with these plans before training")
         config["spacing"] = [float(s) for s in spacing]
         config["data_identifier"] = f"{plans_name}_{configuration}"
+    notes += [n for n in [check_spacing(meta, config["spacing"], target.get("transpose_forward", [0, 1, 2]))] if n]
     config["architecture"] = copy.deepcopy(pretrained["configurations"][CONFIGURATION]["architecture"])
 
     plans = copy.deepcopy(target)
