@@ -13,14 +13,13 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from conftest import TINY_UNET, TINY_UNET_OPTIONS
 from mssl.cli import app
-from mssl.config import BackboneConfig
 from mssl.data.preprocess import PresetConfig
 from mssl.weights.safe_io import write_safetensors
 from mssl.weights.sidecar import EncoderSidecar, write_sidecar
 from mssl.models.backbones import build_backbone
 
-TINY = {"name": "unet", "unet_channels": (8, 16, 32)}
 TINY_TRAINING = {"roi": (32, 32, 32), "steps": 2, "val_every": 2, "crops_per_case": 1}
 
 
@@ -48,7 +47,7 @@ def openkbp_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An export of a (random) tiny U-Net with the sidecar `mssl export` writes."""
-    config = BackboneConfig(**TINY)
+    config = TINY_UNET
     torch.manual_seed(1)
     weights = write_safetensors(build_backbone(config).state_dict(), tmp_path_factory.mktemp("export") / "encoder.safetensors", {})
     write_sidecar(EncoderSidecar(method="test", backbone=config, preset=PresetConfig(name="ct")), weights)
@@ -110,10 +109,10 @@ def test_classification_on_ixi_sex(ixi_dir: Path, tmp_path: Path) -> None:
     entries = [{**e, "image": str(ixi_dir / e["image"]), "label": str(ixi_dir / e["label"])} for e in meta["training"][:4]]
     data = tmp_path / "dataset.json"
     data.write_text(json.dumps({**meta, "training": entries}), encoding="utf-8")
-    run = finetune(task="cls", target="sex", data=data, backbone=TINY, roi=(32, 32, 32), steps=2, out=tmp_path / "cls")
+    run = finetune(task="cls", target="sex", data=data, backbone=TINY_UNET_OPTIONS, roi=(32, 32, 32), steps=2, out=tmp_path / "cls")
     result = evaluate(run=run, data=data)
     assert 0.0 <= result.scores["accuracy"] <= 1.0
-    age = finetune(task="cls", target="age", data=data, backbone=TINY, roi=(32, 32, 32), steps=1, out=tmp_path / "age")
+    age = finetune(task="cls", target="age", data=data, backbone=TINY_UNET_OPTIONS, roi=(32, 32, 32), steps=1, out=tmp_path / "age")
     assert evaluate(run=age, data=data).scores["mae"] >= 0.0
 
 
@@ -127,7 +126,7 @@ def test_benchmark_resumes_without_training(openkbp_small: Path, tiny_export: Pa
         runs={"tiny": tiny_export},
         labels=[1],
         seeds=1,
-        backbone=TINY,
+        backbone=TINY_UNET_OPTIONS,
         finetune=TINY_TRAINING,
         classes=["Brainstem", "SpinalCord"],
         probe_options={"train_cases": 1, "test_cases": 1, "voxels_per_class": 20},
