@@ -139,9 +139,9 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
     val_items = [preprocess(item) for item in classification_items(val_cases, config.target, encoding)]
     roi = config.roi or automatic_roi([item["image"].shape[1:] for item in train_items], backbone_stride(setup.backbone), config.max_roi_voxels)
     check_roi(roi, setup.backbone, decode=False)
-    fit = mt.ResizeWithPadOrCropd("image", spatial_size=tuple(roi))
-    train_data = CacheDataset(train_items, transform=fit, progress=False)
-    val_data = CacheDataset(val_items, transform=fit, progress=False)
+    to_roi = mt.ResizeWithPadOrCropd("image", spatial_size=tuple(roi))
+    train_data = CacheDataset(train_items, transform=to_roi, progress=False)
+    val_data = CacheDataset(val_items, transform=to_roi, progress=False)
     loader = fabric.setup_dataloaders(DataLoader(train_data, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers))
     # resuming restores weights, optimiser, schedule, counters and RNG, after MONAI's DataLoader has reseeded
     # torch's generator; the epoch order then starts afresh
@@ -160,16 +160,10 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
     if projection is not None:
         return projection
     description = {
-        "task": "cls",
-        "backbone": setup.backbone.model_dump(mode="json"),
         "num_outputs": num_outputs,
         "target": config.target,
         "encoding": encoding,
-        "preset": setup.preset.model_dump(mode="json"),
         "roi": list(roi),
-        "weights": str(config.weights) if config.weights else None,
-        "method": setup.pretrained.method if setup.pretrained else "scratch",
         "labelled_cases": [c.case_id for c in train_cases],
-        "config": config.model_dump(mode="json"),
     }
     return loop.finish(description, {})

@@ -170,9 +170,24 @@ class FinetuneLoop:
     def converged(self) -> bool:
         return on_plateau(self.progress.history, self.config.plateau_window, self.config.plateau_delta)
 
+    @property
+    def method(self) -> str:
+        """The pre-training method of the starting weights, or "scratch"."""
+        return self.setup.pretrained.method if self.setup.pretrained else "scratch"
+
     def finish(self, description: dict[str, Any], result: dict[str, Any]) -> Path:
-        """Write model.json (``description``) and result.json (the loop's outcome and the task's ``result``); returns the run folder."""
-        progress = self.progress
+        """Write model.json (the run's setup and the task's ``description``) and result.json (the loop's
+        outcome and the task's ``result``); returns the run folder."""
+        progress, config, setup = self.progress, self.config, self.setup
+        model = {
+            "task": config.task,
+            "backbone": setup.backbone.model_dump(mode="json"),
+            "preset": setup.preset.model_dump(mode="json"),
+            **description,
+            "weights": str(config.weights) if config.weights else None,
+            "method": self.method,
+            "config": config.model_dump(mode="json"),
+        }
         outcome = {
             "best_step": progress.best_step,
             **result,
@@ -186,7 +201,7 @@ class FinetuneLoop:
             "cpu_seconds": round(time.process_time() - self.cpu_start, 1),
         }
         if self.fabric.is_global_zero:
-            write_json(self.files.model, description)
+            write_json(self.files.model, model)
             write_json(self.files.result, outcome)
         scores = ", ".join(f"{name} {value:.4f}" for name, value in progress.scores.items())
         best = f"best validation {scores} at step {progress.best_step}" if scores else f"the weights of step {progress.best_step} kept"

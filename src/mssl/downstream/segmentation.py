@@ -176,23 +176,17 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         console.print(f"keep-largest-component for {postprocessing['classes'] or 'no class'} (validation Dice per class decided it)")
 
     description = {
-        "task": "seg",
-        "backbone": setup.backbone.model_dump(mode="json"),
         "num_classes": dataset.num_classes,
         "class_names": class_names,
-        "preset": setup.preset.model_dump(mode="json"),
         "roi": list(roi),
         "deep_supervision": deep_supervision,
         "mirror_axes": list(mirror_axes),
         "postprocessing": postprocessing,
-        "weights": str(config.weights) if config.weights else None,
-        "method": setup.pretrained.method if setup.pretrained else "scratch",
         "labelled_cases": [c.case_id for c in train_cases],
         "trained_classes": trained_classes.tolist(),
         "validation_cases": [c.case_id for c in val_cases],
-        "config": config.model_dump(mode="json"),
     }
     out = loop.finish(description, {"best_val_dice": loop.progress.scores.get("dice")})
     if fabric.is_global_zero:
-        plot_finetune_curve(loop.files.metrics, loop.files.curve, title=f"{description['method']} · k={len(train_cases)} · seed {config.seed}")
+        plot_finetune_curve(loop.files.metrics, loop.files.curve, title=f"{loop.method} · k={len(train_cases)} · seed {config.seed}")
     return out
