@@ -25,14 +25,13 @@ import numpy as np
 import torch
 from test_data_helpers import synthetic_ct, write_dicom_series, write_nifti
 
+from conftest import TINY_UNET_CHANNELS, TINY_UNET_FLAGS
 from mssl.models.backbones import UNetBackbone
 from mssl.weights.safe_io import write_safetensors
 
-TINY_UNET = (8, 16, 32)
 # `mssl pretrain` flags of a GVSL run on a (8, 16, 32) U-Net with 32³ pairs: a step takes well under a second.
 TINY_GVSL = [
-    "--method", "gvsl", "--backbone", "unet", "--roi", "32", "--workers", "0", "--no-progress",
-    "--set", "backbone.unet_channels=[8, 16, 32]",
+    "--method", "gvsl", *TINY_UNET_FLAGS, "--roi", "32", "--workers", "0", "--no-progress",
 ]
 
 
@@ -60,7 +59,7 @@ class PlantsMarker:
 
 def unet_state() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    return UNetBackbone(1, TINY_UNET).state_dict()
+    return UNetBackbone(1, TINY_UNET_CHANNELS).state_dict()
 
 
 def weight_files(root: Path) -> dict[str, str]:
@@ -78,7 +77,7 @@ def weight_files(root: Path) -> dict[str, str]:
     good = write_safetensors(state, root / "good.safetensors", {})
     (root / "truncated.safetensors").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     write_safetensors(state, root / "huge" / "encoder.safetensors", {})  # its sidecar claims 10⁶ channels
-    args = {"in_channels": 1, "channels": [10**6, *TINY_UNET[1:]]}
+    args = {"in_channels": 1, "channels": [10**6, *TINY_UNET_CHANNELS[1:]]}
     (root / "huge" / "encoder.json").write_text(json.dumps({"method": "gvsl", "backbone": {"name": "unet", "args": args}}), encoding="utf-8")
     return {
         "huge": "the backbone description says channels=[1000000, 16, 32] but the weights have channels=[8, 16, 32]",
@@ -93,12 +92,12 @@ def weight_files(root: Path) -> dict[str, str]:
 
 def sidecar_files(root: Path) -> dict[str, str]:
     """Good U-Net weights, each folder with a damaged or hostile ``encoder.json`` (what builds the network)."""
-    unet = {"name": "unet", "args": {"in_channels": 1, "channels": list(TINY_UNET)}}
+    unet = {"name": "unet", "args": {"in_channels": 1, "channels": list(TINY_UNET_CHANNELS)}}
     sidecars = {
         "list": ([1, 2], "a sidecar must be a JSON object, got list"),
         "string_backbone": ({"backbone": "unet"}, "'backbone' must look like"),
         "unknown_backbone": ({"backbone": {"name": "evil", "args": {}}}, "'backbone' must look like"),
-        "negative_channels": ({"backbone": {"name": "unet", "args": {"in_channels": -1, "channels": list(TINY_UNET)}}}, "in_channels"),
+        "negative_channels": ({"backbone": {"name": "unet", "args": {"in_channels": -1, "channels": list(TINY_UNET_CHANNELS)}}}, "in_channels"),
         "bad_preset": ({"backbone": unet, "preset": {"name": "zzz"}}, "preset.name: Input should be 'ct', 'mri' or 'none'"),
     }
     state = unet_state()

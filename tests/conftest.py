@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from mssl.config import BackboneConfig
+
 SHARED_DATA = Path(os.environ.get("MSSL_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 # Two pytest-xdist workers share two cores: one intra-op thread each avoids oversubscription.
@@ -42,10 +44,16 @@ SUBPROCESS_ENV = {
 }
 
 
+# The tests' tiny U-Net (DESIGN §10): stride 4, a step on 32³ crops well under a second on one core.
+TINY_UNET_CHANNELS = (8, 16, 32)
+TINY_UNET = BackboneConfig(name="unet", unet_channels=TINY_UNET_CHANNELS)
+TINY_UNET_OPTIONS = {"name": "unet", "unet_channels": TINY_UNET_CHANNELS}  # the same as a `backbone=` option
+TINY_UNET_FLAGS = ["--backbone", "unet", "--set", f"backbone.unet_channels={list(TINY_UNET_CHANNELS)}"]  # and on the command line
+
 # `mssl pretrain` flags for a tiny U-Net and tiny S²DC sizes (field, heads, queue, Sinkhorn) for CLI runs.
 TINY_PRETRAIN_FLAGS = [
-    "--backbone", "unet", "--no-progress", "--log-every", "1",
-    "--set", "backbone.unet_channels=[8, 16, 32]", "--set", "s2dc.field_size=[64, 64, 32]", "--set", "s2dc.roi=32",
+    *TINY_UNET_FLAGS, "--no-progress", "--log-every", "1",
+    "--set", "s2dc.field_size=[64, 64, 32]", "--set", "s2dc.roi=32",
     "--set", "s2dc.head_hidden=32", "--set", "s2dc.head_out=16", "--set", "s2dc.queue_size=8", "--set", "s2dc.sinkhorn_iters=10",
 ]
 

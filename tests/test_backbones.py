@@ -2,6 +2,7 @@ import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 
+from conftest import TINY_UNET
 from mssl.config import BackboneConfig
 from mssl.models.backbones import build_backbone
 
@@ -18,7 +19,7 @@ def test_swin_state_dict_loads_into_monai_swinunetr():
     "config, size",
     [
         (BackboneConfig(name="swin", feature_size=12, window_size=4), 64),
-        (BackboneConfig(name="unet", unet_channels=(8, 16, 32)), 32),
+        (TINY_UNET, 32),
     ],
 )
 def test_features_shapes_and_optional_decoder(config, size):
@@ -34,13 +35,13 @@ def test_features_shapes_and_optional_decoder(config, size):
 
 
 def test_indivisible_size_is_a_clear_error():
-    backbone = build_backbone(BackboneConfig(name="unet", unet_channels=(8, 16, 32)))
+    backbone = build_backbone(TINY_UNET)
     with pytest.raises(ValueError, match="not a multiple of the unet backbone.s stride 4"):
         backbone(torch.randn(1, 1, 30, 32, 32))
 
 
 def test_unet_gradients_reach_every_parameter():
-    backbone = build_backbone(BackboneConfig(name="unet", unet_channels=(8, 16, 32)))
+    backbone = build_backbone(TINY_UNET)
     features = backbone(torch.randn(2, 1, 16, 16, 16))
     (features.local.square().mean() + features.bottleneck.mean()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone.parameters())
@@ -58,7 +59,7 @@ def _saved_bytes_and_gradients(backbone, x):
 @pytest.mark.parametrize(
     "config, size",
     [
-        (BackboneConfig(name="unet", unet_channels=(8, 16, 32)), 32),
+        (TINY_UNET, 32),
         (BackboneConfig(name="swin", feature_size=12, window_size=4), 64),
     ],
 )

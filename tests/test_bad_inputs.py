@@ -15,7 +15,6 @@ import pytest
 import torch
 from bad_inputs import (
     TINY_GVSL,
-    TINY_UNET,
     PlantsMarker,
     dicom_series_folders,
     label_files,
@@ -24,6 +23,7 @@ from bad_inputs import (
     synthetic_cache,
     weight_files,
 )
+from conftest import TINY_UNET_CHANNELS
 from test_data_helpers import synthetic_ct, write_nifti
 from typer.testing import CliRunner
 
@@ -62,7 +62,7 @@ def _one_line_error(result, code: int = 2) -> str:
 def test_bad_weight_files_are_refused_by_load_pretrained_inspect_and_finetune(weights) -> None:
     root, expected = weights
     for name, message in expected.items():
-        network = UNetBackbone(1, TINY_UNET)
+        network = UNetBackbone(1, TINY_UNET_CHANNELS)
         before = {k: v.clone() for k, v in network.state_dict().items()}
         if name == "huge":  # the claim is the sidecar's: fine-tuning refuses it before building a network
             with pytest.raises(ValueError, match=re.escape(message)):
@@ -76,7 +76,7 @@ def test_bad_weight_files_are_refused_by_load_pretrained_inspect_and_finetune(we
         line = _one_line_error(runner.invoke(app, ["inspect", str(root / name), "--into", "unet"]))
         assert name in line and message in line, line
     assert not (root / "pwned").exists()  # the pickle payload never ran
-    assert load_pretrained(UNetBackbone(1, TINY_UNET), root / "good.safetensors").ok
+    assert load_pretrained(UNetBackbone(1, TINY_UNET_CHANNELS), root / "good.safetensors").ok
 
 
 def test_damaged_or_hostile_sidecars_are_one_line_errors(tmp_path) -> None:

@@ -10,13 +10,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import write_random_export
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from conftest import TINY_UNET_OPTIONS, write_random_export
 from mssl.cli import app
 
-TINY = {"name": "unet", "unet_channels": (8, 16, 32)}
 TINY_TRAINING = {"roi": (32, 32, 32), "steps": 2, "val_every": 2, "crops_per_case": 1}
 
 
@@ -44,7 +43,7 @@ def openkbp_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An export of a (random) tiny U-Net with the sidecar `mssl export` writes."""
-    return write_random_export(tmp_path_factory.mktemp("export"), TINY)
+    return write_random_export(tmp_path_factory.mktemp("export"), TINY_UNET_OPTIONS)
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +101,10 @@ def test_classification_on_ixi_sex(ixi_dir: Path, tmp_path: Path) -> None:
     entries = [{**e, "image": str(ixi_dir / e["image"]), "label": str(ixi_dir / e["label"])} for e in meta["training"][:4]]
     data = tmp_path / "dataset.json"
     data.write_text(json.dumps({**meta, "training": entries}), encoding="utf-8")
-    run = finetune(task="cls", target="sex", data=data, backbone=TINY, roi=(32, 32, 32), steps=2, out=tmp_path / "cls")
+    run = finetune(task="cls", target="sex", data=data, backbone=TINY_UNET_OPTIONS, roi=(32, 32, 32), steps=2, out=tmp_path / "cls")
     result = evaluate(run=run, data=data)
     assert 0.0 <= result.scores["accuracy"] <= 1.0
-    age = finetune(task="cls", target="age", data=data, backbone=TINY, roi=(32, 32, 32), steps=1, out=tmp_path / "age")
+    age = finetune(task="cls", target="age", data=data, backbone=TINY_UNET_OPTIONS, roi=(32, 32, 32), steps=1, out=tmp_path / "age")
     assert evaluate(run=age, data=data).scores["mae"] >= 0.0
 
 
@@ -119,7 +118,7 @@ def test_benchmark_resumes_without_training(openkbp_small: Path, tiny_export: Pa
         runs={"tiny": tiny_export},
         labels=[1],
         seeds=1,
-        backbone=TINY,
+        backbone=TINY_UNET_OPTIONS,
         finetune=TINY_TRAINING,
         classes=["Brainstem", "SpinalCord"],
         probe_options={"train_cases": 1, "test_cases": 1, "voxels_per_class": 20},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mssl.config import BackboneConfig
+from conftest import TINY_UNET
 from mssl.downstream.inference import predict_logits
 from mssl.downstream.networks import build_segmentation_network
 
@@ -21,7 +21,7 @@ def test_windows_blend_to_the_whole_volume_for_a_pointwise_network() -> None:
 
 
 def test_one_window_equals_the_network_on_the_whole_volume() -> None:
-    network = build_segmentation_network(BackboneConfig(name="unet", unet_channels=(8, 16, 32)), 3)
+    network = build_segmentation_network(TINY_UNET, 3)
     image = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         whole = network.eval()(image)

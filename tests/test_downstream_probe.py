@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from conftest import TINY_UNET_CHANNELS
 from mssl.downstream.probe import VoxelProbe, balanced_voxels, patch_samples, sample_points
 
 
@@ -54,7 +55,7 @@ def test_decoder_features_are_the_networks_last_decoder_map() -> None:
     from mssl.downstream.probe import pyramid_features
     from mssl.models.backbones import UNetBackbone
 
-    network = UNetBackbone(channels=(8, 16, 32)).eval()
+    network = UNetBackbone(channels=TINY_UNET_CHANNELS).eval()
     image = torch.randn(1, 16, 16, 8)
     (decoder,) = pyramid_features(network, image, "decoder")
     with torch.no_grad():

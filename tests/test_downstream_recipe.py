@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_UNET_OPTIONS
 from mssl.data.demo import demo_datalist
 
-TINY_UNET = {"name": "unet", "unet_channels": (8, 16, 32)}
 COARSE = (8.0, 8.0, 8.0)  # mm: demo CTs become ~30×50×40 voxels, seconds per step on one core
 
 
@@ -31,7 +31,7 @@ def test_steps_auto_stops_on_a_plateau(tmp_path: Path) -> None:
 
     # a learning rate of 1e-12 leaves the network as it is: validation Dice is flat from the start
     out = finetune(
-        data=_datalist(tmp_path), backbone=TINY_UNET, spacing=COARSE, roi=(16, 16, 16), lr=1e-12, steps="auto",
+        data=_datalist(tmp_path), backbone=TINY_UNET_OPTIONS, spacing=COARSE, roi=(16, 16, 16), lr=1e-12, steps="auto",
         max_steps=30, val_every=1, plateau_window=2, augment=False, postprocess=False, out=tmp_path / "run",
     )
     result = json.loads((out / "result.json").read_text(encoding="utf-8"))
@@ -46,7 +46,7 @@ def test_fixed_steps_report_whether_they_converged(tmp_path: Path) -> None:
     from mssl.downstream.finetune import finetune
 
     out = finetune(
-        data=_datalist(tmp_path), backbone=TINY_UNET, spacing=COARSE, roi=(16, 16, 16), lr=1e-12, steps=3,
+        data=_datalist(tmp_path), backbone=TINY_UNET_OPTIONS, spacing=COARSE, roi=(16, 16, 16), lr=1e-12, steps=3,
         val_every=1, plateau_window=2, augment=False, postprocess=False, out=tmp_path / "run",
     )
     result = json.loads((out / "result.json").read_text(encoding="utf-8"))
@@ -58,7 +58,7 @@ def test_a_short_finetune_beats_its_initial_network(tmp_path: Path) -> None:
     from mssl.downstream.finetune import finetune
 
     out = finetune(
-        data=_datalist(tmp_path, validation_is_training=True), backbone=TINY_UNET, spacing=COARSE, steps=STEPS,
+        data=_datalist(tmp_path, validation_is_training=True), backbone=TINY_UNET_OPTIONS, spacing=COARSE, steps=STEPS,
         val_every=STEPS, labels=1, out=tmp_path / "run", seed=0,
     )
     result = json.loads((out / "result.json").read_text(encoding="utf-8"))
@@ -87,5 +87,5 @@ def test_a_label_value_outside_the_datalist_classes_is_refused_by_name(tmp_path:
     meta["training"][0]["label"] = str(bad)
     path.write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(ValueError, match="bad_label.nii.gz"):
-        finetune(data=path, backbone=TINY_UNET, spacing=COARSE, roi=(16, 16, 16), steps=1, out=tmp_path / "run")
+        finetune(data=path, backbone=TINY_UNET_OPTIONS, spacing=COARSE, roi=(16, 16, 16), steps=1, out=tmp_path / "run")
     assert not (tmp_path / "run" / "best.safetensors").exists()

@@ -9,6 +9,7 @@ import torch
 import yaml
 from monai.networks.nets import SwinUNETR
 
+from conftest import TINY_UNET, TINY_UNET_CHANNELS
 from mssl.config import BackboneConfig, GVSLConfig, PretrainConfig, S2DCConfig
 from mssl.weights.exporter import export
 from mssl.weights.safe_io import read_metadata, read_weights
@@ -16,7 +17,6 @@ from mssl.weights.sidecar import METADATA_KEY, file_sha256, read_sidecar
 from mssl.models.backbones import UNetBackbone, build_backbone
 
 SWIN = BackboneConfig(name="swin", feature_size=12, window_size=4)
-UNET = BackboneConfig(name="unet", unet_channels=(8, 16, 32))
 
 
 def make_run(root, backbone: BackboneConfig, method: str = "s2dc", steps: int = 5):
@@ -75,16 +75,16 @@ def test_sidecar_records_provenance_and_is_embedded_in_the_header(tmp_path):
 def test_sidecar_is_what_downstream_reads(tmp_path):
     from mssl.downstream.pretrained import describe_weights
 
-    run, config, _ = make_run(tmp_path, UNET, method="gvsl")
+    run, config, _ = make_run(tmp_path, TINY_UNET, method="gvsl")
     info = describe_weights(export(run))
     assert info.backbone == config.backbone and info.method == "gvsl"
 
 
 def test_unet_export_in_both_formats_loads_strictly_into_the_project_unet(tmp_path):
-    run, config, student = make_run(tmp_path, UNET, method="gvsl")
+    run, config, student = make_run(tmp_path, TINY_UNET, method="gvsl")
     for fmt in ("monai", "torch"):
         weights = export(run, out=tmp_path / fmt, format=fmt)
-        network = UNetBackbone(1, (8, 16, 32))
+        network = UNetBackbone(1, TINY_UNET_CHANNELS)
         tensors = read_weights(weights) if fmt == "monai" else torch.load(weights, weights_only=True)
         network.load_state_dict(tensors, strict=True)
         assert json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))["roi"] == {"gvsl": [32, 32, 32]}
@@ -93,7 +93,7 @@ def test_unet_export_in_both_formats_loads_strictly_into_the_project_unet(tmp_pa
 def test_export_errors_name_the_file_and_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoints/last.ckpt"):
         export(tmp_path)
-    run, _, _ = make_run(tmp_path, UNET, method="gvsl")
+    run, _, _ = make_run(tmp_path, TINY_UNET, method="gvsl")
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     checkpoint["hyper_parameters"]["config"]["backbone"]["unet_channels"] = [8, 16, 64]
     torch.save(checkpoint, run / "checkpoints" / "last.ckpt")
@@ -112,7 +112,7 @@ def test_cli_export(tmp_path):
 
     from mssl.cli import app
 
-    run, _, _ = make_run(tmp_path, UNET, method="gvsl")
+    run, _, _ = make_run(tmp_path, TINY_UNET, method="gvsl")
     result = CliRunner().invoke(app, ["export", str(run), "--format", "torch", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "loads into mssl.models.backbones.UNetBackbone(in_channels=1, channels=[8, 16, 32])" in result.output

@@ -10,12 +10,12 @@ import torch
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
+from conftest import TINY_UNET_CHANNELS
 from mssl.weights.loading import align_keys, load_pretrained
 from mssl.weights.safe_io import UnsafeWeightsError, read_metadata, read_weights, write_safetensors
 from mssl.weights.stem import adapt_input_channels
 from mssl.models.backbones import SwinBackbone, UNetBackbone
 
-TINY_UNET = (8, 16, 32)
 
 
 def tiny_swin(in_channels: int = 1) -> SwinBackbone:
@@ -74,12 +74,12 @@ class SegNet(nn.Module):
 
     def __init__(self, in_channels: int = 1) -> None:
         super().__init__()
-        self.backbone = UNetBackbone(in_channels, TINY_UNET)
-        self.head = nn.Conv3d(TINY_UNET[0], 3, 1)
+        self.backbone = UNetBackbone(in_channels, TINY_UNET_CHANNELS)
+        self.head = nn.Conv3d(TINY_UNET_CHANNELS[0], 3, 1)
 
 
 def test_export_keys_land_in_a_wrapped_segmentation_net_and_extra_keys_are_unexpected():
-    state = dict(UNetBackbone(1, TINY_UNET).state_dict())
+    state = dict(UNetBackbone(1, TINY_UNET_CHANNELS).state_dict())
     state["projector.weight"] = torch.ones(4, 4)
     network = SegNet()
     report = load_pretrained(network, state)
@@ -90,7 +90,7 @@ def test_export_keys_land_in_a_wrapped_segmentation_net_and_extra_keys_are_unexp
 
 
 def test_shape_mismatch_is_reported_and_keeps_the_network_initialisation():
-    source = UNetBackbone(1, (8, 16, 32)).state_dict()
+    source = UNetBackbone(1, TINY_UNET_CHANNELS).state_dict()
     network = UNetBackbone(1, (8, 16, 64))
     before = {k: v.clone() for k, v in network.state_dict().items()}
     report = load_pretrained(network, source)
@@ -110,8 +110,8 @@ def test_shape_mismatch_is_reported_and_keeps_the_network_initialisation():
 
 
 def test_stem_adaptation_one_to_three_channels_preserves_the_output_on_replicated_input():
-    original = UNetBackbone(1, TINY_UNET).eval()
-    network = UNetBackbone(3, TINY_UNET).eval()
+    original = UNetBackbone(1, TINY_UNET_CHANNELS).eval()
+    network = UNetBackbone(3, TINY_UNET_CHANNELS).eval()
     report = load_pretrained(network, original.state_dict(), in_channels=3)
     assert report.adapted == {"encoders.0.0.weight": ((8, 1, 3, 3, 3), (8, 3, 3, 3, 3))}
     assert report.ok and not report.missing
@@ -173,12 +173,12 @@ def test_malicious_pickle_is_refused_not_executed(tmp_path, writer):
 
 
 def test_files_and_folders_are_read_safely(tmp_path):
-    state = UNetBackbone(1, TINY_UNET).state_dict()
+    state = UNetBackbone(1, TINY_UNET_CHANNELS).state_dict()
     write_safetensors(state, tmp_path / "run" / "export" / "encoder.safetensors", {"backbone": "unet"})
     torch.save({"state_dict": {f"method.backbone.{k}": v for k, v in state.items()}}, tmp_path / "last.ckpt")
     assert read_metadata(tmp_path / "run") == {"backbone": "unet"}
     for source in (tmp_path / "run", tmp_path / "last.ckpt"):
-        network = UNetBackbone(1, TINY_UNET).to(torch.float64)
+        network = UNetBackbone(1, TINY_UNET_CHANNELS).to(torch.float64)
         report = load_pretrained(network, source)
         assert sorted(report.loaded) == sorted(state) and report.ok
         assert next(network.parameters()).dtype == torch.float64

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
-from conftest import DEMO_DATA
+from conftest import DEMO_DATA, TINY_UNET_CHANNELS, TINY_UNET_OPTIONS
 from test_downstream_end_to_end import _subset  # a dataset.json of chosen cases of each split
 from typer.testing import CliRunner
 
 from mssl.cli import app
 from mssl.train.cost import MEASURED_STEPS, WARMUP_STEPS
 
-TINY = {"backbone": {"name": "unet", "unet_channels": (8, 16, 32)}, "roi": (32, 32, 32), "spacing": (6.0, 6.0, 6.0), "batch_size": 1}
+TINY = {"backbone": TINY_UNET_OPTIONS, "roi": (32, 32, 32), "spacing": (6.0, 6.0, 6.0), "batch_size": 1}
 
 
 def _steps(metrics: Path) -> list[int]:
@@ -62,7 +62,7 @@ def test_segmentation_prints_lines_and_resumes_from_last_checkpoint(tmp_path: Pa
 def test_segmentation_dry_run_projects_and_writes_nothing(tmp_path: Path) -> None:
     data = _subset(DEMO_DATA, tmp_path, DEMO_PICKS)
     out = tmp_path / "run"
-    arguments = ["finetune", "--data", str(data), "--out", str(out), "--backbone", "unet", "--unet-channels", "8,16,32", "--roi", "32",
+    arguments = ["finetune", "--data", str(data), "--out", str(out), "--backbone", "unet", "--unet-channels", ",".join(map(str, TINY_UNET_CHANNELS)), "--roi", "32",
                  "--spacing", "6,6,6", "--batch-size", "1", "--steps", "1000", "--val-every", "100", "--dry-run"]
     result = CliRunner().invoke(app, arguments, env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from conftest import TINY_UNET
 from mssl.config import BackboneConfig, GVSLConfig
 from mssl.losses.gvsl import local_ncc_loss, restoration_loss, smoothness_loss
 from mssl.data.crops import CropRequest
@@ -9,7 +10,6 @@ from mssl.models.backbones import build_backbone
 from mssl.models.warp import warp
 from mssl.models.zmatch import ZMatchHead
 
-TINY_UNET = BackboneConfig(name="unet", unet_channels=(8, 16, 32))
 TERMS = {"ncc", "restore", "smooth"}
 VISUALS = {"fixed", "moving", "warped", "flow", "restored", "damaged"}
 

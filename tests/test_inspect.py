@@ -6,6 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import TINY_UNET_CHANNELS
 from mssl.cli import app
 from mssl.weights.inspect import infer_swin_args, infer_unet_args, inspect_weights
 from mssl.weights.safe_io import write_safetensors
@@ -22,7 +23,7 @@ def swin_file(tmp_path):
 
 @pytest.fixture
 def unet_file(tmp_path):
-    return write_safetensors(UNetBackbone(2, (8, 16, 32)).state_dict(), tmp_path / "unet.safetensors", {})
+    return write_safetensors(UNetBackbone(2, TINY_UNET_CHANNELS).state_dict(), tmp_path / "unet.safetensors", {})
 
 
 def test_constructor_arguments_are_read_off_the_shapes(swin_file, unet_file):
@@ -64,7 +65,7 @@ def test_cli_inspect_prints_the_table_and_fails_on_mismatch(tmp_path, unet_file)
     result = runner.invoke(app, ["inspect", str(unet_file), "--into", "unet", "--in-channels", "1"])
     assert result.exit_code == 0, result.output
     assert "encoders" in result.output and "adapted    encoders.0.0.weight: (8, 2, 3, 3, 3) -> (8, 1, 3, 3, 3)" in result.output
-    state = UNetBackbone(2, (8, 16, 32)).state_dict()
+    state = UNetBackbone(2, TINY_UNET_CHANNELS).state_dict()
     state["encoders.2.0.weight"] = torch.zeros(32, 16, 1, 1, 1)
     bad = write_safetensors(state, tmp_path / "bad.safetensors", {})
     result = runner.invoke(app, ["inspect", str(bad), "--keys"])

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import TINY_UNET_FLAGS, TINY_UNET_OPTIONS
 from mssl.cli import app
 from mssl.train.cost import MEASURED_STEPS, WARMUP_STEPS
 
-TINY_UNET = ["--backbone", "unet", "--set", "backbone.unet_channels=[8, 16, 32]", "--roi", "32", "--workers", "0"]
+TINY_UNET = [*TINY_UNET_FLAGS, "--roi", "32", "--workers", "0"]
 
 
 @pytest.mark.realdata
@@ -39,7 +40,7 @@ def test_log_file_gets_plain_lines_and_only_the_newest_checkpoints_stay(
     steps = WARMUP_STEPS + MEASURED_STEPS
     run = mssl.pretrain(
         method="gvsl", data=tiny_ct_cache, out=tmp_path / "run", steps=steps, checkpoint_every=1, keep_checkpoints=2,
-        backbone={"name": "unet", "unet_channels": [8, 16, 32]}, roi=32, workers=0, **{"logging.line_every_steps": 3},
+        backbone=TINY_UNET_OPTIONS, roi=32, workers=0, **{"logging.line_every_steps": 3},
     )
     output = capsys.readouterr().out  # not a terminal: no bar, plain lines
     progress = [line for line in output.splitlines() if line.startswith("step ")]

@@ -7,6 +7,7 @@ import torch
 import yaml
 from monai.networks.nets import SwinUNETR
 
+from conftest import TINY_UNET_OPTIONS
 from mssl.config import PretrainConfig, TrainerConfig
 from mssl.methods import build_method
 from mssl.models.backbones import build_backbone
@@ -16,7 +17,7 @@ from mssl.weights.safe_io import read_weights
 from mssl.weights.sidecar import read_sidecar
 
 BACKBONES = {
-    "unet": ({"name": "unet", "unet_channels": [8, 16, 32]}, 32),
+    "unet": (TINY_UNET_OPTIONS, 32),
     "swin": ({"name": "swin", "feature_size": 12, "window_size": 4}, 64),
 }
 

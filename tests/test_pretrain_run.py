@@ -13,6 +13,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from conftest import TINY_UNET_OPTIONS
 from mssl.cli import app
 from mssl.config import ConfigError
 from mssl.methods import METHODS
@@ -24,7 +25,7 @@ from mssl.weights.sidecar import read_sidecar
 
 # Test-sized models (DESIGN §10): U-Net (8, 16, 32); GVSL on 32³ pairs; S²DC on a 64×64×32 field of 32³ crops.
 TINY: dict[str, Any] = {
-    "backbone": {"name": "unet", "unet_channels": [8, 16, 32]},
+    "backbone": TINY_UNET_OPTIONS,
     "gvsl.roi": [32, 32, 32],
     "s2dc": {"field_size": [64, 64, 32], "roi": 32, "head_hidden": 32, "head_out": 16, "queue_size": 8, "sinkhorn_iters": 10},
     "workers": 0,

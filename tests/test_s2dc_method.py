@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from conftest import TINY_UNET
 from mssl.config import BackboneConfig, S2DCConfig
 from mssl.losses.s2dc import p2s_loss
 from mssl.losses.sinkhorn import log_sinkhorn
@@ -13,10 +14,9 @@ from mssl.models.backbones import build_backbone
 from mssl.models.ema import cosine_momentum
 
 SWIN = BackboneConfig(name="swin", feature_size=12, window_size=4)
-UNET = BackboneConfig(name="unet", unet_channels=(8, 16, 32))
 
 
-def _method(backbone=UNET, **overrides):
+def _method(backbone=TINY_UNET, **overrides):
     small = dict(field_size=(32, 32, 16), roi=16, head_hidden=32, head_out=16, queue_size=6, sinkhorn_iters=20)
     if backbone.name == "swin":
         small.update(field_size=(64, 64, 32), roi=32, token_stage=-2)  # 4 crops of 32³, 4×4×2 tokens of stride 16
@@ -167,7 +167,7 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="token_stage=5"):
         _method(token_stage=5)
     with pytest.raises(ValueError, match="not a multiple of the unet backbone.s stride 4"):
-        S2DCMethod(build_backbone(UNET), S2DCConfig(field_size=(36, 36, 18), roi=18))
+        S2DCMethod(build_backbone(TINY_UNET), S2DCConfig(field_size=(36, 36, 18), roi=18))
     method = _method()
     with pytest.raises(ValueError, match=r"batch\['field'\] must be"):
         method({"field": torch.rand(1, 1, 32, 32, 16)})

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import TINY_UNET
 from mssl.cli import app
 from mssl.config import BackboneConfig, ConfigError, PretrainConfig, S2DCConfig, build_config, input_size_problem
 from mssl.train.pretrain import resolve_config
@@ -21,7 +22,7 @@ def test_swin_decoder_needs_more_than_one_bottleneck_voxel() -> None:
     assert input_size_problem(SWIN, (64, 32, 32), decode=True) is None
     assert input_size_problem(SWIN, (32, 32, 32), decode=False) is None  # S²DC and classifiers read the encoder only
     assert "stride 32" in input_size_problem(SWIN, (48, 48, 48), decode=False)
-    assert "stride 4" in input_size_problem(BackboneConfig(name="unet", unet_channels=(8, 16, 32)), (30, 32, 32), decode=True)
+    assert "stride 4" in input_size_problem(TINY_UNET, (30, 32, 32), decode=True)
 
 
 def test_gvsl_on_swin_with_a_one_voxel_bottleneck_is_refused_at_config_time() -> None:

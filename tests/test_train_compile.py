@@ -16,8 +16,9 @@ import pytest
 import torch
 from test_pretrain_run import TINY, _metrics
 
+from conftest import TINY_UNET
 import mssl
-from mssl.config import BackboneConfig, GVSLConfig, S2DCConfig
+from mssl.config import GVSLConfig, S2DCConfig
 from mssl.methods.base import PretrainMethod
 from mssl.methods.gvsl import GVSLMethod
 from mssl.methods.s2dc import S2DCMethod
@@ -25,7 +26,6 @@ from mssl.models.backbones import build_backbone
 from mssl.train import module
 from mssl.train.module import compile_backbones
 
-TINY_UNET = BackboneConfig(name="unet", unet_channels=(8, 16, 32))
 TINY_S2DC = S2DCConfig(field_size=(64, 64, 32), roi=32, head_hidden=32, head_out=16, queue_size=8, sinkhorn_iters=10)
 
 

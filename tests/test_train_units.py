@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from mssl.config import BackboneConfig, OptimConfig
+from conftest import TINY_UNET
+from mssl.config import OptimConfig
 from mssl.data.crops import CropRequest
 from mssl.methods.base import MethodOutput, PretrainMethod
 from mssl.methods.combined import CombinedMethod
@@ -23,7 +24,6 @@ from mssl.train.optimizer import build_optimizer
 from mssl.train.schedules import WarmupCosine, warmup_cosine
 from mssl.train.seeding import rng_state, seed_step, set_rng_state, step_seed
 
-TINY_UNET = BackboneConfig(name="unet", unet_channels=(8, 16, 32))
 
 
 class Reconstruction(PretrainMethod):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_UNET_OPTIONS
 import mssl
 from mssl.config import ConfigError
 from mssl.data.demo import demo_datalist
@@ -25,7 +26,6 @@ from mssl.data.preprocess import PresetConfig
 
 SPACING = (8.0, 8.0, 8.0)  # mm: demo CTs become ~30×50×40 voxels
 SEED = 3
-TINY_UNET = {"name": "unet", "unet_channels": [8, 16, 32]}
 PROBE_SIZES = {"train_cases": 2, "test_cases": 1, "voxels_per_class": 200, "fit_steps": 30, "patch": 8}
 STEPS, EVERY = 6, 4  # probes at 0, 4 and the last step 6
 
@@ -43,7 +43,7 @@ def _pretrain(demo: tuple[Path, Path], out: Path, probe: bool = True, steps: int
     datalist, cache = demo
     probe_options = {"probe": datalist, "probe_every": EVERY, **{f"probe.{k}": v for k, v in PROBE_SIZES.items()}} if probe else {}
     return mssl.pretrain(
-        method="gvsl", data=cache, split="train", out=out, backbone=TINY_UNET, roi=32, steps=steps, seed=SEED,
+        method="gvsl", data=cache, split="train", out=out, backbone=TINY_UNET_OPTIONS, roi=32, steps=steps, seed=SEED,
         workers=0, log_every=1, progress_bar=False, **probe_options, **options,
     )
 
@@ -87,7 +87,7 @@ def test_step_0_equals_mssl_probe_of_a_random_encoder(demo: tuple[Path, Path], p
     from mssl.downstream.probe import probe
 
     datalist, _ = demo
-    result = probe(data=datalist, backbone=TINY_UNET, seed=SEED, preset="ct", spacing=SPACING, **PROBE_SIZES)
+    result = probe(data=datalist, backbone=TINY_UNET_OPTIONS, seed=SEED, preset="ct", spacing=SPACING, **PROBE_SIZES)
     step_0 = _history(probed_run)[0]
     assert result.random is not None and result.random.dice == step_0["dice"]
     assert result.random.mean_dice == step_0["mean_dice"] and result.random.knn_accuracy == step_0["knn_accuracy"]
@@ -116,7 +116,7 @@ def test_a_probe_leaves_rng_states_and_module_modes_as_it_found_them(demo: tuple
     from mssl.train.pretrain import resolve_config
 
     datalist, cache = demo
-    cfg = resolve_config(method="gvsl", data=cache, out=tmp_path, backbone=TINY_UNET, roi=32, probe=datalist, **{f"probe.{k}": v for k, v in PROBE_SIZES.items()})
+    cfg = resolve_config(method="gvsl", data=cache, out=tmp_path, backbone=TINY_UNET_OPTIONS, roi=32, probe=datalist, **{f"probe.{k}": v for k, v in PROBE_SIZES.items()})
     callback = TrainingProbe.from_config(cfg, CacheIndex.open(cache).preset, tmp_path)
     backbone = build_backbone(cfg.backbone).train()
     torch.manual_seed(11)

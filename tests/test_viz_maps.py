@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_UNET_CHANNELS
 from mssl.models.backbones import UNetBackbone
 from mssl.viz.curves import moving_average, plot_curves, read_metrics
 from mssl.viz.features import plot_structure_maps, structure_maps
@@ -30,7 +31,7 @@ def phantom(shape=(32, 32, 24)) -> torch.Tensor:
 
 def test_structure_maps_cover_the_body_and_are_drawn(tmp_path):
     image = phantom()
-    maps = structure_maps(UNetBackbone(1, (8, 16, 32)), image, stride=2, clusters=3)
+    maps = structure_maps(UNetBackbone(1, TINY_UNET_CHANNELS), image, stride=2, clusters=3)
     assert maps.rgb.shape == (32, 32, 24, 3) and maps.clusters.shape == (32, 32, 24)
     assert maps.rgb.min() >= 0 and maps.rgb.max() <= 1
     body = image[0].numpy() > 0.1
@@ -39,7 +40,7 @@ def test_structure_maps_cover_the_body_and_are_drawn(tmp_path):
     assert sum(maps.explained_variance) <= 1.0
     assert_png(plot_structure_maps(maps, tmp_path / "features.png", spacing=(2.0, 2.0, 3.0), title="phantom"))
     with pytest.raises(ValueError, match="strides"):
-        structure_maps(UNetBackbone(1, (8, 16, 32)), image, stride=8)
+        structure_maps(UNetBackbone(1, TINY_UNET_CHANNELS), image, stride=8)
 
 
 def test_slices_are_centred_on_the_body_and_oriented_for_display():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TINY_UNET, TINY_UNET_CHANNELS
 from mssl.config import BackboneConfig
 from mssl.data.preprocess import PresetConfig
 from mssl.downstream.pretrained import describe_weights
@@ -17,13 +18,11 @@ from mssl.weights.loading import load_pretrained
 from mssl.weights.safe_io import write_safetensors
 from mssl.weights.sidecar import SIDECAR_FORMAT, EncoderSidecar, network_spec, read_sidecar, write_sidecar
 
-CHANNELS = (8, 16, 32)
-UNET = BackboneConfig(name="unet", unet_channels=CHANNELS)
 
 
 def _unet_weights(folder: Path) -> Path:
     torch.manual_seed(0)
-    return write_safetensors(UNetBackbone(1, CHANNELS).state_dict(), folder / "encoder.safetensors", {})
+    return write_safetensors(UNetBackbone(1, TINY_UNET_CHANNELS).state_dict(), folder / "encoder.safetensors", {})
 
 
 def _v1_sidecar(decoder_keys: list[str]) -> dict:
@@ -54,11 +53,11 @@ def _v1_sidecar(decoder_keys: list[str]) -> dict:
 
 def test_a_first_format_sidecar_loads_as_the_typed_sidecar(tmp_path: Path) -> None:
     weights = _unet_weights(tmp_path)
-    decoder = sorted(k for k in UNetBackbone(1, CHANNELS).state_dict() if k.startswith("decoders."))
+    decoder = sorted(k for k in UNetBackbone(1, TINY_UNET_CHANNELS).state_dict() if k.startswith("decoders."))
     sidecar_of(weights).write_text(json.dumps(_v1_sidecar(decoder)), encoding="utf-8")
 
     sidecar = read_sidecar(weights)
-    assert sidecar.format == SIDECAR_FORMAT and sidecar.backbone == UNET
+    assert sidecar.format == SIDECAR_FORMAT and sidecar.backbone == TINY_UNET
     assert sidecar.network.class_name == "mssl.models.backbones.UNetBackbone" and sidecar.network.args["channels"] == [8, 16, 32]
     assert sidecar.preset == PresetConfig(name="ct", spacing=(1.5, 1.5, 2.0))
     assert sidecar.spacing == (1.5, 1.5, 2.0) and sidecar.data.index_hash == "ab" * 32 and sidecar.data.cases == 4
@@ -66,8 +65,8 @@ def test_a_first_format_sidecar_loads_as_the_typed_sidecar(tmp_path: Path) -> No
     assert sidecar.weights.file == "encoder.safetensors"
 
     info = describe_weights(weights)  # what fine-tuning reads
-    assert info.backbone == UNET and info.preset == sidecar.preset and info.method == "gvsl"
-    report = load_pretrained(UNetBackbone(1, CHANNELS), weights, verbose=False)
+    assert info.backbone == TINY_UNET and info.preset == sidecar.preset and info.method == "gvsl"
+    report = load_pretrained(UNetBackbone(1, TINY_UNET_CHANNELS), weights, verbose=False)
     assert report.trained_known and sorted(report.untrained) == decoder
 
 
@@ -82,7 +81,7 @@ def test_first_format_variants_a_bare_preset_name_and_constructor_argument_names
 
 def test_the_current_format_round_trips_and_describes_the_network_for_other_code(tmp_path: Path) -> None:
     weights = _unet_weights(tmp_path)
-    written = EncoderSidecar(method="gvsl", backbone=UNET, network=network_spec(UNET), preset=PresetConfig(name="ct"), steps=3)
+    written = EncoderSidecar(method="gvsl", backbone=TINY_UNET, network=network_spec(TINY_UNET), preset=PresetConfig(name="ct"), steps=3)
     write_sidecar(written, weights)
     raw = json.loads(sidecar_of(weights).read_text(encoding="utf-8"))
     assert raw["format"] == SIDECAR_FORMAT and raw["network"]["class"] == "mssl.models.backbones.UNetBackbone"

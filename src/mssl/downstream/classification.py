@@ -2,14 +2,12 @@
 
 A datalist key with string values (``sex``: "F"/"M") becomes classes in sorted order; numeric values
 (``age``) a regression standardised by the training cases' mean and std. Whole volumes are padded or
-cropped to ``roi``; the best validation checkpoint (AUC/accuracy, or MAE) is kept; metrics.csv and
-TensorBoard log the loss, lr and validation scores; last.ckpt lets ``--resume`` continue the run.
+cropped to ``roi``; the best validation checkpoint (AUC/accuracy, or MAE) is kept. The training loop
+(metrics.csv, TensorBoard, last.ckpt and ``--resume``) is :mod:`mssl.downstream.fit`'s.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -20,25 +18,18 @@ from monai.data import CacheDataset, DataLoader
 from rich.console import Console
 from sklearn.metrics import accuracy_score, roc_auc_score
 from torch.nn import functional as F
-from torch.utils.tensorboard import SummaryWriter
 
-from mssl.downstream.config import FinetuneConfig
 from mssl.data.preprocess import PresetConfig
 from mssl.data.sources import Case
+from mssl.config import backbone_stride
+from mssl.downstream.config import FinetuneConfig
 from mssl.downstream.datasets import case_dict, data_channels, labelled_subset, preprocessing
-from mssl.downstream.last_checkpoint import load_last, open_log, save_last
+from mssl.downstream.fit import FinetuneLoop, Task, Validation
 from mssl.downstream.networks import build_classifier, freeze_encoder
 from mssl.downstream.pretrained import load_encoder
-from mssl.downstream.progress import finetune_reporter, planned_validations
-from mssl.downstream.run_files import save_weights, write_json
-from mssl.downstream.optim import build_optimizer
 from mssl.downstream.sampling import automatic_roi
-from mssl.downstream.setup import check_roi, start_finetune
-from mssl.config import backbone_stride
-from mssl.runs import FinetuneRun
+from mssl.downstream.setup import check_roi
 from mssl.train.cost import Projection
-from mssl.train.schedules import poly
-
 
 
 def target_encoding(train_cases: Sequence[Case], every_case: Sequence[Case], key: str) -> dict[str, Any]:
@@ -122,10 +113,11 @@ def _endless(loader: Iterable[Any]) -> Iterator[Any]:
 def finetune_classification(config: FinetuneConfig, console: Console | None = None) -> Path | Projection:
     """Train a pooled-encoder classifier/regressor on k labelled cases; returns the run folder (a dry
     run: the projection of the planned run)."""
+    if config.steps == "auto":
+        raise ValueError("steps='auto' stops on a validation Dice plateau: segmentation only; give cls a number of steps")
     console = console or Console()
-    start = time.perf_counter()
-    setup, fabric, out = start_finetune(config)
-    files = FinetuneRun(out)
+    loop = FinetuneLoop(config, console)
+    setup, fabric = loop.setup, loop.fabric
     splits = setup.dataset.splits
     train_cases = labelled_subset(splits["train"], config.labels, config.seed)
     val_cases = sorted(splits["validation"], key=lambda c: c.case_id)[: config.val_cases]
@@ -136,8 +128,6 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
         f"{len(train_cases)} labelled cases (seed {config.seed}) · {len(val_cases)} validation"
     )
 
-    if config.steps == "auto":
-        raise ValueError("steps='auto' stops on a validation Dice plateau: segmentation only; give cls a number of steps")
     preprocess = preprocessing(setup.preset, with_label=False)
     train_items = [preprocess(item) for item in classification_items(train_cases, config.target, encoding)]
     val_items = [preprocess(item) for item in classification_items(val_cases, config.target, encoding)]
@@ -147,82 +137,34 @@ def finetune_classification(config: FinetuneConfig, console: Console | None = No
         load_encoder(network.backbone, config.weights, console)
     if config.freeze_encoder:
         console.print(f"encoder frozen ({freeze_encoder(network, setup.backbone)} tensors)")
-    optimizer = build_optimizer([p for p in network.parameters() if p.requires_grad], config)
-    schedule = poly(optimizer, config.steps)
-    network, optimizer = fabric.setup(network, optimizer)
 
     roi = config.roi or automatic_roi([item["image"].shape[1:] for item in train_items], backbone_stride(setup.backbone), config.max_roi_voxels)
     check_roi(roi, setup.backbone, decode=False)
-    fit = mt.ResizeWithPadOrCropd("image", spatial_size=tuple(roi))
-    train_data = CacheDataset(train_items, transform=fit, progress=False)
-    val_data = CacheDataset(val_items, transform=fit, progress=False)
+    to_roi = mt.ResizeWithPadOrCropd("image", spatial_size=tuple(roi))
+    train_data = CacheDataset(train_items, transform=to_roi, progress=False)
+    val_data = CacheDataset(val_items, transform=to_roi, progress=False)
     loader = fabric.setup_dataloaders(DataLoader(train_data, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers))
-    # resuming restores weights, optimiser, schedule, counters and RNG; the epoch order then starts afresh
-    loop = load_last(out, network, optimizer, schedule) if config.resume else {"step": 0, "best": -math.inf, "best_step": 0, "scores": {}}
-    best, best_step, best_scores = loop["best"], loop["best_step"], loop["scores"]
-    reporter = finetune_reporter(config, network, roi, config.batch_size, config.steps, fabric.device, console, validating=bool(val_cases))
-    writer = SummaryWriter(str(files.tensorboard)) if fabric.is_global_zero else None
+    # resuming restores weights, optimiser, schedule, counters and RNG, after MONAI's DataLoader has reseeded
+    # torch's generator; the epoch order then starts afresh
+    network = loop.prepare(network)
 
-    log_file, log = open_log(files.metrics, ["step", "loss", "lr", "validation"], loop["step"] if config.resume else None)
-    reporter.start(loop["step"])
-    with log_file:
-        for step, batch in zip(range(loop["step"] + 1, config.steps + 1), _endless(loader)):
-            network.train()
-            loss = _loss(network(batch["image"]), batch["target"], encoding)
-            optimizer.zero_grad(set_to_none=True)
-            fabric.backward(loss)
-            optimizer.step()
-            schedule.step()
-            lr = schedule.get_last_lr()[0]
-            scores: dict[str, float] = {}
-            if val_cases and (step % config.val_every == 0 or step == config.steps):
-                with reporter.paused(), fabric.autocast():
-                    scores = classification_scores(*predict_outputs(network, val_data), encoding)
-                if selection_score(scores) > best:
-                    best, best_step, best_scores = selection_score(scores), step, scores
-                    if fabric.is_global_zero:
-                        save_weights(network, out)
-                console.print(f"step {step}/{config.steps} · loss {loss.item():.4f} · validation {scores}")
-            if writer is not None:
-                writer.add_scalar("train/loss", loss.item(), step)
-                writer.add_scalar("train/lr", lr, step)
-                for name, value in scores.items():
-                    writer.add_scalar(f"val/{name}", value, step)
-            log.writerow([step, f"{loss.item():.6f}", f"{lr:.3e}", scores or ""])
-            log_file.flush()
-            if fabric.is_global_zero and (step % config.val_every == 0 or step == config.steps):
-                save_last(out, network, optimizer, schedule, {"step": step, "best": best, "best_step": best_step, "scores": best_scores})
-            reporter.step_done(step, lambda: {"loss": loss.item(), "lr": lr})
-            if config.dry_run and reporter.measured:
-                break
-    if writer is not None:
-        writer.close()
-    if config.dry_run:
-        if val_cases:  # one validation, timed, for what the planned ones cost
-            with reporter.paused(), fabric.autocast():
-                predict_outputs(network, val_data)
-        return reporter.dry_run_report(planned_validations(reporter, initial=False))
-    if not val_cases:
-        best_step = config.steps
-        if fabric.is_global_zero:
-            save_weights(network, out)
-    if fabric.is_global_zero:
-        write_json(
-            files.model,
-            {
-                "task": "cls",
-                "backbone": setup.backbone.model_dump(mode="json"),
-                "num_outputs": num_outputs,
-                "target": config.target,
-                "encoding": encoding,
-                "preset": setup.preset.model_dump(mode="json"),
-                "roi": list(roi),
-                "weights": str(config.weights) if config.weights else None,
-                "method": setup.pretrained.method if setup.pretrained else "scratch",
-                "labelled_cases": [c.case_id for c in train_cases],
-                "config": config.model_dump(mode="json"),
-            },
-        )
-        write_json(files.result, {"best_step": best_step, "validation": best_scores, "steps": config.steps, "seconds": round(time.perf_counter() - start, 1)})
-    console.print(f"[green]done[/] {out} · best validation {best_scores} at step {best_step}")
-    return out
+    def validate() -> Validation:
+        scores = classification_scores(*predict_outputs(network, val_data), encoding)
+        return Validation(score=selection_score(scores), scores=scores, cells=[str(scores)], summary=f"validation {scores}")
+
+    task = Task(
+        loss=lambda outputs, batch: _loss(outputs, batch["target"], encoding),
+        validate=validate if val_cases else None,
+        validation_columns=["validation"],
+    )
+    projection = loop.fit(task, _endless(loader), roi, config.batch_size)
+    if projection is not None:
+        return projection
+    description = {
+        "num_outputs": num_outputs,
+        "target": config.target,
+        "encoding": encoding,
+        "roi": list(roi),
+        "labelled_cases": [c.case_id for c in train_cases],
+    }
+    return loop.finish(description, {})
