@@ -30,7 +30,7 @@ CPU_PROJECTION = re.compile(r"^process CPU time: .*≈ (?:(\d+)h )?(\d+)m (\d+)s
 
 
 def _flags(cache: Path, steps: int) -> list[str]:
-    from mssl.demo_pipeline import FULL
+    from mssl.pipelines.demo import FULL
 
     swin, s2dc = FULL.swin, FULL.s2dc
     settings = {
@@ -68,7 +68,7 @@ def main() -> None:
     import mssl
     from mssl.data.demo import demo_datalist
     from mssl.data.preprocess import PresetConfig
-    from mssl.demo_pipeline import FULL
+    from mssl.pipelines.demo import FULL
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=80)

@@ -49,7 +49,7 @@ def main() -> None:
 
     import torch
 
-    from mssl.downstream.benchmark import benchmark
+    from mssl.pipelines.benchmark import benchmark
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -109,7 +109,7 @@ def test_classification_on_ixi_sex(ixi_dir: Path, tmp_path: Path) -> None:
 
 
 def test_benchmark_resumes_without_training(openkbp_small: Path, tiny_export: Path, tmp_path: Path) -> None:
-    from mssl.downstream.benchmark import benchmark
+    from mssl.pipelines.benchmark import benchmark
 
     options = dict(
         data=openkbp_small,

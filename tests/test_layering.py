@@ -14,7 +14,7 @@ layers below it (the README's layout section states the same order):
     train
     viz
     downstream
-    demo_pipeline
+    pipelines
     commands
     cli
     launcher
@@ -40,7 +40,7 @@ LAYERS = [
     {"train"},
     {"viz"},
     {"downstream"},
-    {"demo_pipeline"},
+    {"pipelines"},
     {"commands"},
     {"cli"},
     {"launcher"},

@@ -22,12 +22,12 @@ _API: dict[str, str] = {
     "export": "mssl.weights.exporter:export",
     "inspect_weights": "mssl.weights.inspect:inspect_weights",
     "visualize": "mssl.viz.visualize:visualize",
-    "demo": "mssl.demo_pipeline:run_demo",
+    "demo": "mssl.pipelines.demo:run_demo",
     "pretrain": "mssl.train.pretrain:pretrain",
     "finetune": "mssl.downstream.finetune:finetune",
     "evaluate": "mssl.downstream.evaluate:evaluate",
     "probe": "mssl.downstream.probe:probe",
-    "benchmark": "mssl.downstream.benchmark:benchmark",
+    "benchmark": "mssl.pipelines.benchmark:benchmark",
 }
 
 __all__ = ["__version__", *_API]

@@ -45,7 +45,7 @@ def command(
     from rich.console import Console
 
     from mssl.config import build_config
-    from mssl.downstream.benchmark import benchmark
+    from mssl.pipelines.benchmark import benchmark
 
     try:
         malformed = [item for item in runs or [] if "=" not in item]

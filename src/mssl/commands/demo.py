@@ -20,6 +20,6 @@ def command(
 
     Example: mssl demo --out demo_run
     """
-    from mssl.demo_pipeline import run_demo
+    from mssl.pipelines.demo import run_demo
 
     run_demo(out, fast=fast)
