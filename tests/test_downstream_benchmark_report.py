@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from mssl.pipelines.benchmark import BenchmarkResult, benchmark_markdown, paired_to_scratch
+from mssl.viz.benchmark_report import BenchmarkResult, benchmark_markdown, paired_to_scratch
 from mssl.downstream.config import BenchmarkConfig
 
 
@@ -50,7 +50,7 @@ def test_plot_shows_dice_on_the_full_zero_to_one_scale(tmp_path: Path) -> None:
     """Dice 0.00022 vs 0.00035 must not fill the axis (matplotlib would auto-scale it to look like a gap)."""
     from unittest import mock
 
-    from mssl.pipelines.benchmark import plot_curves
+    from mssl.viz.benchmark_report import plot_curves
 
     tiny = BenchmarkResult(Path("unused"), dice={"scratch": {2: [0.00022]}, "gvsl": {2: [0.00035]}})
     with mock.patch("matplotlib.axes.Axes.set_ylim") as set_ylim:
@@ -82,7 +82,7 @@ def test_size_flags_merge_into_the_yaml_sections(tmp_path: Path) -> None:
 def test_terminal_report_has_no_markdown_image_markup(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from mssl.pipelines.benchmark import show_report
+    from mssl.viz.benchmark_report import show_report
 
     config = BenchmarkConfig(data=Path("dataset.json"), methods=["scratch", "gvsl"], labels=[2, 5], seeds=3)
     (tmp_path / "benchmark.md").write_text(benchmark_markdown(_result(), config, seconds=0.0), encoding="utf-8")

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from mssl.downstream.metrics import format_mean_std, mean_std, segmentation_metrics
+from mssl.downstream.metrics import segmentation_metrics
+from mssl.viz.tables import format_mean_std, mean_std
 
 
 def test_dice_of_shifted_cubes() -> None:

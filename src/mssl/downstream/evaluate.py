@@ -29,11 +29,12 @@ from mssl.data.preprocess import PresetConfig
 from mssl.data.sources import Case
 from mssl.downstream.datasets import load_dataset, preprocessed_item, preprocessing
 from mssl.downstream.inference import predict_log_probs
-from mssl.downstream.metrics import format_mean_std, mean_std, segmentation_metrics
+from mssl.downstream.metrics import segmentation_metrics
 from mssl.downstream.partial_labels import restrict_to
 from mssl.downstream.postprocess import keep_largest_component
 from mssl.downstream.run_files import load_finetuned, write_json
 from mssl.runs import EvaluationFolder, FinetuneRun
+from mssl.viz.tables import format_mean_std, mean_std
 from mssl.weights.loading import input_channels_of
 
 HD95_NOTE = "HD95 in mm; a contoured organ the prediction misses entirely counts as the volume diagonal (and NSD 0)."
