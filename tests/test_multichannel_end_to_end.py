@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from mssl.cli import app
 from mssl.config import ConfigError
 from mssl.data.prepare import prepare
-from mssl.train.pretrain import pretrain
+from mssl.pipelines.pretrain import pretrain
 from mssl.weights.exporter import export
 from mssl.weights.sidecar import read_sidecar
 

@@ -147,6 +147,16 @@ def test_a_missing_probe_datalist_is_one_config_error(demo: tuple[Path, Path], t
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_the_training_engine_refuses_probes_it_was_not_given(demo: tuple[Path, Path], tmp_path: Path) -> None:
+    """``mssl.pretrain`` hands the probe callback to ``train/``; called directly, train/ must not skip the probes silently."""
+    from mssl.train.pretrain import pretrain
+
+    datalist, cache = demo
+    with pytest.raises(ConfigError, match="probe.data.*mssl.pretrain"):
+        pretrain(method="gvsl", data=cache, out=tmp_path / "run", backbone=TINY_UNET_OPTIONS, roi=32, steps=1, probe=datalist)
+    assert not (tmp_path / "run").exists()
+
+
 def test_visualize_draws_the_probe_curve_next_to_the_losses(probed_run: Path, tmp_path: Path) -> None:
     from PIL import Image
 

@@ -23,7 +23,7 @@ _API: dict[str, str] = {
     "inspect_weights": "mssl.weights.inspect:inspect_weights",
     "visualize": "mssl.viz.visualize:visualize",
     "demo": "mssl.pipelines.demo:run_demo",
-    "pretrain": "mssl.train.pretrain:pretrain",
+    "pretrain": "mssl.pipelines.pretrain:pretrain",
     "finetune": "mssl.downstream.finetune:finetune",
     "evaluate": "mssl.downstream.evaluate:evaluate",
     "probe": "mssl.downstream.probe:probe",

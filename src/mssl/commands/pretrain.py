@@ -62,7 +62,8 @@ def command(
     from mssl.data.errors import DataError
     from mssl.train.checkpoint import NonFiniteStateError
     from mssl.train.module import NonFiniteLossError
-    from mssl.train.pretrain import pretrain, resolve_config
+    from mssl.pipelines.pretrain import pretrain
+    from mssl.train.pretrain import resolve_config
 
     flags["devices"] = _devices(devices)
     try:

@@ -51,7 +51,7 @@ def pretrained_weights(method: str, config: BenchmarkConfig, dataset: Dataset, c
     from mssl.data.prepare import prepare
     from mssl.data.preprocess import PresetConfig
     from mssl.weights.exporter import export
-    from mssl.train.pretrain import pretrain
+    from mssl.pipelines.pretrain import pretrain
 
     run = PretrainRun(config.out / "pretrain" / method)
     weights = run.export.encoder

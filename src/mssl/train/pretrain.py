@@ -1,4 +1,4 @@
-"""``mssl.pretrain(...)`` ≡ ``mssl pretrain ...``: build the config, train with Lightning, write the run folder.
+"""The pre-training engine behind ``mssl.pretrain``: build the config, train with Lightning, write the run folder.
 
 The run folder's layout is :class:`mssl.runs.PretrainRun`'s: resolved config, the newest full state (model,
 EMA teacher, queue, optimiser, schedule, step, RNG) and the ``trainer.keep_checkpoints`` newest periodic
@@ -14,7 +14,7 @@ import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import yaml
 
@@ -26,7 +26,12 @@ if TYPE_CHECKING:
     from torch import nn
 
     from mssl.data.cache import CacheIndex
+    from mssl.data.preprocess import PresetConfig
     from mssl.train.cost import Projection
+
+# builds the Lightning callback that runs the config's ``probe`` section (from the run config, the cache's
+# preset and the run folder); probes are downstream code, so the caller above supplies it
+ProbeCallback = Callable[[PretrainConfig, "PresetConfig", Path], "Callback"]
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +102,10 @@ def _check_probe_features(cfg: PretrainConfig) -> None:
 
 
 def pretrain(
-    config: PretrainConfig | str | Path | Mapping[str, Any] | None = None, dry_run: bool = False, **overrides: Any
+    config: PretrainConfig | str | Path | Mapping[str, Any] | None = None,
+    dry_run: bool = False,
+    probe_callback: ProbeCallback | None = None,
+    **overrides: Any,
 ) -> Path | Projection:
     """Pre-train an encoder; returns the run folder.
 
@@ -107,6 +115,8 @@ def pretrain(
     With ``dry_run=True`` a few steps run on one device, outside ``out``, and the projection of the
     whole run is printed and returned; nothing is written to ``out``.
     Raises :class:`~mssl.train.run_lock.RunFolderBusy` while another process writes to ``out``.
+    A config with a ``probe`` section needs ``probe_callback``: ``mssl.pretrain`` (:mod:`mssl.pipelines.pretrain`)
+    passes the downstream probe.
     """
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -117,15 +127,17 @@ def pretrain(
     index = open_cache(cfg.data)  # fail on a bad cache now, not inside the trainer
     cfg = _with_data_channels(cfg, index)
     run_dir = Path(cfg.out)
+    if cfg.probe.data is not None and probe_callback is None and not dry_run:
+        raise ConfigError("config key 'probe.data': this entry point has no probe to run; pre-train through mssl.pretrain to probe during training")
     if dry_run:
         _checkpoint_to_resume(cfg, run_dir)  # the real run's objection to its folder, said now
         return _dry_run(cfg, index)
     # rank 0 owns the folder; the other DDP ranks (started later, by Lightning) only read it
     with run_lock(run_dir) if rank_zero_only.rank == 0 else nullcontext():
-        return _fit(cfg, index, run_dir)
+        return _fit(cfg, index, run_dir, probe_callback)
 
 
-def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
+def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path, probe_callback: ProbeCallback | None) -> Path:
     """Train into ``run_dir`` (its lock held): resume or start, fit, write the summary."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -178,11 +190,8 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path) -> Path:
     compile_time = CompileTime() if cfg.trainer.compile else None
     if compile_time is not None:
         callbacks.append(compile_time)
-    if cfg.probe.data is not None:
-        # the probes are downstream code; the training engine takes them only as a Lightning callback
-        from mssl.downstream.training_probe import TrainingProbe
-
-        callbacks.append(TrainingProbe.from_config(cfg, index.preset, run_dir))
+    if cfg.probe.data is not None and probe_callback is not None:
+        callbacks.append(probe_callback(cfg, index.preset, run_dir))
     with _quiet_lightning():
         trainer = pl.Trainer(
             default_root_dir=run_dir,
