@@ -82,6 +82,28 @@ def test_cli_visualize_on_a_gvsl_run(demo_run, tmp_path):
     assert result.exit_code == 2 and "strides" in result.output
 
 
+def test_report_states_the_recorded_timings_and_links_what_is_inside_out(tmp_path):
+    """report.md is rendered from timings.json's record alone; paths inside ``out`` are shown relative to it."""
+    from mssl.pipelines.demo import FAST
+    from mssl.viz.demo_report import demo_markdown
+
+    class Probe:
+        def markdown(self):
+            return "| pretrained | 0.5 |"
+
+    timings = {"stages_s": {"prepare": 2.4, "pre-train s2dc": 7.6}, "stages_cpu_s": {"prepare": 3.5, "pre-train s2dc": 12.4},
+               "total_s": 10.0, "total_cpu_s": 15.9, "load_average_1min": [0.5, 3.25]}
+    runs = {m: tmp_path / "runs" / m for m in ("s2dc", "gvsl")}
+    exports = {m: run / "export" / "encoder.safetensors" for m, run in runs.items()}
+    figures = {"gvsl": [tmp_path / "figures" / "gvsl" / "curves.png"]}
+    text = demo_markdown(tmp_path, FAST, timings, {"s2dc": Probe(), "gvsl": Probe()}, figures, runs, exports, fast=True)
+    assert "| prepare | 2 | 4 |" in text and "| pre-train s2dc | 8 | 12 |" in text and "| **total** | **10** | **16** |" in text
+    assert "load average 0.5 at the start and 3.25 at the end" in text and "fast mode" in text
+    assert "![curves](figures/gvsl/curves.png)" in text and text.count("| pretrained | 0.5 |") == 2
+    assert "mssl inspect runs/s2dc/export/encoder.safetensors" in text and "mssl visualize runs/s2dc --volume" in text
+    assert str(tmp_path) not in text
+
+
 @pytest.mark.parametrize("name", ["demo", "visualize"])
 def test_cli_help(name):
     result = runner.invoke(app, [name, "--help"])
