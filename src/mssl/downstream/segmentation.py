@@ -153,7 +153,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         return projection
 
     postprocessing = {"classes": [], "validation": {}}
-    if config.postprocess and val_items:
+    if config.postprocess and val_items and loop.has_best_weights:
         network.load_state_dict(load_file(str(loop.files.weights)))
         with fabric.autocast():
             predictions = predict_labels(network, val_items, roi, config.sw_overlap, trained_classes)
@@ -177,7 +177,6 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         "trained_classes": trained_classes.tolist(),
         "validation_cases": [c.case_id for c in val_cases],
     }
-    out = loop.finish(description, {"best_val_dice": loop.progress.scores.get("dice")})
     if fabric.is_global_zero:
         plot_finetune_curve(loop.files.metrics, loop.files.curve, title=f"{loop.method} · k={len(train_cases)} · seed {config.seed}")
-    return out
+    return loop.finish(description, {"best_val_dice": loop.progress.scores.get("dice")})
