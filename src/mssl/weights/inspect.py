@@ -5,7 +5,7 @@ an export, else the run's own record: a fine-tuned run's model.json, a pre-train
 from the tensor shapes themselves
 (feature size, window size, v2 blocks, U-Net widths), so third-party files can be checked too.
 nnU-Net's networks (``plainconv``, ``resenc``: nnU-Net's own class, segmentation layers included) need
-the sidecar, since strides cannot be read off the shapes.
+that record, since strides cannot be read off the shapes.
 ``in_channels`` builds the target for that many input channels and adapts the stem kernels.
 """
 
@@ -133,7 +133,8 @@ def recorded_backbone(path: Path) -> tuple[BackboneConfig, str] | None:
 def inspect_weights(weights: str | Path, into: Target | None = None, in_channels: int | None = None) -> LoadReport:
     """Load ``weights`` into a fresh SwinUNETR, U-Net or nnU-Net network and report per module what loaded.
 
-    into: the target network (default: the backbone the weights were trained as, see :func:`recorded_backbone`, else guessed from the keys).
+    into: the target network (default: the backbone the weights were trained as, from the sidecar or
+    :func:`recorded_backbone`, else guessed from the keys).
     in_channels: build the target with this many input channels; stem kernels are adapted.
     """
     path = weight_file(weights)
