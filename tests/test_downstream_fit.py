@@ -97,3 +97,33 @@ def test_without_validation_the_last_weights_are_kept(tmp_path: Path) -> None:
     loop.fit(Task(loss=lambda outputs, batch: outputs.square().mean(), validate=None, validation_columns=["score"]), _batches(), (1, 1, 1), 1)
     assert loop.progress.best_step == 3
     assert torch.equal(load_file(str(loop.out / "best.safetensors"))["weight"], network.weight.detach())
+
+
+def test_weights_gone_nan_under_a_finite_loss_stop_the_run_at_the_next_validation(tmp_path: Path) -> None:
+    """A buffer overflows at step 3 while the loss stays finite: step 4 (due) finds it before validating or
+    writing last.ckpt; the files still describe step 2's best weights and say where the run diverged."""
+    from mssl.train.checkpoint import NonFiniteStateError
+
+    loop = _loop(tmp_path, steps=4)
+    network = torch.nn.Linear(1, 1, bias=False)
+    network.register_buffer("running", torch.zeros(1))
+    network = loop.prepare(network)
+    calls = []
+
+    def loss(outputs: torch.Tensor, batch: object) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 3:
+            network.running.fill_(float("inf"))
+        return outputs.square().mean()
+
+    task = _task(network, [0.5, 0.9])
+    task.loss = loss
+    assert loop.fit(task, _batches(), (1, 1, 1), 1) is None
+    assert loop.diverged == {"step": 4, "problem": "NaN/inf in 1 tensor (running)"} and loop.progress.history == [0.5]
+    with pytest.raises(NonFiniteStateError, match=r"diverged at step 4 \(NaN/inf in 1 tensor \(running\)\).*keeps the best weights \(step 2\)"):
+        loop.finish({"task": "toy"}, {})
+    result = json.loads((loop.out / "result.json").read_text(encoding="utf-8"))
+    assert result["diverged"]["step"] == 4 and result["best_step"] == 2 and result["steps"] == 4
+    assert json.loads((loop.out / "model.json").read_text(encoding="utf-8"))["task"] == "toy"
+    assert torch.load(loop.out / "last.ckpt", weights_only=True)["loop"]["step"] == 2  # the diverged state was not saved
+    assert [r["step"] for r in _rows(loop.out)] == ["1", "2", "3", "4"] and _rows(loop.out)[-1]["score"] == ""

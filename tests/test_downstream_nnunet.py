@@ -115,3 +115,26 @@ def test_inspect_loads_a_plainconv_export_into_nnunets_own_network(demo_cache: P
     bare = write_safetensors(read_weights(weights), tmp_path / "bare.safetensors", {})  # no sidecar, none in the header
     with pytest.raises(ValueError, match="--into plainconv needs the sidecar"):
         inspect_weights(bare, into="plainconv")
+
+
+def test_inspect_reads_the_backbone_of_a_plainconv_run_from_the_run_itself(demo_cache: Path, datalist: Path, tmp_path: Path) -> None:
+    """No export, so no sidecar: the pre-training run's config and the fine-tuned run's model.json say plainconv
+    (the keys alone would be guessed as the mssl U-Net's, which they are not)."""
+    from mssl.downstream.finetune import finetune
+    from mssl.weights.inspect import inspect_weights
+
+    plainconv = "dynamic_network_architectures.architectures.unet.PlainConvUNet("
+    run = _pretrain("gvsl", demo_cache, tmp_path / "run")
+    for weights in (run, run / "checkpoints" / "last.ckpt"):
+        report = inspect_weights(weights)
+        assert report.target.startswith(plainconv) and len(report.loaded) == 68 and not report.mismatched
+
+    out = finetune(
+        data=datalist, backbone=PLAINCONV, spacing=COARSE, roi=(16, 16, 16), steps=1, val_every=1, augment=False,
+        postprocess=False, out=tmp_path / "ft",
+    )
+    for weights in (out, out / "best.safetensors"):
+        report = inspect_weights(weights)
+        # every tensor but the task's output layer has its home in nnU-Net's network
+        assert report.target.startswith(plainconv) and len(report.loaded) == 68 and not report.mismatched
+        assert sorted(report.unexpected) == ["head.bias", "head.weight"] and all(".seg_layers." in k for k in report.missing)

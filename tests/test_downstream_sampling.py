@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from mssl.downstream.sampling import automatic_roi, patch_sampler
+from monai.data import Dataset
+
+from mssl.downstream.sampling import automatic_roi, patch_sampler, training_loader
 
 
 def test_automatic_roi_rounds_the_median_shape_up_to_the_stride() -> None:
@@ -56,3 +58,32 @@ def test_patches_are_padded_to_the_roi_and_keep_image_and_label_aligned() -> Non
     assert tuple(patch["image"].shape) == (1, 16, 16, 16)
     assert torch.equal(patch["image"] / 5.0, patch["label"])  # the same crop of both
     assert int(patch["label"].sum()) == 16  # the whole 2×2×4 organ inside the padded patch
+
+
+def _draws(rank: int, done_steps: int = 0, steps: int = 4) -> list[tuple[list[int], torch.Tensor]]:
+    """What one process of a 2-process run draws: per step, the cases (their image's marker value) and the patches."""
+    torch.manual_seed(0)  # the same six volumes for every call
+    cases = []
+    for number in range(6):
+        case = _blob_case()
+        case["image"] = torch.full_like(case["image"], float(number)) + case["image"] * 1e-3  # the case is readable from its patch
+        cases.append(case)
+    dataset = Dataset(cases, transform=patch_sampler((8, 8, 8), num_classes=3, foreground_fraction=0.5))
+    loader = training_loader(dataset, batch_size=2, total_steps=steps, done_steps=done_steps, seed=7, rank=rank)
+    return [(batch["image"].flatten(1)[:, 0].floor().int().tolist(), batch["image"]) for batch in loader]
+
+
+def test_each_rank_draws_its_own_cases_and_patches_reproducibly() -> None:
+    """DDP: rank 1 must not train on rank 0's patches; each rank's stream is fixed by the seed."""
+    rank0, rank1 = _draws(rank=0), _draws(rank=1)
+    assert len(rank0) == len(rank1) == 4
+    assert [cases for cases, _ in rank0] != [cases for cases, _ in rank1]
+    assert all(not torch.equal(a, b) for (_, a), (_, b) in zip(rank0, rank1))  # no step has the same patches on both ranks
+    again = _draws(rank=0)
+    assert [cases for cases, _ in again] == [cases for cases, _ in rank0]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(again, rank0))
+
+
+def test_a_resumed_loader_continues_the_case_order() -> None:
+    full, resumed = _draws(rank=1), _draws(rank=1, done_steps=2)
+    assert [cases for cases, _ in resumed] == [cases for cases, _ in full[2:]]

@@ -12,7 +12,8 @@ pytest.importorskip("nnunetv2")
 
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights  # noqa: E402
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: E402
-from test_export_exporter import UNET, make_run  # noqa: E402
+from conftest import TINY_UNET  # noqa: E402
+from test_export_exporter import make_run  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from mssl.cli import app  # noqa: E402
@@ -87,9 +88,24 @@ def test_cli_export_and_its_errors(run: Path, tmp_path: Path):
     assert "nnunet_pretrained.pth" in result.output
     result = runner.invoke(app, ["export", str(run), "--format", "monai", "--in-channels", "2"])
     assert result.exit_code == 2 and "format='nnunet' only" in result.output
-    unet_run, _, _ = make_run(tmp_path / "unet", UNET)
+    unet_run, _, _ = make_run(tmp_path / "unet", TINY_UNET)
     result = runner.invoke(app, ["export", str(unet_run), "--format", "nnunet"])
     assert result.exit_code == 2 and "trained backbone 'unet'; --format nnunet needs" in result.output
+
+
+def test_a_nan_checkpoint_is_refused_naming_the_tensor_and_nothing_is_written(run: Path):
+    """The same refusal as the monai/torch exports: a diverged run's weights never reach nnU-Net."""
+    last = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    name = next(k for k in checkpoint["state_dict"] if k.startswith("method.backbone.") and k.endswith(".weight"))
+    checkpoint["state_dict"][name].view(-1)[0] = float("nan")
+    torch.save(checkpoint, last)
+    result = CliRunner().invoke(app, ["export", str(run), "--format", "nnunet"])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    # nnU-Net's networks hold a tensor under several names (the decoder's view of the encoder): all are listed
+    assert f"{last}: NaN/inf values in " in errors[0] and f"({name.removeprefix('method.backbone.')}, " in errors[0]
+    assert not (run / "export").exists()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from mssl.commands import fail
 
 
 def command(
-    weights: Path = typer.Argument(..., help="safetensors / .pt / .pth / Lightning .ckpt file, or an export or run folder.", exists=True),
-    into: Optional[Literal["swinunetr", "unet", "plainconv", "resenc"]] = typer.Option(None, help="Target network: swinunetr (MONAI SwinUNETR), unet (mssl U-Net), plainconv / resenc (nnU-Net's own network, from the sidecar). (default: from the sidecar or the keys)"),
+    weights: Path = typer.Argument(..., help="safetensors / .pt / .pth / Lightning .ckpt file, or an export, pre-training or fine-tuning run folder.", exists=True),
+    into: Optional[Literal["swinunetr", "unet", "plainconv", "resenc"]] = typer.Option(None, help="Target network: swinunetr (MONAI SwinUNETR), unet (mssl U-Net), plainconv / resenc (nnU-Net's own network, from the sidecar). (default: the backbone recorded in the sidecar, a fine-tuned run's model.json or a pre-training run's config, else guessed from the keys)"),
     in_channels: Optional[int] = typer.Option(None, min=1, help="Build the target for N input channels; stem kernels are adapted (e.g. 1-channel CT → 4-channel MRI)."),
     keys: bool = typer.Option(False, "--keys", help="Also list every missing and unexpected key (adapted and mismatched ones are always listed)."),
 ) -> None:

@@ -5,6 +5,11 @@ the rest: the optimiser and poly schedule, validation every ``val_every`` steps 
 ``steps="auto"`` stops on a plateau), RUN/last.ckpt and ``--resume``, metrics.csv, TensorBoard, progress
 lines and result.json.
 
+A run that diverges (a NaN/inf loss, or NaN/inf weights at a validation) stops there, every process at
+once, without another optimiser step or checkpoint: the task still finishes its run files, so model.json
+describes the best weights kept so far (``mssl evaluate`` uses them) and result.json says where the run
+diverged; then :meth:`FinetuneLoop.finish` raises :class:`~mssl.train.checkpoint.NonFiniteStateError`.
+
 A plain loop on Fabric rather than a ``Trainer``: the steps are short (partial-label loss, whole-volume
 validation), and Fabric still gives precision, devices and DDP for free.
 """
@@ -30,8 +35,10 @@ from mssl.downstream.progress import finetune_reporter, planned_validations
 from mssl.downstream.run_files import save_weights, write_json
 from mssl.downstream.setup import start_finetune
 from mssl.runs import FinetuneRun
+from mssl.train.checkpoint import NonFiniteStateError
 from mssl.train.cost import CostReporter, Projection
 from mssl.train.schedules import poly
+from mssl.weights.checks import listed, nonfinite_names
 
 
 @dataclass
@@ -80,6 +87,7 @@ class FinetuneLoop:
         self.files = FinetuneRun(self.out)
         self.total_steps = config.max_steps if config.steps == "auto" else config.steps
         self.progress = Progress()
+        self.diverged: dict[str, Any] | None = None  # {"step", "problem"} once the run diverged
 
     def prepare(self, network: nn.Module) -> nn.Module:
         """The optimiser (trainable parameters) and poly schedule, through Fabric; resuming, their state, the
@@ -110,6 +118,9 @@ class FinetuneLoop:
             for step, batch in zip(range(progress.step + 1, self.total_steps + 1), batches):
                 network.train()
                 loss = task.loss(network(batch["image"]), batch)
+                if self._stop_if_diverged(step, None if bool(torch.isfinite(loss.detach())) else f"loss {loss.item()}"):
+                    log.writerow([step, f"{loss.item():.6f}", "", *no_validation, self._seconds()])  # the step was not taken
+                    break
                 self.optimizer.zero_grad(set_to_none=True)
                 fabric.backward(loss)
                 if task.clip_grad_norm is not None:
@@ -119,13 +130,17 @@ class FinetuneLoop:
                 lr = self.schedule.get_last_lr()[0]
                 progress.step = step
                 due = step % config.val_every == 0 or step == self.total_steps
-                validation = self._validate(task, step, reporter, writer) if validating and due else None
+                # a finite loss does not prove finite weights (an enormous step overflows them)
+                stopped = due and self._stop_if_diverged(step, nonfinite_weights(network))
+                validation = self._validate(task, step, reporter, writer) if validating and due and not stopped else None
                 if writer is not None:
                     writer.add_scalar("train/loss", loss.item(), step)
                     writer.add_scalar("train/lr", lr, step)
                 cells = validation.cells if validation is not None else no_validation
                 log.writerow([step, f"{loss.item():.6f}", f"{lr:.3e}", *cells, self._seconds()])
                 log_file.flush()
+                if stopped:
+                    break
                 if fabric.is_global_zero and due:
                     save_last(self.out, network, self.optimizer, self.schedule, asdict(progress))
                 reporter.step_done(step, lambda: {"loss": loss.item(), "lr": lr})
@@ -138,6 +153,8 @@ class FinetuneLoop:
                     break
         if writer is not None:
             writer.close()
+        if self.diverged is not None:
+            return None
         if config.dry_run:
             if validating and not task.validate_initial:  # one validation, timed, for what the planned ones cost
                 with reporter.paused(), fabric.autocast():
@@ -167,6 +184,20 @@ class FinetuneLoop:
                     writer.add_scalar(f"val/{name}", value, step)
         return validation
 
+    def _stop_if_diverged(self, step: int, problem: str | None) -> bool:
+        """Whether any process found the run diverged at ``step`` (``problem``: this process's finding, None
+        when all is finite); every process gets the same answer, so all stop together."""
+        if self.fabric.strategy.reduce_boolean_decision(problem is None, all=True):
+            return False
+        self.diverged = {"step": step, "problem": problem or "NaN/inf on another process"}
+        self.console.print(f"[red]step {step}/{self.total_steps} · the run diverged: {self.diverged['problem']}; stopping[/]")
+        return True
+
+    @property
+    def has_best_weights(self) -> bool:
+        """Whether best.safetensors holds weights of this run (a run that diverged early may have none)."""
+        return self.files.weights.is_file()
+
     def converged(self) -> bool:
         return on_plateau(self.progress.history, self.config.plateau_window, self.config.plateau_delta)
 
@@ -189,6 +220,7 @@ class FinetuneLoop:
             "config": config.model_dump(mode="json"),
         }
         outcome = {
+            "diverged": self.diverged,  # None, or where and why the run stopped
             "best_step": progress.best_step,
             **result,
             "validation": progress.scores,
@@ -203,6 +235,17 @@ class FinetuneLoop:
         if self.fabric.is_global_zero:
             write_json(self.files.model, model)
             write_json(self.files.result, outcome)
+        if self.diverged is not None:
+            kept = (
+                f"{self.files.weights.name} keeps the best weights (step {progress.best_step}), which {self.files.model.name} describes "
+                f"(`mssl evaluate {self.out}` uses them)"
+                if self.has_best_weights
+                else "no weights were kept (none validated before)"
+            )
+            raise NonFiniteStateError(
+                f"{self.out}: the fine-tuning diverged at step {self.diverged['step']} ({self.diverged['problem']}) and stopped; "
+                f"{kept}; {self.files.result.name} says so. Try a lower --lr."
+            )
         scores = ", ".join(f"{name} {value:.4f}" for name, value in progress.scores.items())
         best = f"best validation {scores} at step {progress.best_step}" if scores else f"the weights of step {progress.best_step} kept"
         convergence = (" · converged" if outcome["converged"] else " · not converged (still rising)") if progress.history else ""
@@ -211,3 +254,9 @@ class FinetuneLoop:
 
     def _seconds(self) -> str:
         return f"{time.perf_counter() - self.start:.1f}"
+
+
+def nonfinite_weights(network: nn.Module) -> str | None:
+    """What is NaN/inf in the network's weights and buffers, or None."""
+    bad = nonfinite_names(network.state_dict())
+    return f"NaN/inf in {listed(bad)}" if bad else None

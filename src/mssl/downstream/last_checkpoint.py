@@ -3,7 +3,7 @@
 Network, optimiser moments, schedule, the loop's counters (step, best score, validation history) and
 the global RNG states, as tensors and plain values (loaded with ``weights_only=True``), written through
 a same-folder temporary file and an atomic rename. The case order continues exactly (the sampler's
-draws are replayed and skipped); the augmentation stream is reseeded from (seed, step), so a resumed
+draws are replayed and skipped); the patch and augmentation stream is reseeded from (seed, rank, step), so a resumed
 run is a faithful continuation but not bit-identical to an uninterrupted one.
 """
 

@@ -14,11 +14,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, DataLoader, list_data_collate
+from monai.data import CacheDataset
 from monai.transforms import Compose
 from rich.console import Console
 from safetensors.torch import load_file
-from torch.utils.data import RandomSampler
 
 from mssl.config import backbone_stride
 from mssl.downstream.augmentation import default_mirror_axes, training_augmentation
@@ -27,13 +26,12 @@ from mssl.downstream.datasets import data_channels, labelled_subset, preprocesse
 from mssl.downstream.deep_supervision import deep_supervised_loss
 from mssl.downstream.fit import FinetuneLoop, Task, Validation
 from mssl.downstream.inference import predict_log_probs
-from mssl.downstream.last_checkpoint import skip_draws
 from mssl.downstream.metrics import segmentation_metrics
 from mssl.downstream.networks import build_segmentation_network, deep_supervision_levels, freeze_encoder, initialise_class_prior
 from mssl.downstream.partial_labels import PartialDiceCELoss, contoured_classes, restrict_to
 from mssl.downstream.postprocess import choose_postprocessing, selected_classes
 from mssl.downstream.pretrained import load_encoder
-from mssl.downstream.sampling import automatic_roi, patch_sampler
+from mssl.downstream.sampling import automatic_roi, patch_sampler, training_loader
 from mssl.downstream.setup import check_roi
 from mssl.train.cost import Projection
 from mssl.viz.curves import plot_finetune_curve
@@ -119,18 +117,10 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
 
     augmentation = [training_augmentation(mirror_axes, config.elastic)] if config.augment else []
     transform = Compose([patch_sampler(roi, dataset.num_classes, config.foreground_fraction, config.crops_per_case), *augmentation])
-    transform.set_random_state(seed=config.seed + done_steps)
     train_data = CacheDataset(train_items, transform=transform, progress=False)
-    # cases drawn with replacement, so every step holds batch_size cases even when k < batch_size
-    sampler = RandomSampler(
-        train_data, replacement=True, num_samples=loop.total_steps * config.batch_size, generator=torch.Generator().manual_seed(config.seed)
-    )
     loader = fabric.setup_dataloaders(
-        DataLoader(
-            train_data, batch_size=config.batch_size, sampler=skip_draws(sampler, done_steps * config.batch_size),
-            num_workers=config.num_workers, collate_fn=list_data_collate,
-        ),
-        use_distributed_sampler=False,
+        training_loader(train_data, config.batch_size, loop.total_steps, done_steps, config.seed, fabric.global_rank, config.num_workers),
+        use_distributed_sampler=False,  # each rank draws its own cases (training_loader)
     )
     trained_classes = contoured_classes([item["present"] for item in train_items])
     if not trained_classes.all():
@@ -163,7 +153,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         return projection
 
     postprocessing = {"classes": [], "validation": {}}
-    if config.postprocess and val_items:
+    if config.postprocess and val_items and loop.has_best_weights:
         network.load_state_dict(load_file(str(loop.files.weights)))
         with fabric.autocast():
             predictions = predict_labels(network, val_items, roi, config.sw_overlap, trained_classes)
@@ -187,7 +177,6 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         "trained_classes": trained_classes.tolist(),
         "validation_cases": [c.case_id for c in val_cases],
     }
-    out = loop.finish(description, {"best_val_dice": loop.progress.scores.get("dice")})
     if fabric.is_global_zero:
         plot_finetune_curve(loop.files.metrics, loop.files.curve, title=f"{loop.method} · k={len(train_cases)} · seed {config.seed}")
-    return out
+    return loop.finish(description, {"best_val_dice": loop.progress.scores.get("dice")})

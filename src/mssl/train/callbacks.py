@@ -42,6 +42,8 @@ class CompileTime(pl.Callback):
     """Reports ``torch.compile``'s cost: the first optimiser step (which compiles) minus the second (which does not).
 
     Logged as ``train/compile_s`` and printed once; ``compile_s`` stays None until two steps have run.
+    The value goes to the loggers directly: ``LightningModule.log`` would repeat it on every later row of
+    metrics.csv.
     """
 
     def __init__(self) -> None:
@@ -60,8 +62,16 @@ class CompileTime(pl.Callback):
         if len(self.step_times) == 2:
             first, second = self.step_times
             self.compile_s = max(first - second, 0.0)
-            pl_module.log("train/compile_s", self.compile_s, batch_size=1)
+            log_once(trainer, {"train/compile_s": self.compile_s}, step=trainer.global_step - 1)  # the second step's row
             rank_zero_info(f"torch.compile: first step {first:.1f} s, second {second:.1f} s: about {self.compile_s:.1f} s compiling")
+
+
+def log_once(trainer: pl.Trainer, metrics: Mapping[str, float], step: int) -> None:
+    """Write ``metrics`` to every logger (rank 0) as one row at ``step``, not carried to later steps."""
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        logger.log_metrics(dict(metrics), step=step)
 
 
 class CostReport(pl.Callback):

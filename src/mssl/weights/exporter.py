@@ -16,8 +16,7 @@ from typing import Literal
 import torch
 
 from mssl.runs import ExportFolder, PretrainRun
-from mssl.weights.checks import check_finite
-from mssl.weights.run_reader import backbone_state, export_sidecar, full_backbone_state, read_run
+from mssl.weights.run_reader import export_sidecar, exported_state, full_backbone_state, read_run
 from mssl.weights.safe_io import write_safetensors
 from mssl.weights.sidecar import METADATA_KEY, write_sidecar
 
@@ -41,9 +40,7 @@ def export(run: str | Path, out: str | Path | None = None, format: ExportFormat 
     run = Path(run)
     weights = ExportFolder(out if out is not None else PretrainRun(run).export.path).weights(format)
     checkpoint_file, checkpoint, config = read_run(run)
-    tensors = backbone_state(checkpoint, str(checkpoint_file))
-    check_finite(tensors, str(checkpoint_file))  # a diverged run exports nothing
-    tensors, initialised_decoder = full_backbone_state(config, tensors, str(checkpoint_file))
+    tensors, initialised_decoder = full_backbone_state(config, exported_state(checkpoint_file, checkpoint), str(checkpoint_file))
     sidecar = export_sidecar(config, checkpoint, run, tensors, initialised_decoder)
     if format == "monai":
         write_safetensors(tensors, weights, {METADATA_KEY: sidecar.to_json()})

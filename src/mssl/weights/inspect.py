@@ -1,14 +1,17 @@
 """``mssl inspect WEIGHTS --into swinunetr|unet|plainconv|resenc``: build the target network and report what loads.
 
-The network is built from the sidecar when there is one, else from the tensor shapes themselves
+The network is built from the backbone the weights were trained as when that is known (the sidecar of
+an export, else the run's own record: a fine-tuned run's model.json, a pre-training run's config), else
+from the tensor shapes themselves
 (feature size, window size, v2 blocks, U-Net widths), so third-party files can be checked too.
 nnU-Net's networks (``plainconv``, ``resenc``: nnU-Net's own class, segmentation layers included) need
-the sidecar, since strides cannot be read off the shapes.
+that record, since strides cannot be read off the shapes.
 ``in_channels`` builds the target for that many input channels and adapts the stem kernels.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -19,7 +22,7 @@ from torch import nn
 
 from mssl.config import BackboneConfig
 from mssl.nnunet_arch import NNUNET_CLASSES
-from mssl.runs import sidecar_of
+from mssl.runs import FinetuneRun, PretrainRun, sidecar_of
 from mssl.weights.load_report import LoadReport
 from mssl.weights.loading import align_keys, canonical, load_pretrained
 from mssl.weights.safe_io import read_weights, resolve_weights
@@ -105,26 +108,51 @@ def describe(into: Target, args: dict[str, Any]) -> str:
     return f"{name}({', '.join(f'{k}={v}' for k, v in args.items())})"
 
 
+def weight_file(weights: str | Path) -> Path:
+    """The file to inspect: a fine-tuned run folder's best weights, else what :func:`resolve_weights` finds."""
+    run = FinetuneRun(Path(weights))
+    return run.weights if run.model.is_file() and run.weights.is_file() else resolve_weights(weights)
+
+
+def recorded_backbone(path: Path) -> tuple[BackboneConfig, str] | None:
+    """The backbone a run trained the weight file ``path`` as, and where that is written: model.json for a
+    fine-tuned run's best weights, the checkpoint's own config (else config.yaml) for a pre-training run's
+    checkpoint; None for any other file."""
+    finetuned = FinetuneRun(path.parent)
+    if path == finetuned.weights and finetuned.model.is_file():
+        return BackboneConfig(**json.loads(finetuned.model.read_text(encoding="utf-8"))["backbone"]), str(finetuned.model)
+    pretrained = PretrainRun(path.parent.parent)
+    if path.parent == pretrained.checkpoints and path.suffix == pretrained.checkpoint.suffix:
+        from mssl.weights.run_reader import run_config
+
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # the tensors stay on disk
+        return run_config(pretrained.path, checkpoint).backbone, str(path)
+    return None
+
+
 def inspect_weights(weights: str | Path, into: Target | None = None, in_channels: int | None = None) -> LoadReport:
     """Load ``weights`` into a fresh SwinUNETR, U-Net or nnU-Net network and report per module what loaded.
 
-    into: the target network (default: the sidecar's backbone, else guessed from the keys).
+    into: the target network (default: the backbone the weights were trained as, from the sidecar or
+    :func:`recorded_backbone`, else guessed from the keys).
     in_channels: build the target with this many input channels; stem kernels are adapted.
     """
-    path = resolve_weights(weights)
+    path = weight_file(weights)
     tensors = read_weights(path)
     sidecar = read_sidecar(path)
-    backbone = sidecar.backbone if sidecar else None
+    backbone, description = (sidecar.backbone, str(sidecar_of(path))) if sidecar else recorded_backbone(path) or (None, "")
     if into is None:
         guessed = "swin" if any(".swinViT." in f".{canonical(k)}" or "patch_embed" in k for k in tensors) else "unet"
         into = TARGET_OF_BACKBONE[backbone.name if backbone else guessed]
     if into not in TARGET_OF_BACKBONE.values():
         raise ValueError(f"--into must be one of {sorted(TARGET_OF_BACKBONE.values())}, got {into!r}")
     if backbone is not None and TARGET_OF_BACKBONE[backbone.name] == into:
-        check_claimed_sizes(backbone, tensors, str(sidecar_of(path)))
+        check_claimed_sizes(backbone, tensors, description)
         args = dict(network_spec(backbone).args)
     elif into in NNUNET_CLASSES:
-        raise ValueError(f"{path}: --into {into} needs the sidecar (encoder.json) naming the {into} architecture the weights were trained with")
+        raise ValueError(
+            f"{path}: --into {into} needs the sidecar (encoder.json) or the run's model.json / config naming the {into} architecture the weights were trained with"
+        )
     else:
         args = infer_swin_args(tensors, str(path)) if into == "swinunetr" else infer_unet_args(tensors, str(path))
     if in_channels is not None:

@@ -25,7 +25,7 @@ from mssl.models.backbones import build_backbone
 from mssl.nnunet_arch import NNUNET_CLASSES, REQUIRES_IMPORT
 from mssl.runs import EXPORT_FILES, ExportFolder, PretrainRun
 from mssl.weights.nnunet_plans import CONFIGURATION, PLANS_FORMAT
-from mssl.weights.run_reader import backbone_state, export_sidecar, full_backbone_state, read_run
+from mssl.weights.run_reader import export_sidecar, exported_state, full_backbone_state, read_run
 from mssl.weights.sidecar import EncoderSidecar, network_spec, write_sidecar
 from mssl.weights.stem import adapt_input_channels, is_input_channel_mismatch
 
@@ -105,7 +105,7 @@ def export_nnunet(run: str | Path, out: str | Path | None = None, in_channels: i
         )
     if in_channels is not None and in_channels < 1:
         raise ValueError(f"in_channels must be ≥ 1, got {in_channels}")
-    tensors, initialised_decoder = full_backbone_state(config, backbone_state(checkpoint, str(checkpoint_file)), str(checkpoint_file))
+    tensors, initialised_decoder = full_backbone_state(config, exported_state(checkpoint_file, checkpoint), str(checkpoint_file))
     channels = in_channels or config.backbone.in_channels
     state = nnunet_state(config, tensors, in_channels)
     check_against_nnunet(config, state, channels, str(checkpoint_file))

@@ -12,6 +12,7 @@ from mssl.config import PretrainConfig, load_yaml
 from mssl.methods import DECODING_OBJECTIVES
 from mssl.models.backbones import build_backbone
 from mssl.runs import PretrainRun
+from mssl.weights.checks import check_finite
 from mssl.weights.fingerprints import untrained_keys
 from mssl.weights.safe_io import read_checkpoint
 from mssl.weights.sidecar import EncoderSidecar, build_sidecar
@@ -39,6 +40,13 @@ def backbone_state(checkpoint: dict[str, Any], source: str) -> dict[str, torch.T
     tensors = {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
     if not tensors:
         raise ValueError(f"{source}: no '{BACKBONE_PREFIX}*' tensors in state_dict; not an mssl pre-training checkpoint")
+    return tensors
+
+
+def exported_state(checkpoint_file: Path, checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The backbone tensors every export format starts from; a diverged run (NaN/inf) exports nothing."""
+    tensors = backbone_state(checkpoint, str(checkpoint_file))
+    check_finite(tensors, str(checkpoint_file))
     return tensors
 
 
