@@ -93,14 +93,14 @@ def write_report(config: dict) -> None:
     lines = [
         "# Fine-tuning from scratch: does the recipe converge at a CPU budget?",
         "",
-        "Command: `python benchmarks/finetune_convergence.py [--double] [--only DATASET:K:SEED]` with "
+        "Command: `python benchmarks/finetune_convergence.py [--steps N] [--double] [--only DATASET:K:SEED]` with "
         "`benchmarks/finetune_convergence.yaml` (network, spacing, patch budget, optimiser, validation).",
         f"Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}. "
         "Test Dice / HD95 (mm) / NSD (2 mm) on each case's own grid after test-time mirroring and the run's "
         "keep-largest-component choice; mean over classes, then mean ± std over seeds. Only finished cells are listed.",
         "",
-        "| recipe | dataset | k | steps | seeds | test Dice | HD95 (mm) | NSD | best val step | converged (val plateau) | CPU min / run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| recipe | dataset | k | steps | seeds | test Dice | without post-processing | HD95 (mm) | NSD | best val step | converged (val plateau) | CPU min / run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     per_class_rows, curves = [], []
     budgets = sorted({int(f.stem.split("_steps")[1].split("_")[0]) for f in ARCHIVE.glob("*.json")})
@@ -114,6 +114,7 @@ def write_report(config: dict) -> None:
         k = "all" if run["k"] is None else run["k"]
         lines.append(
             f"| {recipe} | {run['dataset']} | {k} | {steps} | {len(done)} | {_mean_std([s['scores']['mean_dice'] for s in summaries])} | "
+            f"{_mean_std([s.get('scores_without_postprocessing', {}).get('mean_dice', float('nan')) for s in summaries])} | "
             f"{_mean_std([s['scores']['mean_hd95'] for s in summaries], 1)} | {_mean_std([s['scores']['mean_nsd'] for s in summaries])} | "
             f"{', '.join(str(r['best_step']) for r in results)} | {', '.join('yes' if r['converged'] else 'no' for r in results)} | "
             f"{', '.join(str(round(r['cpu_seconds'] / 60)) for r in results)} |"
