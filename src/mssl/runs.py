@@ -48,13 +48,18 @@ def sidecar_of(weights_file: str | Path) -> Path:
 
 
 @dataclass(frozen=True)
-class ExportFolder:
-    """The weight files ``mssl export`` writes into a folder (default RUN/export)."""
+class _Folder:
+    """A folder of known layout; ``path`` may be given as a string."""
 
     path: Path
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
+
+
+@dataclass(frozen=True)
+class ExportFolder(_Folder):
+    """The weight files ``mssl export`` writes into a folder (default RUN/export)."""
 
     def weights(self, format: str) -> Path:
         """The weight file of an export format (``monai``, ``torch``, ``nnunet``)."""
@@ -73,13 +78,8 @@ class ExportFolder:
 
 
 @dataclass(frozen=True)
-class PretrainRun:
+class PretrainRun(_Folder):
     """The folder of a pre-training run."""
-
-    path: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
 
     @property
     def config(self) -> Path:
@@ -129,13 +129,8 @@ class PretrainRun:
 
 
 @dataclass(frozen=True)
-class FinetuneRun:
+class FinetuneRun(_Folder):
     """The folder of a fine-tuning run."""
-
-    path: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
 
     @property
     def model(self) -> Path:
@@ -174,13 +169,8 @@ class FinetuneRun:
 
 
 @dataclass(frozen=True)
-class EvaluationFolder:
+class EvaluationFolder(_Folder):
     """What ``mssl evaluate`` writes (into RUN/evaluation/SPLIT unless told otherwise)."""
-
-    path: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
 
     @property
     def summary(self) -> Path:
@@ -202,13 +192,8 @@ class EvaluationFolder:
 
 
 @dataclass(frozen=True)
-class ProbeFolder:
+class ProbeFolder(_Folder):
     """What ``mssl probe`` writes."""
-
-    path: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
 
     @property
     def result(self) -> Path:
