@@ -22,10 +22,10 @@ import platform
 import shutil
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from mssl.runs import FinetuneRun
+from mssl.viz.tables import mean_std
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -80,10 +80,8 @@ def run_cell(config: dict, dataset: str, k: int | None, seed: int, steps: int) -
 
 
 def _mean_std(values: list[float], digits: int = 3) -> str:
-    finite = [v for v in values if v == v]
-    if not finite:
-        return "–"
-    return f"{np.mean(finite):.{digits}f} ± {np.std(finite, ddof=1) if len(finite) > 1 else 0.0:.{digits}f}"
+    mean, std, count = mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if count else "–"
 
 
 def write_report(config: dict) -> None:

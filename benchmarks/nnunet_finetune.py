@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from mssl.viz.tables import mean_std
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 BIN = Path(sys.executable).parent  # mssl's and nnU-Net's command-line scripts of this environment
@@ -222,7 +224,8 @@ def run_cell(bench: Bench, arm: str, seed: int, weights: dict[str, Path]) -> Non
 
 
 def _mean_std(values: list[float]) -> str:
-    return f"{np.mean(values):.3f}" + (f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else "")
+    mean, std, count = mean_std(values)
+    return f"{mean:.3f}" + (f" ± {std:.3f}" if count > 1 else "")
 
 
 def write_report(bench: Bench) -> None:
