@@ -29,8 +29,10 @@ A fine-tuning run (``mssl finetune``, :class:`FinetuneRun`)::
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CHECKPOINT_SUFFIX = ".ckpt"
 LAST_CHECKPOINT_NAME = "last"  # Lightning's ModelCheckpoint.CHECKPOINT_NAME_LAST
@@ -136,6 +138,12 @@ class FinetuneRun(_Folder):
     def model(self) -> Path:
         """``model.json``: what to build and how the data were preprocessed."""
         return self.path / "model.json"
+
+    def description(self) -> dict[str, Any]:
+        """The content of ``model.json``; FileNotFoundError when the folder is no fine-tuned run."""
+        if not self.model.is_file():
+            raise FileNotFoundError(f"{self.path}: not a fine-tuned run ({self.model.name} missing)")
+        return json.loads(self.model.read_text(encoding="utf-8"))
 
     @property
     def weights(self) -> Path:

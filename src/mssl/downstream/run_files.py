@@ -52,17 +52,10 @@ def write_json(path: Path, content: dict[str, Any]) -> Path:
     return path
 
 
-def read_model_description(run: Path) -> dict[str, Any]:
-    path = FinetuneRun(run).model
-    if not path.is_file():
-        raise FileNotFoundError(f"{run}: not a fine-tuned run ({path.name} missing)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def load_finetuned(run: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the run's network from ``model.json`` and load ``best.safetensors`` strictly."""
-    description = read_model_description(run)
-    weights = FinetuneRun(run).weights
+    files = FinetuneRun(run)
+    description, weights = files.description(), files.weights
     if not weights.is_file():
         raise FileNotFoundError(f"{run}: {weights.name} missing (did the fine-tuning finish?)")
     backbone = BackboneConfig(**description["backbone"])

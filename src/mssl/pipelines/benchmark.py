@@ -25,7 +25,7 @@ from rich.console import Console
 from mssl.config import build_config
 from mssl.downstream.config import BenchmarkConfig, FinetuneConfig
 from mssl.downstream.datasets import Dataset, load_dataset
-from mssl.downstream.run_files import read_model_description, write_json
+from mssl.downstream.run_files import write_json
 from mssl.runs import FinetuneRun, ProbeFolder, PretrainRun
 from mssl.viz.benchmark_report import PLOT_FILE, SCRATCH, BenchmarkResult, benchmark_markdown, paired_to_scratch, plot_curves, show_report
 
@@ -101,7 +101,7 @@ def run_one(config: BenchmarkConfig, method: str, weights: Path | None, k: int, 
     run = FinetuneRun(settings.out)
     summary_file = run.evaluation(TEST_SPLIT).summary
     if run.model.is_file():
-        saved = read_model_description(settings.out)["config"]
+        saved = run.description()["config"]
         if saved != settings.model_dump(mode="json"):
             changed = sorted(k for k in saved if saved[k] != settings.model_dump(mode="json").get(k))
             raise ValueError(f"{settings.out} was fine-tuned with other settings ({', '.join(changed)}); use another --out to compare budgets")

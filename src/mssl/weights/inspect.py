@@ -11,7 +11,6 @@ that record, since strides cannot be read off the shapes.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -120,7 +119,7 @@ def recorded_backbone(path: Path) -> tuple[BackboneConfig, str] | None:
     checkpoint; None for any other file."""
     finetuned = FinetuneRun(path.parent)
     if path == finetuned.weights and finetuned.model.is_file():
-        return BackboneConfig(**json.loads(finetuned.model.read_text(encoding="utf-8"))["backbone"]), str(finetuned.model)
+        return BackboneConfig(**finetuned.description()["backbone"]), str(finetuned.model)
     pretrained = PretrainRun(path.parent.parent)
     if path.parent == pretrained.checkpoints and path.suffix == pretrained.checkpoint.suffix:
         from mssl.weights.run_reader import run_config
