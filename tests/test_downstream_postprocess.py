@@ -42,8 +42,28 @@ def test_postprocessing_is_chosen_where_it_helps_and_never_lowers_validation_dic
     decisions = choose_postprocessing([prediction], dice_of, [1, 2])
     chosen = selected_classes(decisions)
     assert chosen == [1]  # the island of class 1 goes; class 2 keeps its second piece
-    without, with_ = decisions[2]
-    assert with_ < without  # keeping only one piece of class 2 would have cost Dice
+    assert decisions[2].with_ < decisions[2].without  # keeping only one piece of class 2 would have cost Dice
     before = dice_of(prediction, 0)
     after = dice_of(keep_largest_component(prediction, chosen), 0)
     assert np.all(after >= before) and after[0] > before[0]
+
+
+def test_a_class_is_not_postprocessed_when_one_validation_case_loses_even_if_the_mean_rises() -> None:
+    """Case 0: a stray island of class 1 (keep-largest helps a little). Case 1: class 1 predicted as a small
+    true piece plus a larger false blob, so the largest component is the wrong one (Dice falls to 0)."""
+    reference = _reference()
+    island = _prediction()
+    wrong_side = reference.clone()
+    wrong_side[reference == 1] = 0
+    wrong_side[3:5, 3:5, 3:5] = 1  # 8 true voxels
+    wrong_side[12:15, 12:15, 12:15] = 1  # 27 false voxels: the largest component
+
+    def dice_of(p: torch.Tensor, i: int) -> np.ndarray:
+        return segmentation_metrics(p, reference, 3, (1.0, 1.0, 1.0), with_hd95=False).dice
+
+    many_islands = [island] * 30
+    decisions = choose_postprocessing([*many_islands, wrong_side], dice_of, [1])
+    assert decisions[1].with_ > decisions[1].without  # the mean over the 31 cases rises...
+    assert decisions[1].worst_case_change < -0.05  # ...but the wrong-side case loses its Dice
+    assert selected_classes(decisions) == []
+    assert selected_classes(choose_postprocessing(many_islands, dice_of, [1])) == [1]

@@ -65,7 +65,8 @@ def test_a_short_finetune_beats_its_initial_network(tmp_path: Path) -> None:
     initial, final = result["validation_history"][0], result["validation_history"][-1]
     assert math.isfinite(initial) and final > initial + 0.1, result["validation_history"]
     description = json.loads((out / "model.json").read_text(encoding="utf-8"))
-    assert description["roi"] == [32, 52, 28] and description["mirror_axes"] == [1, 2]  # from the data; no left-right flips
+    assert description["roi"] == [32, 52, 28]  # from the data
+    assert description["left_right_axis"] == 1 and description["mirror_axes"] == [0, 2]  # OpenKBP: left-right is array axis 1
 
 
 STEPS = 60

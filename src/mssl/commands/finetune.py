@@ -34,7 +34,7 @@ def command(
     batch_dice: Optional[bool] = typer.Option(None, "--batch-dice/--case-dice", help=option_help(FinetuneConfig, "batch_dice", "Pool each class's Dice over the batch, as nnU-Net does in 3D (seg); --case-dice: per case.")),
     deep_supervision: Optional[int] = typer.Option(None, help=option_help(FinetuneConfig, "deep_supervision", "U-Net: extra outputs at 1/2, 1/4, … resolution in the loss, weights 1/2**i as nnU-Net; 0 turns it off (seg).", unset="2 for the U-Net, 0 otherwise")),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help=option_help(FinetuneConfig, "augment", "nnU-Net-style spatial and intensity augmentation (seg).")),
-    mirror_axes: Optional[str] = typer.Option(None, help=option_help(FinetuneConfig, "mirror_axes", "Axes mirrored in training and test-time augmentation, e.g. 1,2 or none.", unset="all but left-right when classes name Left/Right")),
+    mirror_axes: Optional[str] = typer.Option(None, help=option_help(FinetuneConfig, "mirror_axes", "Axes mirrored in training and test-time augmentation, e.g. 1,2 or none.", unset="all but the left-right axis (found from the Left/Right organs) when classes name Left/Right")),
     postprocess: Optional[bool] = typer.Option(None, "--postprocess/--no-postprocess", help=option_help(FinetuneConfig, "postprocess", "Keep-largest-component per class where it raises validation Dice (seg).")),
     optimizer: Optional[str] = typer.Option(None, help=option_help(FinetuneConfig, "optimizer", "adamw or sgd (Nesterov, momentum 0.99, as nnU-Net; use --lr 1e-2); poly decay.")),
     lr: Optional[float] = typer.Option(None, help=option_help(FinetuneConfig, "lr", "Peak learning rate.")),

@@ -6,23 +6,58 @@ contrast (×0.75–1.25 about the mean, p 0.15), gamma (0.7–1.5, p 0.3); mirro
 with nearest-neighbour interpolation. Deterministic under ``set_random_state``.
 
 Mirroring along the left-right axis would swap a left and a right organ; ``default_mirror_axes`` leaves
-that axis out when the class names come in Left/Right pairs (after RAS orientation axis 0 is left-right).
+that axis out when the class names say Left or Right. Which axis is left-right is read from the labels, not
+the header: OpenKBP's headers claim RAS while its left-right axis is array axis 1, and trusting them made
+every mirrored patch teach the network that a right parotid is a left one.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
+import torch
 from monai import transforms as mt
 
-LEFT_RIGHT_AXIS = 0  # RAS orientation (mssl.data.preprocess)
+HEADER_LEFT_RIGHT_AXIS = 0  # after RAS orientation (mssl.data.preprocess), if the header is right
+SIDES = ("left", "right")
 
 
-def default_mirror_axes(class_names: Sequence[str]) -> tuple[int, ...]:
-    """All three axes, minus the left-right one when some class names say Left or Right."""
-    sided = any(word in name.lower() for name in class_names for word in ("left", "right"))
-    return tuple(a for a in range(3) if not (sided and a == LEFT_RIGHT_AXIS))
+def is_sided(name: str) -> bool:
+    return any(side in name.lower() for side in SIDES)
+
+
+def side_pairs(class_names: Sequence[str]) -> list[tuple[int, int]]:
+    """(left, right) class indices whose names differ only in the side word, e.g. LeftParotid / RightParotid."""
+    def organ(name: str) -> str:
+        return re.sub("|".join(SIDES), "", name.lower()).strip(" _-")
+
+    left = {organ(n): i for i, n in enumerate(class_names) if "left" in n.lower()}
+    right = {organ(n): i for i, n in enumerate(class_names) if "right" in n.lower()}
+    return [(left[o], right[o]) for o in sorted(left.keys() & right.keys())]
+
+
+def left_right_axis(labels: Sequence[torch.Tensor], class_names: Sequence[str]) -> int | None:
+    """The array axis along which paired left and right organs lie apart, from label maps (*S) on one grid
+    orientation: the axis of the largest summed |centroid difference| over every case contouring both of a
+    pair. None when no case contours both organs of a pair."""
+    spread = torch.zeros(3, dtype=torch.float64)
+    for label in labels:
+        for left, right in side_pairs(class_names):
+            where_left, where_right = torch.nonzero(label == left), torch.nonzero(label == right)
+            if len(where_left) and len(where_right):
+                spread += (where_left.double().mean(0) - where_right.double().mean(0)).abs()
+    return int(spread.argmax()) if spread.any() else None
+
+
+def default_mirror_axes(class_names: Sequence[str], sided_axis: int | None = None) -> tuple[int, ...]:
+    """All three axes, minus the left-right one (``sided_axis``, else the header's) when a class name says
+    Left or Right."""
+    if not any(is_sided(name) for name in class_names):
+        return (0, 1, 2)
+    skip = HEADER_LEFT_RIGHT_AXIS if sided_axis is None else sided_axis
+    return tuple(a for a in range(3) if a != skip)
 
 
 def training_augmentation(mirror_axes: Sequence[int], elastic: bool = False) -> mt.Compose:

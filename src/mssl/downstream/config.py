@@ -57,7 +57,7 @@ class FinetuneConfig(DataConfig):
     augment: bool = Field(True, description="seg: nnU-Net-style spatial and intensity augmentation (MONAI transforms)")
     elastic: bool = Field(False, description="seg: add elastic deformation to the augmentation (slow on CPU)")
     mirror_axes: Annotated[tuple[int, ...], BeforeValidator(comma_list)] | None = Field(
-        None, description="axes mirrored in augmentation and test-time augmentation; None = all but left-right when classes name Left/Right"
+        None, description="axes mirrored in augmentation and test-time augmentation; None = all but the left-right axis (where the Left/Right organs lie apart) when classes name Left/Right"
     )
     optimizer: Literal["sgd", "adamw"] = Field(
         "adamw", description="adamw (reaches organs faster at CPU budgets, measured) or sgd: Nesterov, momentum 0.99 (nnU-Net; use lr 1e-2)"

@@ -20,7 +20,7 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from mssl.config import backbone_stride
-from mssl.downstream.augmentation import default_mirror_axes, training_augmentation
+from mssl.downstream.augmentation import HEADER_LEFT_RIGHT_AXIS, default_mirror_axes, left_right_axis, training_augmentation
 from mssl.downstream.config import FinetuneConfig
 from mssl.downstream.datasets import data_channels, labelled_subset, preprocessed_item, preprocessing
 from mssl.downstream.deep_supervision import deep_supervised_loss
@@ -96,7 +96,10 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
     stride = backbone_stride(setup.backbone)
     roi = config.roi or automatic_roi([item["image"].shape[1:] for item in train_items], stride, config.max_roi_voxels)
     check_roi(roi, setup.backbone)
-    mirror_axes = config.mirror_axes if config.mirror_axes is not None else default_mirror_axes(class_names)
+    sided_axis = left_right_axis([item["label"][0] for item in train_items], class_names)
+    if sided_axis is not None and sided_axis != HEADER_LEFT_RIGHT_AXIS:
+        console.print(f"[yellow]left/right organs lie apart along array axis {sided_axis}, not {HEADER_LEFT_RIGHT_AXIS} as the image orientation says: axis {sided_axis} is not mirrored[/]")
+    mirror_axes = config.mirror_axes if config.mirror_axes is not None else default_mirror_axes(class_names, sided_axis)
     console.print(
         f"[bold]finetune seg[/] {setup.backbone.name} · {len(train_cases)} labelled cases (seed {config.seed}) · "
         f"{len(val_cases)} validation · preset {setup.preset.name} · spacing {setup.preset.spacing or 'native'} · "
@@ -162,7 +165,10 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         )
         postprocessing = {
             "classes": [class_names[c] for c in selected_classes(decisions)],
-            "validation": {class_names[c]: {"dice": without, "dice_largest_component": with_} for c, (without, with_) in decisions.items()},
+            "validation": {
+                class_names[c]: {"dice": d.without, "dice_largest_component": d.with_, "worst_case_change": d.worst_case_change}
+                for c, d in decisions.items()
+            },
         }
         console.print(f"keep-largest-component for {postprocessing['classes'] or 'no class'} (validation Dice per class decided it)")
 
@@ -172,6 +178,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         "roi": list(roi),
         "deep_supervision": deep_supervision,
         "mirror_axes": list(mirror_axes),
+        "left_right_axis": sided_axis,
         "postprocessing": postprocessing,
         "labelled_cases": [c.case_id for c in train_cases],
         "trained_classes": trained_classes.tolist(),
