@@ -7,7 +7,8 @@ cell (mean ± std over seeds), the B vs 2B comparison, CPU minutes per run and t
 Each finished cell's figures are archived in benchmarks/results/finetune_convergence/ (the run folders
 under runs/ are not kept), and the report is written from that archive, so it survives a fresh clone.
 A finished cell is skipped, so ``--only openkbp:10:0`` style subsets can be run one at a time, and
-``--steps N`` sets the budget B for this invocation:
+``--steps N`` sets the budget B for this invocation and ``--recipe TAG`` the recipe (``v3_gvsl``: the same
+recipe from pre-trained weights, the comparison pre-training has to win):
 
     env MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 OMP_WAIT_POLICY=PASSIVE \\
         nohup python benchmarks/finetune_convergence.py --only openkbp:10:0 > runs/finetune_convergence.log 2>&1 &
@@ -72,6 +73,8 @@ def run_cell(config: dict, dataset: str, k: int | None, seed: int, steps: int) -
     out = _folder(config["recipe"], dataset, k, seed, steps)
     if not FinetuneRun(out).result.is_file():
         recipe = {**config["finetune"], **config["recipes"][config["recipe"]]}
+        if "weights" in recipe:  # a pre-trained arm: the export's path is relative to this folder
+            recipe["weights"] = str((HERE / recipe["weights"]).resolve())
         mssl.finetune(data=data, labels=k, seed=seed, steps=steps, spacing=tuple(config["spacing"][dataset]), out=out, **recipe)
     if not FinetuneRun(out).evaluation(TEST).summary.is_file():
         mssl.evaluate(run=out, data=data, split=TEST, max_cases=spec["test_cases"], classes=spec["classes"])
@@ -151,10 +154,15 @@ def main() -> None:
     parser.add_argument("--only", action="append", help="DATASET:K:SEED (K = all for the whole split); repeatable")
     parser.add_argument("--report-only", action="store_true", help="write the report from finished cells, train nothing")
     parser.add_argument("--steps", type=int, help="the step budget B of this invocation (default: the config's)")
+    parser.add_argument("--recipe", help="the recipe tag to train (default: the config's `recipe`)")
     args = parser.parse_args()
     config = yaml.safe_load((HERE / "finetune_convergence.yaml").read_text(encoding="utf-8"))
     if args.steps:
         config["steps"] = args.steps
+    if args.recipe:
+        if args.recipe not in config["recipes"]:
+            parser.error(f"--recipe {args.recipe}: not in finetune_convergence.yaml's recipes ({', '.join(config['recipes'])})")
+        config["recipe"] = args.recipe
     if not args.report_only:
         wanted = {tuple(o.split(":")) for o in args.only} if args.only else None
         for dataset, k, seed, steps in _cells(config, args.double):
