@@ -13,7 +13,7 @@ pytest.importorskip("dynamic_network_architectures")
 
 from mssl.config import BackboneConfig  # noqa: E402
 from mssl.data.demo import demo_dataset, demo_datalist  # noqa: E402
-from mssl.downstream.networks import build_classifier, build_segmentation_network, freeze_encoder, output_layer  # noqa: E402
+from mssl.models.task_networks import build_classifier, build_segmentation_network, freeze_encoder, output_layer  # noqa: E402
 from mssl.models.backbones import build_backbone  # noqa: E402
 from mssl.weights.loading import load_pretrained  # noqa: E402
 from mssl.weights.safe_io import read_checkpoint, read_weights, write_safetensors  # noqa: E402

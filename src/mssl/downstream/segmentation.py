@@ -27,7 +27,7 @@ from mssl.downstream.deep_supervision import deep_supervised_loss
 from mssl.downstream.fit import FinetuneLoop, Task, Validation
 from mssl.downstream.inference import predict_log_probs
 from mssl.downstream.metrics import segmentation_metrics
-from mssl.downstream.networks import build_segmentation_network, deep_supervision_levels, freeze_encoder, initialise_class_prior
+from mssl.models.task_networks import build_segmentation_network, deep_supervision_levels, freeze_encoder, initialise_class_prior
 from mssl.downstream.partial_labels import PartialDiceCELoss, contoured_classes, restrict_to
 from mssl.downstream.postprocess import choose_postprocessing, selected_classes
 from mssl.downstream.pretrained import load_encoder
