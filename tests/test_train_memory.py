@@ -1,0 +1,55 @@
+"""The host-memory ceiling of CPU runs (mssl.train.memory): a step too large for the machine is one clear
+error, not the kernel's OOM killer."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import TINY_UNET_FLAGS
+from mssl.cli import app
+from mssl.train import memory
+from mssl.train.memory import OutOfMemoryError, memory_ceiling
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA and /proc are Linux's")
+MiB = 2**20
+
+
+def test_an_allocation_beyond_the_ceiling_is_one_named_error_and_the_limit_comes_back() -> None:
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    with pytest.raises(OutOfMemoryError, match=r"^runs/x: a step needs more memory than the 0\.2 GiB"):
+        with memory_ceiling("runs/x", available=256 * MiB):
+            torch.empty(512 * MiB // 4)  # 512 MiB: more than 0.9 × 256 MiB
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before
+    assert torch.empty(512 * MiB // 4).numel() == 128 * MiB  # unguarded again
+
+
+def test_within_the_ceiling_nothing_changes_and_other_errors_pass_through() -> None:
+    with memory_ceiling("runs/x", available=1024 * MiB):
+        assert torch.ones(16 * MiB // 4).sum().item() == 4 * MiB
+    with pytest.raises(ValueError, match="not memory"), memory_ceiling("runs/x", available=1024 * MiB):
+        raise ValueError("not memory")
+
+
+def test_processes_share_the_allowance() -> None:
+    with pytest.raises(OutOfMemoryError, match=r"the 0\.4 GiB"), memory_ceiling("runs/x", processes=2, available=1024 * MiB):
+        torch.empty(600 * MiB // 4)  # fits 0.9 GiB, not half of it
+
+
+def test_pretrain_on_a_machine_too_small_for_its_step_says_so_in_one_line(tiny_ct_cache: Path, tmp_path: Path, monkeypatch) -> None:
+    """128³ GVSL pairs on the tiny U-Net with 64 MiB to spare: exit 1, one line naming the run, no traceback."""
+    monkeypatch.setattr(memory, "available_bytes", lambda: 64 * MiB)
+    run = tmp_path / "run"
+    arguments = ["pretrain", "--method", "gvsl", "--data", str(tiny_ct_cache), "--out", str(run), *TINY_UNET_FLAGS, "--roi", "128", "--workers", "0"]
+    for extra in (["--dry-run"], ["--steps", "2"]):
+        result = CliRunner().invoke(app, [*arguments, *extra])
+        assert result.exit_code == 1, result.output
+        error = result.output.strip().splitlines()[-1]
+        assert error.startswith(f"error: {run if extra[0] == '--steps' else 'dry run of ' + str(run)}: a step needs more memory than the 0.1 GiB")
+        assert "can't allocate" not in result.output  # the allocator's own message is replaced, not shown beside it
+    assert not (run / "checkpoints" / "last.ckpt").exists()
