@@ -23,7 +23,7 @@ from mssl.config import (
     default_text,
     option_help,
 )
-from mssl.data.preprocess import PresetConfig
+from mssl.data.config import PrepareConfig
 from mssl.downstream.config import BenchmarkConfig, EvaluateConfig, FinetuneConfig, ProbeConfig
 
 # command → the model its options set
@@ -33,10 +33,10 @@ MODELS = {
     "probe": ProbeConfig,
     "evaluate": EvaluateConfig,
     "benchmark": BenchmarkConfig,
-    "prepare": PresetConfig,
+    "prepare": PrepareConfig,
 }
 # options whose key is neither their name nor in the model's FLAT_OPTIONS
-KEYS = {("pretrain", "roi"): "s2dc.roi", ("pretrain", "compile_"): "compile", ("prepare", "preset"): "name"}
+KEYS = {("pretrain", "roi"): "s2dc.roi", ("pretrain", "compile_"): "compile"}
 # options that are about the call, not a config key
 NOT_CONFIG = {
     "pretrain": {"config", "set_", "print_config", "dry_run"},
@@ -44,7 +44,7 @@ NOT_CONFIG = {
     "probe": {"config", "set_", "print_config"},
     "evaluate": {"config", "set_", "print_config"},
     "benchmark": {"config", "set_", "print_config"},
-    "prepare": {"source", "out", "workers", "on_error", "base_dir"},
+    "prepare": {"config", "set_", "print_config"},
 }
 COMMANDS = get_command(app).commands
 
