@@ -22,7 +22,7 @@ def command(
         metavar="SOURCE",
     ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help=f"{option_help(PrepareConfig, 'out')} Required, here or in --config.", show_default=False),
-    preset: Optional[PresetName] = typer.Option(None, "--preset", help=option_help(PrepareConfig, "preset", "ct: HU window → [0,1]; mri: percentile clip + z-score; none: intensities as read.")),
+    preset: Optional[PresetName] = typer.Option(None, "--preset", help=option_help(PrepareConfig, "preset")),
     spacing: Optional[str] = typer.Option(
         None, "--spacing", help=option_help(PrepareConfig, "spacing", "Target voxel size in mm, e.g. --spacing 1.5 or 1.5,1.5,2.", unset="keep each volume's spacing")
     ),
@@ -35,7 +35,7 @@ def command(
         None, "--channel-axis", help=option_help(PrepareConfig, "channel_axis", "Axis holding channels in 4D images, e.g. -1.", unset="images must be 3D, or one file per channel")
     ),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=option_help(PrepareConfig, "workers")),
-    on_error: Optional[OnError] = typer.Option(None, "--on-error", help=option_help(PrepareConfig, "on_error", "skip: report a bad file and go on; stop: stop at the first bad file.")),
+    on_error: Optional[OnError] = typer.Option(None, "--on-error", help=option_help(PrepareConfig, "on_error")),
     base_dir: Optional[Path] = typer.Option(None, "--base-dir", help=option_help(PrepareConfig, "base_dir", "Folder that datalist paths are relative to.", unset="the JSON's folder")),
     config: Optional[Path] = config_option(),
     set_: Optional[list[str]] = set_option(),

@@ -23,7 +23,7 @@ class PresetConfig(StrictModel):
     The foreground crop finds the body in channel 0: CT above -500 HU, other presets above 5% of the range.
     """
 
-    name: PresetName = Field("ct", description="ct: HU window → [0,1]; mri: percentile clip + z-score; none: intensities as read")
+    name: PresetName = Field("ct", description="intensity preset; ct: HU window → [0,1], mri: percentile clip + z-score, none: intensities as read")
     spacing: Spacing3 | None = Field(None, description="target voxel size in mm (x, y, z); null keeps each volume's own spacing")
     a_min: float = Field(-1000.0, description="CT: HU mapped to 0")
     a_max: float = Field(1000.0, description="CT: HU mapped to 1")
@@ -57,7 +57,7 @@ class PrepareConfig(StrictModel):
     out: Path = Field(description="cache folder to write (index.json + .npy arrays); rerunning on it skips unchanged cases")
     preset: PresetConfig = Field(default_factory=PresetConfig, description="intensity and spacing preprocessing")
     workers: int = Field(1, ge=1, description="parallel worker processes")
-    on_error: OnError = Field("skip", description="skip: report a bad file and go on; stop: stop at the first bad file")
+    on_error: OnError = Field("skip", description="a bad file: skip reports it and goes on, stop stops the run there")
     base_dir: Path | None = Field(None, description="folder that datalist paths are relative to; null: the JSON's folder")
 
     @field_validator("source", mode="before")
