@@ -17,7 +17,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def swin_file(tmp_path):
-    backbone = SwinBackbone(in_channels=1, feature_size=12, window_size=4)
+    backbone = SwinBackbone(in_channels=1, feature_size=12, window_size=4, use_v2=True)
     return write_safetensors(backbone.state_dict(), tmp_path / "swin.safetensors", {})
 
 
@@ -50,7 +50,7 @@ def test_inspect_swin_into_three_channels_adapts_every_stem(swin_file):
     modules = report.by_module()
     assert list(modules)[0] == "swinViT"  # network order, not alphabetical
     assert len(modules["swinViT"]["loaded"]) + len(modules["swinViT"]["adapted"]) == sum(
-        k.startswith("swinViT.") for k in SwinBackbone(1, 12, 4).state_dict()
+        k.startswith("swinViT.") for k in SwinBackbone(1, 12, 4, use_v2=True).state_dict()
     )
     assert "in_channels=3" in report.target
 
