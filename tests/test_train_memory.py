@@ -53,3 +53,19 @@ def test_pretrain_on_a_machine_too_small_for_its_step_says_so_in_one_line(tiny_c
         assert error.startswith(f"error: {run if extra[0] == '--steps' else 'dry run of ' + str(run)}: a step needs more memory than the 0.1 GiB")
         assert "can't allocate" not in result.output  # the allocator's own message is replaced, not shown beside it
     assert not (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_finetune_on_a_machine_too_small_for_its_step_says_so_and_keeps_the_folder_clean(tmp_path: Path, monkeypatch) -> None:
+    from conftest import DEMO_DATA, TINY_UNET_CHANNELS
+    from test_downstream_end_to_end import _subset
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 64 * MiB)
+    data = _subset(DEMO_DATA, tmp_path, {"train": ("train", 0, 1)})
+    out = tmp_path / "run"
+    arguments = ["finetune", "--data", str(data), "--out", str(out), "--backbone", "unet", "--unet-channels", ",".join(map(str, TINY_UNET_CHANNELS)),
+                 "--roi", "128", "--spacing", "2", "--batch-size", "2", "--steps", "2"]
+    result = CliRunner().invoke(app, arguments, env={"COLUMNS": "300"})
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {out}: a step needs more memory than the 0.1 GiB") and "--max-roi-voxels" in errors[0]
+    assert not (out / "best.safetensors").exists()

@@ -16,6 +16,7 @@ from typing import Iterator
 
 GiB = 2**30
 HEADROOM = 0.9  # of MemAvailable: the rest stays for the page cache and the other processes of the machine
+PRETRAIN_ADVICE = "make the crops smaller (--roi, --set s2dc.field_size=...), use --batch-size 1 or --checkpoint-activations, or a larger machine"
 ALLOCATOR_FAILURES = ("can't allocate memory", "Cannot allocate memory", "MemoryError")
 
 
@@ -48,8 +49,9 @@ def is_allocation_failure(error: BaseException) -> bool:
 
 
 @contextmanager
-def memory_ceiling(what: str, processes: int = 1, available: int | None = None) -> Iterator[None]:
-    """Within the block, an allocation beyond the ceiling raises :class:`OutOfMemoryError` naming ``what``.
+def memory_ceiling(what: str, advice: str = PRETRAIN_ADVICE, processes: int = 1, available: int | None = None) -> Iterator[None]:
+    """Within the block, an allocation beyond the ceiling raises :class:`OutOfMemoryError` naming ``what``
+    and ending with ``advice``.
 
     processes: how many training processes of this machine share its memory (CPU DDP).
     available: bytes to share (default: MemAvailable now). Off Linux the block runs unguarded.
@@ -70,8 +72,7 @@ def memory_ceiling(what: str, processes: int = 1, available: int | None = None) 
         if not is_allocation_failure(error):
             raise
         raise OutOfMemoryError(
-            f"{what}: a step needs more memory than the {allowance / GiB:.1f} GiB this machine has free for it; "
-            "make the crops smaller (--roi, --set s2dc.field_size=...), use --batch-size 1 or --checkpoint-activations, or a larger machine"
+            f"{what}: a step needs more memory than the {allowance / GiB:.1f} GiB this machine has free for it; {advice}"
         ) from None
     finally:
         resource.setrlimit(resource.RLIMIT_DATA, previous)
