@@ -43,9 +43,15 @@ def data_segment_bytes() -> int:
     return 0
 
 
-def is_allocation_failure(error: BaseException) -> bool:
-    """An allocator's out-of-memory, raised here or re-raised from a DataLoader worker."""
-    return isinstance(error, MemoryError) or any(text in str(error) for text in ALLOCATOR_FAILURES)
+def is_allocation_failure(error: BaseException | None) -> bool:
+    """An allocator's out-of-memory, raised here, re-raised from a DataLoader worker or wrapped by a MONAI
+    transform ("applying transform ..." with the allocator's error as its cause)."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, MemoryError) or any(text in str(error) for text in ALLOCATOR_FAILURES):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 @contextmanager
