@@ -113,8 +113,9 @@ def test_no_import_cycle_between_modules() -> None:
 
 
 # Views, losses and models take plain arguments; the methods map their config to them (issue #14).
-# The exceptions: build_backbone is the one mapping of BackboneConfig, and size_problem is a rule, not a config.
-CONFIG_IMPORTS_BELOW_METHODS = {"mssl.models.backbones", "mssl.models.features"}
+# The exceptions: build_backbone is the one mapping of BackboneConfig (task_networks builds the fine-tuning
+# networks on it, from the same config), and size_problem is a rule, not a config.
+CONFIG_IMPORTS_BELOW_METHODS = {"mssl.models.backbones", "mssl.models.task_networks", "mssl.models.features"}
 
 
 def test_views_losses_and_models_take_no_config() -> None:
