@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import TINY_UNET_FLAGS
+from conftest import DEMO_DATA, TINY_UNET_CHANNELS, TINY_UNET_FLAGS, demo_subset
 from mssl.cli import app
 from mssl.train import memory
 from mssl.train.memory import OutOfMemoryError, memory_ceiling
@@ -56,11 +56,8 @@ def test_pretrain_on_a_machine_too_small_for_its_step_says_so_in_one_line(tiny_c
 
 
 def test_finetune_on_a_machine_too_small_for_its_step_says_so_and_keeps_the_folder_clean(tmp_path: Path, monkeypatch) -> None:
-    from conftest import DEMO_DATA, TINY_UNET_CHANNELS
-    from test_downstream_end_to_end import _subset
-
     monkeypatch.setattr(memory, "available_bytes", lambda: 64 * MiB)
-    data = _subset(DEMO_DATA, tmp_path, {"train": ("train", 0, 1)})
+    data = demo_subset(DEMO_DATA, tmp_path, {"train": ("train", 0, 1)})
     out = tmp_path / "run"
     arguments = ["finetune", "--data", str(data), "--out", str(out), "--backbone", "unet", "--unet-channels", ",".join(map(str, TINY_UNET_CHANNELS)),
                  "--roi", "128", "--spacing", "2", "--batch-size", "2", "--steps", "2"]
