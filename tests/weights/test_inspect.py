@@ -92,7 +92,7 @@ def test_a_finetuned_run_is_inspected_against_its_whole_network_heads_included(t
     save_file(finetuned_network(description).state_dict(), str(run.weights))
     result = runner.invoke(app, ["inspect", str(run.path)])
     assert result.exit_code == 0, result.output
-    assert "every tensor loaded" in result.output and "fine-tuned seg network" in result.output
+    assert "every tensor loaded" in result.output and "fine-tuned seg" in result.output
     report = inspect_weights(run.path)
     assert not report.unexpected and not report.missing and {"head", "auxiliary_heads"} <= set(report.by_module())
 

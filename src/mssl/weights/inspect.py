@@ -160,7 +160,7 @@ def inspect_weights(weights: str | Path, into: Target | None = None, in_channels
     finetuned = FinetuneRun(path.parent)
     if path == finetuned.weights and finetuned.model.is_file() and in_channels is None and backbone and TARGET_OF_BACKBONE[backbone.name] == into:
         description = finetuned.description()  # the whole fine-tuned network: its task and deep-supervision heads are expected
-        network, target = finetuned_network(description), f"the fine-tuned {description['task']} network of {finetuned.model} ({describe(into, args)} + heads)"
+        network, target = finetuned_network(description), f"{describe(into, args)} + heads: the fine-tuned {description['task']} network of {finetuned.model}"
     else:
         network, target = build_target(into, args), describe(into, args)
     report = load_pretrained(network, tensors, in_channels=args["in_channels"], source=str(path), verbose=False, untrained=sidecar.untrained if sidecar else None)
