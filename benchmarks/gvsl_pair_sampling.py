@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 IXI = ROOT.parent / "shared" / "data" / "ixi"
 RESULTS = ROOT / "benchmarks" / "results" / "gvsl_pair_sampling.md"
 ROI, JITTER = (48, 48, 48), 4
+GVSL = GVSLConfig()  # the head's bounds and the NCC of the default run
 
 
 def _cache(out: Path, cases: int) -> CacheIndex:
@@ -52,12 +53,12 @@ def _pairs(index: CacheIndex, request: CropRequest, count: int) -> tuple[torch.T
 
 
 def _per_pair_ncc(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-    return torch.stack([1 - local_ncc_loss(m[None], f[None]) for m, f in zip(moving, fixed)])
+    return torch.stack([1 - local_ncc_loss(m[None], f[None], GVSL.ncc_window, GVSL.ncc_eps) for m, f in zip(moving, fixed)])
 
 
 def _best_affine(moving: torch.Tensor, fixed: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per pair, the affine within the GVSL head's bounds that maximises NCC² (Adam from the identity)."""
-    config = GVSLConfig()
+    config = GVSL
     half = torch.tensor([(n - 1) / 2 for n in ROI])
     raw = torch.zeros(moving.shape[0], 15, requires_grad=True)
     optimizer = torch.optim.Adam([raw], lr=0.05)
@@ -73,7 +74,7 @@ def _best_affine(moving: torch.Tensor, fixed: torch.Tensor, steps: int) -> tuple
 
     for _ in range(steps):
         optimizer.zero_grad()
-        local_ncc_loss(warp(moving, affine()), fixed).backward()
+        local_ncc_loss(warp(moving, affine()), fixed, config.ncc_window, config.ncc_eps).backward()
         optimizer.step()
     with torch.no_grad():
         return affine(), _per_pair_ncc(warp(moving, affine()), fixed)

@@ -41,17 +41,20 @@ def _worker(mode: str, size: int, steps: int) -> dict:
     """Run one configuration in this process and return its figures."""
     import torch
 
+    from mssl.config import GVSLConfig
     from mssl.views.appearance import damage_appearance
 
+    config = GVSLConfig()
+    probs = config.shuffle_prob, config.bezier_prob, config.inpaint_prob
     torch.manual_seed(0)
     pair = torch.rand(PAIRS, 2, 1, size, size, size)
     if mode == "damage":
         fixed = pair[:, 0]
-        damage_appearance(fixed)
+        damage_appearance(fixed, *probs)
         times, cpu_times = [], []
         for _ in range(DAMAGE_REPEATS):
             start, cpu_start = time.perf_counter(), time.process_time()
-            damage_appearance(fixed)
+            damage_appearance(fixed, *probs)
             times.append((time.perf_counter() - start) / PAIRS)
             cpu_times.append((time.process_time() - cpu_start) / PAIRS)
         return {"median_s": statistics.median(times), "median_cpu_s": statistics.median(cpu_times), "peak_rss_gb": _peak_rss_gb()}

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "mutation_check.md"
 ENV = {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "OMP_WAIT_POLICY": "PASSIVE"}
-FAST_GVSL_METHOD = "tests/test_gvsl_method.py", "-k", "not bf16 and not swin"  # those two alone take > 1 min
+FAST_GVSL_METHOD = "tests/methods/test_gvsl_method.py", "-k", "not bf16 and not swin"  # those two alone take > 1 min
 
 
 @dataclass(frozen=True)
@@ -42,57 +42,57 @@ class Mutant:
 MUTANTS = [
     # ---- S²DC ----
     Mutant("s2dc_no_tau_division", "Sinkhorn on raw cosine (official near-uniform plan)", "methods/s2dc.py",
-           "log_sinkhorn(cosine / config.tau_ot,", "log_sinkhorn(cosine,", ("tests/test_s2dc_method.py",)),
+           "log_sinkhorn(cosine / config.tau_ot,", "log_sinkhorn(cosine,", ("tests/methods/test_s2dc_method.py",)),
     Mutant("s2dc_tau_default_1", "tau_ot default 1.0", "config.py",
-           "tau_ot: float = Field(0.1, gt=0)", "tau_ot: float = Field(1.0, gt=0)", ("tests/test_s2dc_method.py",)),
+           "tau_ot: float = Field(0.1, gt=0)", "tau_ot: float = Field(1.0, gt=0)", ("tests/methods/test_s2dc_method.py",)),
     Mutant("head_no_l2_norm", "projection head without L2 normalisation", "models/heads.py",
-           "return F.normalize(projected.float(), dim=-1).reshape(", "return projected.float().reshape(", ("tests/test_heads.py",)),
+           "return F.normalize(projected.float(), dim=-1).reshape(", "return projected.float().reshape(", ("tests/models/test_heads.py",)),
     Mutant("head_norm_wrong_axis", "head normalises each token over its features, not each feature over tokens",
            "models/heads.py", "nn.BatchNorm1d(hidden_features, track_running_stats=False)",
-           "nn.LayerNorm(hidden_features)", ("tests/test_heads.py",), count=2),
+           "nn.LayerNorm(hidden_features)", ("tests/models/test_heads.py",), count=2),
     Mutant("p2p_no_negative", "L_p2p without its negative term", "losses/s2dc.py",
            "negative = _masked_mean(-torch.log1p(-log_p.exp()), 1 - correspondence)\n    return (positive + negative).mean()",
            "negative = _masked_mean(-torch.log1p(-log_p.exp()), 1 - correspondence)\n    return positive.mean()",
-           ("tests/test_s2dc_losses.py",)),
+           ("tests/losses/test_s2dc_losses.py",)),
     Mutant("p2s_no_negative", "L_p2s without its negative term", "losses/s2dc.py",
            "negative = _masked_mean(-torch.log1p(-similarity), 1 - correspondence)\n    return (positive + negative).mean()",
            "negative = _masked_mean(-torch.log1p(-similarity), 1 - correspondence)\n    return positive.mean()",
-           ("tests/test_s2dc_losses.py",)),
+           ("tests/losses/test_s2dc_losses.py",)),
     Mutant("p2s_no_half", "L_p2s positive term without its ½", "losses/s2dc.py",
-           "positive = 0.5 * (by_student + by_teacher)", "positive = (by_student + by_teacher)", ("tests/test_s2dc_losses.py",)),
+           "positive = 0.5 * (by_student + by_teacher)", "positive = (by_student + by_teacher)", ("tests/losses/test_s2dc_losses.py",)),
     Mutant("p2s_column_weights_twice", "L_p2s uses the column weights for both terms", "losses/s2dc.py",
            "by_student = (positive_nll * row_weights.unsqueeze(2))", "by_student = (positive_nll * col_weights.unsqueeze(1))",
-           ("tests/test_s2dc_losses.py",)),
+           ("tests/losses/test_s2dc_losses.py",)),
     Mutant("p2s_weights_not_detached", "L_p2s weights receive gradients (official)", "losses/s2dc.py",
-           "similarity = similarity.detach()", "similarity = similarity", ("tests/test_s2dc_losses.py",)),
+           "similarity = similarity.detach()", "similarity = similarity", ("tests/losses/test_s2dc_losses.py",)),
     Mutant("queue_student_key", "the student key is enqueued instead of the teacher key", "methods/s2dc.py",
-           "self.queue.enqueue(teacher_global[pick])", "self.queue.enqueue(student_global[pick])", ("tests/test_s2dc_method.py",)),
+           "self.queue.enqueue(teacher_global[pick])", "self.queue.enqueue(student_global[pick])", ("tests/methods/test_s2dc_method.py",)),
     Mutant("s2dc_cosine_bf16", "token cosine computed under autocast (bf16)", "methods/s2dc.py",
            "with torch.autocast(field.device.type, enabled=False):  # .float() alone",
            "with torch.autocast(field.device.type, enabled=torch.is_autocast_enabled(field.device.type)):  # .float() alone",
-           ("tests/test_s2dc_method.py",)),
+           ("tests/methods/test_s2dc_method.py",)),
     Mutant("info_nce_bf16", "InfoNCE logits computed under autocast (bf16)", "losses/s2dc.py",
            "with torch.autocast(query.device.type, enabled=False):",
            "with torch.autocast(query.device.type, enabled=torch.is_autocast_enabled(query.device.type)):",
-           ("tests/test_s2dc_losses.py",)),
+           ("tests/losses/test_s2dc_losses.py",)),
     # ---- GVSL ----
     Mutant("shuffle_one_permutation", "one pixel-shuffle permutation shared by all blocks (official)", "views/appearance.py",
            "permutation = _rand(tuple(index.shape), images, generator).argsort(dim=-1)",
            "permutation = _rand(tuple(index.shape[-1:]), images, generator).argsort(dim=-1).expand_as(index)",
-           ("tests/test_gvsl_views.py",)),
+           ("tests/views/test_gvsl_views.py",)),
     Mutant("affine_rotation_of_sample_0", "affine_matrix uses sample 0's rotation for the whole batch", "models/warp.py",
            "cos, sin = rotation.cos(), rotation.sin()",
            "cos, sin = rotation[:1].cos().expand_as(rotation), rotation[:1].sin().expand_as(rotation)",
-           ("tests/test_gvsl_warp.py",)),
+           ("tests/models/test_gvsl_warp.py",)),
     Mutant("augmentation_rotation_x5", "augmentation rotation range ×5", "views/spatial_aug.py",
            "rotation, shear = math.radians(self.rotation_deg), math.radians(self.shear_deg)",
            "rotation, shear = math.radians(5 * self.rotation_deg), math.radians(self.shear_deg)",
-           ("tests/test_gvsl_views.py",)),
-    Mutant("augmentation_default_shift_half", "SpatialAugmentation's own default shift 0.05 (≠ config 0.1)", "views/spatial_aug.py",
-           "shift_fraction: float = 0.1", "shift_fraction: float = 0.05", ("tests/test_gvsl_views.py",)),
+           ("tests/views/test_gvsl_views.py",)),
+    Mutant("augmentation_shift_half", "the method hands the augmentation half the configured shift", "methods/gvsl.py",
+           "shift_fraction=config.aug_shift_fraction,", "shift_fraction=config.aug_shift_fraction / 2,", ("tests/views/test_gvsl_views.py",)),
     Mutant("inpaint_boxes_x2", "in-painting boxes twice as large", "views/appearance.py",
            "low, high = max(1, n // 10), max(2, n // 5)", "low, high = max(1, n // 5), max(2, 2 * n // 5)",
-           ("tests/test_gvsl_views.py",)),
+           ("tests/views/test_gvsl_views.py",)),
     Mutant("affine_then_flow", "affine and flow composed in the swapped order, T(p) + u(p)", "models/warp.py",
            "    if flow is not None:\n        points = points + flow.float()\n    if affine is not None:\n"
            "        affine = affine.float()\n"
@@ -100,7 +100,7 @@ MUTANTS = [
            "    if affine is not None:\n        affine = affine.float()\n"
            "        points = torch.einsum(\"bij,bj...->bi...\", affine[:, :, :3], points) + affine[:, :, 3, None, None, None]\n"
            "    if flow is not None:\n        points = points + flow.float()\n",
-           ("tests/test_gvsl_warp.py",)),
+           ("tests/models/test_gvsl_warp.py",)),
     Mutant("restoration_from_b", "restoration head reads B's local features", "methods/gvsl.py",
            "restored = self.restoration(fixed_local)", "restored = self.restoration(moving_local)", FAST_GVSL_METHOD),
     Mutant("ncc_against_damaged_a", "NCC against the damaged A instead of the clean A", "methods/gvsl.py",
@@ -118,9 +118,9 @@ MUTANTS = [
            " + config.w_smooth * terms[\"smooth\"]", "", FAST_GVSL_METHOD),
     Mutant("smoothness_formula_zero", "smoothness loss returns zero", "losses/gvsl.py",
            "return sum(d.square().mean() for d in diffs) / 3", "return 0 * sum(d.square().mean() for d in diffs)",
-           ("tests/test_gvsl_losses.py",)),
+           ("tests/losses/test_gvsl_losses.py",)),
     Mutant("ncc_counts_padding", "NCC box statistics count the zero padding as data (official)", "losses/gvsl.py",
-           "n = _window_counts(tuple(x.shape[2:]), window, x.device)", "n = float(window**3)", ("tests/test_gvsl_losses.py",)),
+           "n = _window_counts(tuple(x.shape[2:]), window, x.device)", "n = float(window**3)", ("tests/losses/test_gvsl_losses.py",)),
 ]
 
 

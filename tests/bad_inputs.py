@@ -1,7 +1,7 @@
 """The bad-input corpus: what a hostile or unlucky user feeds mssl, written at small sizes.
 
 Each writer puts its files under a folder and returns ``{name: what mssl must say about it}``; the
-suite (tests/test_bad_inputs.py, tests/test_data_errors.py) runs every item, so none regresses. Run
+suite (tests/test_bad_inputs.py, tests/data/test_data_errors.py) runs every item, so none regresses. Run
 it by hand to get the files: ``python tests/bad_inputs.py OUT`` writes every group under OUT/<group>
 and prints each item with its expected message.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from test_data_helpers import synthetic_ct, write_dicom_series, write_nifti
+from data_helpers import synthetic_ct, write_dicom_series, write_nifti
 
 from conftest import TINY_UNET_CHANNELS, TINY_UNET_FLAGS
 from mssl.models.backbones import UNetBackbone

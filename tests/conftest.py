@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -103,3 +106,32 @@ def write_random_export(folder: Path, backbone: dict) -> Path:
     weights = write_safetensors(build_backbone(config).state_dict(), ExportFolder(folder).weights("monai"), {})
     write_sidecar(EncoderSidecar(method="test", backbone=config, preset=PresetConfig(name="ct")), weights)
     return weights
+
+
+def demo_subset(source: Path, out: Path, picks: dict[str, tuple[str, int, int]]) -> Path:
+    """A dataset.json (absolute paths) whose split S holds entries [start, stop) of the source's split."""
+    meta = json.loads((source / "dataset.json").read_text(encoding="utf-8"))
+    chosen = []
+    for split, (source_split, start, stop) in picks.items():
+        entries = [e for e in meta["training"] if e.get("split") == source_split][start:stop]
+        chosen += [{**e, "split": split, "image": str(source / e["image"]), "label": str(source / e["label"])} for e in entries]
+    path = out / "dataset.json"
+    path.write_text(json.dumps({**meta, "training": chosen}), encoding="utf-8")
+    return path
+
+
+# mssl.pretrain keywords of a tiny run (U-Net 8-16-32, 32³ crops, tiny S²DC sizes), for the engine tests.
+TINY_PRETRAIN: dict[str, Any] = {
+    "backbone": TINY_UNET_OPTIONS,
+    "gvsl.roi": [32, 32, 32],
+    "s2dc": {"field_size": [64, 64, 32], "roi": 32, "head_hidden": 32, "head_out": 16, "queue_size": 8, "sinkhorn_iters": 10},
+    "workers": 0,
+    "progress_bar": False,
+    "log_every": 1,
+}
+
+
+def run_metrics(run: Path) -> list[dict[str, str]]:
+    """The rows of a pre-training run's logs/metrics.csv."""
+    with (run / "logs" / "metrics.csv").open(newline="") as file:
+        return list(csv.DictReader(file))

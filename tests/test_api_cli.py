@@ -13,7 +13,7 @@ from typer.main import get_command
 import mssl
 from mssl.cli import app
 from mssl.config import PretrainConfig
-from mssl.data.preprocess import PresetConfig
+from mssl.data.config import PrepareConfig, PresetConfig
 from mssl.config import build_config
 from mssl.downstream.config import BenchmarkConfig, EvaluateConfig, FinetuneConfig, ProbeConfig
 from mssl.train.pretrain import ROI_FLAG
@@ -21,7 +21,7 @@ from mssl.train.pretrain import ROI_FLAG
 # command → (API function, config model its **overrides build, flat names it maps)
 API = {
     "demo": ("demo", None, {}),
-    "prepare": ("prepare", PresetConfig, {}),
+    "prepare": ("prepare", PrepareConfig, PrepareConfig.FLAT_OPTIONS),
     "export": ("export", None, {}),
     "inspect": ("inspect_weights", None, {}),
     "visualize": ("visualize", None, {}),
@@ -64,6 +64,16 @@ def test_prepare_takes_the_plain_values_of_the_command(tmp_path: Path) -> None:
     assert index["preset"]["spacing"] == [8.0, 8.0, 8.0] and index["preset"]["a_min"] == -200.0
     with pytest.raises(ValueError, match="either in the PresetConfig or as keywords"):
         mssl.prepare(two_demo_cts, out=str(tmp_path / "other"), preset=PresetConfig(), spacing=(8, 8, 8))
+
+
+def test_prepare_takes_a_config_file_under_its_keywords(tmp_path: Path) -> None:
+    """``mssl.prepare(config=...)`` ≡ ``mssl prepare --config ...``: the file, then the keywords given."""
+    config = tmp_path / "prepare.yaml"
+    config.write_text(f"source: {DEMO / 'imagesTr' / 'pt_119.nii.gz'}\npreset: {{name: none, spacing: 2, foreground_crop: false}}\n", encoding="utf-8")
+    report = mssl.prepare(out=tmp_path / "cache", config=config, **{"preset.spacing": 8})
+    assert report.written == ["pt_119"]
+    preset = json.loads((tmp_path / "cache" / "index.json").read_text())["preset"]
+    assert (preset["name"], preset["spacing"], preset["foreground_crop"]) == ("none", [8.0, 8.0, 8.0], False)
 
 
 def test_load_pretrained_prints_its_report_and_the_swin_version_hint(capsys: pytest.CaptureFixture[str]) -> None:

@@ -24,7 +24,7 @@ from bad_inputs import (
     weight_files,
 )
 from conftest import TINY_UNET_CHANNELS
-from test_data_helpers import synthetic_ct, write_nifti
+from data_helpers import synthetic_ct, write_nifti
 from typer.testing import CliRunner
 
 import mssl

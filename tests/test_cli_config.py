@@ -3,11 +3,13 @@ on every command with a config, and sizes/spacings have one type that also reads
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DEMO_DATA
 from typer.main import get_command
 from typer.testing import CliRunner
 
@@ -23,7 +25,7 @@ from mssl.config import (
     default_text,
     option_help,
 )
-from mssl.data.preprocess import PresetConfig
+from mssl.data.config import PrepareConfig
 from mssl.downstream.config import BenchmarkConfig, EvaluateConfig, FinetuneConfig, ProbeConfig
 
 # command → the model its options set
@@ -33,10 +35,10 @@ MODELS = {
     "probe": ProbeConfig,
     "evaluate": EvaluateConfig,
     "benchmark": BenchmarkConfig,
-    "prepare": PresetConfig,
+    "prepare": PrepareConfig,
 }
 # options whose key is neither their name nor in the model's FLAT_OPTIONS
-KEYS = {("pretrain", "roi"): "s2dc.roi", ("pretrain", "compile_"): "compile", ("prepare", "preset"): "name"}
+KEYS = {("pretrain", "roi"): "s2dc.roi", ("pretrain", "compile_"): "compile"}
 # options that are about the call, not a config key
 NOT_CONFIG = {
     "pretrain": {"config", "set_", "print_config", "dry_run"},
@@ -44,7 +46,7 @@ NOT_CONFIG = {
     "probe": {"config", "set_", "print_config"},
     "evaluate": {"config", "set_", "print_config"},
     "benchmark": {"config", "set_", "print_config"},
-    "prepare": {"source", "out", "workers", "on_error", "base_dir"},
+    "prepare": {"config", "set_", "print_config"},
 }
 COMMANDS = get_command(app).commands
 
@@ -115,6 +117,37 @@ def test_a_bad_set_names_its_key(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "config key 'size': expected one number or three" in result.output
     result = CliRunner().invoke(app, ["evaluate", "run", "--data", "d.json", "--set", "tta_typo=1", "--print-config"])
     assert result.exit_code == 2 and "'tta_typo': unknown option" in result.output
+
+
+def test_prepare_print_config_takes_the_file_then_flags_then_set(tmp_path: Path) -> None:
+    config = write_yaml(tmp_path / "prepare.yaml", {"source": "data/", "preset": {"name": "mri", "spacing": 2, "lower": 1}, "workers": 2, "on_error": "stop"})
+    values = printed(["prepare", "--config", str(config), "-o", "cache", "--spacing", "4", "--workers", "3", "--set", "preset.spacing=[6, 6, 8]", "--set", "on_error=skip"])
+    assert (values["source"], values["out"]) == ("data/", "cache")  # the file's, the flag's
+    assert values["preset"]["name"] == "mri" and values["preset"]["lower"] == 1.0  # the file's
+    assert values["workers"] == 3  # the flag beats the file
+    assert values["preset"]["spacing"] == [6.0, 6.0, 8.0] and values["on_error"] == "skip"  # --set beats the flag and the file
+    assert values["preset"]["a_min"] == -1000.0 and values["base_dir"] is None  # the model's defaults
+    assert printed(["prepare", "data/", "--set", "preset=none"])["preset"]["name"] == "none"  # --set of the flat name
+
+
+def test_prepare_caches_with_the_file_the_flags_and_set_combined(tmp_path: Path) -> None:
+    two_demo_cts = str(DEMO_DATA / "imagesTr" / "pt_1[13]*.nii.gz")
+    config = write_yaml(tmp_path / "prepare.yaml", {"source": two_demo_cts, "preset": {"name": "mri", "spacing": 2, "lower": 1}})
+    cache = tmp_path / "cache"
+    result = CliRunner().invoke(app, ["prepare", "--config", str(config), "--out", str(cache), "--spacing", "4", "--lower", "2", "--set", "preset.spacing=[8,8,6]"])
+    assert result.exit_code == 0, result.output
+    index = json.loads((cache / "index.json").read_text(encoding="utf-8"))
+    assert (index["preset"]["name"], index["preset"]["lower"], index["preset"]["spacing"]) == ("mri", 2.0, [8.0, 8.0, 6.0])
+    assert len(index["cases"]) == 2 and all(case["spacing"] == pytest.approx([8.0, 8.0, 6.0]) for case in index["cases"])
+
+
+def test_a_misspelt_prepare_key_is_one_line_naming_it(tmp_path: Path) -> None:
+    config = write_yaml(tmp_path / "prepare.yaml", {"source": "data/", "workrs": 2})
+    for args, key in [(["--config", str(config)], "'workrs'"), (["data/", "--set", "preset.spacng=2"], "'preset.spacng'")]:
+        result = CliRunner().invoke(app, ["prepare", *args, "--out", str(tmp_path / "cache")])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and key in lines[0] and "unknown option" in lines[0], result.output
+    assert not (tmp_path / "cache").exists()  # refused before anything is written
 
 
 @pytest.mark.parametrize("text", [96, "96", "96,96,96", "96x96x96", "96 96 96", [96, 96, 96], [96], (96, 96, 96)])

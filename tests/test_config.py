@@ -123,14 +123,33 @@ def test_several_devices_get_plain_ddp() -> None:
     assert lightning_strategy(resolve_config(devices=1, strategy="ddp").trainer) == "ddp"
 
 
-def test_dataclass_defaults_of_the_gvsl_transforms_are_the_configs() -> None:
-    """SpatialAugmentation and AffineBounds repeat GVSLConfig's defaults for direct use; they must not drift
-    (the augmentation's 0.1 is a fraction of the half extent, i.e. ±5 % of the crop, in both)."""
-    from mssl.models.zmatch import AffineBounds
+def test_defaults_live_in_the_configs_only() -> None:
+    """What a config sets is a required argument of the views, losses and networks it maps to, so no second copy
+    of a default can drift from the config's (the arguments left with defaults are the ones no config sets)."""
+    import inspect
+
+    from mssl.losses.gvsl import local_ncc_loss
+    from mssl.models.backbones import SwinBackbone, UNetBackbone
+    from mssl.models.heads import ProjectionHead
+    from mssl.models.restoration import RestorationHead
+    from mssl.models.zmatch import AffineBounds, AffineBranch, ZMatchHead
+    from mssl.views.appearance import damage_appearance
+    from mssl.views.s2dc_views import S2DCViewParams
     from mssl.views.spatial_aug import SpatialAugmentation
 
-    assert SpatialAugmentation() == SpatialAugmentation.from_config(GVSLConfig())
-    assert AffineBounds() == AffineBounds.from_config(GVSLConfig())
+    unset_by_configs = {"generator", "dropout_path_rate"}
+    off_switches = {"use_checkpoint", "checkpoint_activations"}  # memory for time, same results: off unless asked
+    mapped = (
+        S2DCViewParams, ProjectionHead, SpatialAugmentation, AffineBounds, AffineBranch, ZMatchHead, RestorationHead,
+        damage_appearance, local_ncc_loss, SwinBackbone, UNetBackbone,
+    )
+    defaults = {
+        f"{target.__name__}.{name}"
+        for target in mapped
+        for name, parameter in inspect.signature(target).parameters.items()
+        if parameter.default is not inspect.Parameter.empty and name not in unset_by_configs | off_switches
+    }
+    assert not defaults, f"defaults restated below the configs: {sorted(defaults)}"
 
 
 def test_resuming_a_run_saved_with_an_integer_roi_sees_no_change(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

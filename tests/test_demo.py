@@ -109,3 +109,20 @@ def test_cli_help(name):
     result = runner.invoke(app, [name, "--help"])
     assert result.exit_code == 0
     assert "Example: mssl " + name in result.output
+
+
+def test_data_only_copies_the_packaged_dataset_and_never_overwrites(tmp_path):
+    """`mssl demo --data-only`: an MSD folder a user can point every command at; a second call into the same
+    folder is refused in one line and leaves the first copy as it was."""
+    out = tmp_path / "data"
+    result = runner.invoke(app, ["demo", "--data-only", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    datalist = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
+    entries = datalist["training"]
+    assert len(entries) == 12 and {e["split"] for e in entries} == {"train", "test"}
+    for entry in entries:  # relative paths that resolve inside the copy, bytes equal to the packaged files
+        assert (out / entry["image"]).read_bytes() == (demo_dataset() / entry["image"]).read_bytes()
+        assert (out / entry["label"]).is_file()
+    (out / "dataset.json").write_text("edited", encoding="utf-8")
+    again = runner.invoke(app, ["demo", "--data-only", "--out", str(out)])
+    assert again.exit_code == 2 and "already exists" in again.output and (out / "dataset.json").read_text(encoding="utf-8") == "edited"

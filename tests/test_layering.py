@@ -110,3 +110,15 @@ def test_no_import_cycle_between_modules() -> None:
         tuple(TopologicalSorter(import_graph()).static_order())
     except CycleError as error:
         raise AssertionError(f"import cycle: {' -> '.join(error.args[1])}") from None
+
+
+# Views, losses and models take plain arguments; the methods map their config to them (issue #14).
+# The exceptions: build_backbone is the one mapping of BackboneConfig (task_networks builds the fine-tuning
+# networks on it, from the same config), and size_problem is a rule, not a config.
+CONFIG_IMPORTS_BELOW_METHODS = {"mssl.models.backbones", "mssl.models.task_networks", "mssl.models.features"}
+
+
+def test_views_losses_and_models_take_no_config() -> None:
+    below = {layer_of("mssl.models"), layer_of("mssl.views")}
+    readers = {name for name, targets in import_graph().items() if "mssl.config" in targets and layer_of(name) in below}
+    assert readers <= CONFIG_IMPORTS_BELOW_METHODS, f"import mssl.config below the methods: {sorted(readers - CONFIG_IMPORTS_BELOW_METHODS)}"

@@ -19,8 +19,7 @@ import torch
 
 pytest.importorskip("nnunetv2")
 
-from conftest import DEMO_DATA, SUBPROCESS_ENV, TINY_CACHE_CASES  # noqa: E402
-from test_pretrain_run import TINY  # noqa: E402
+from conftest import DEMO_DATA, SUBPROCESS_ENV, TINY_CACHE_CASES, TINY_PRETRAIN  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from mssl.cli import app  # noqa: E402
@@ -41,7 +40,7 @@ def test_stock_nnunet_fine_tunes_from_an_mssl_export(tiny_ct_cache: Path, tmp_pa
 
     # mssl: pre-train nnU-Net's ResidualEncoderUNet (tiny) with both objectives, export for nnU-Net
     backbone = {"name": "resenc", "nnunet": {"preset": "tiny"}}
-    run = mssl.pretrain(method="both", data=tiny_ct_cache, out=tmp_path / "run", steps=2, **{**TINY, "backbone": backbone})
+    run = mssl.pretrain(method="both", data=tiny_ct_cache, out=tmp_path / "run", steps=2, **{**TINY_PRETRAIN, "backbone": backbone})
     result = CliRunner().invoke(app, ["export", str(run), "--format", "nnunet"])
     assert result.exit_code == 0, result.output
     exported = torch.load(run / "export" / "nnunet_pretrained.pth", weights_only=True)["network_weights"]

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import typer
 
+from mssl.commands import fail
+
 
 def command(
     out: Path = typer.Option(Path("demo_run"), "--out", "-o", help="Folder for the cache, runs, exports, probes, figures and report.md."),
     fast: bool = typer.Option(False, "--fast", help="Toy sizes (a few training steps on three cases): checks the installation in about a minute."),
+    data_only: bool = typer.Option(False, "--data-only", help="Only copy the twelve CTs into OUT as an MSD folder (dataset.json, imagesTr, labelsTr: 7 train, 5 test, 7 organs) to try every command on."),
 ) -> None:
     """Run the whole pipeline offline on twelve real head-and-neck CTs shipped with mssl (OpenKBP, MIT).
 
@@ -22,4 +25,7 @@ def command(
     """
     from mssl.pipelines.demo import run_demo
 
-    run_demo(out, fast=fast)
+    try:
+        run_demo(out, fast=fast, data_only=data_only)
+    except FileExistsError as error:  # --data-only never overwrites
+        fail(error)

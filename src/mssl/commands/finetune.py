@@ -72,6 +72,7 @@ def command(
     from mssl.config import build_config
     from mssl.downstream.finetune import finetune
     from mssl.train.checkpoint import NonFiniteStateError
+    from mssl.train.memory import OutOfMemoryError
     from mssl.train.run_lock import run_lock
 
     if mirror_axes == "none":
@@ -86,7 +87,7 @@ def command(
             finetune(settings, console=Console())
     except (FileNotFoundError, ValueError) as error:  # bad paths, options or data: one line, not a traceback
         fail(error)
-    except NonFiniteStateError as error:  # the fine-tuning diverged; the best weights so far are kept
+    except (NonFiniteStateError, OutOfMemoryError) as error:  # diverged, or a step too large: the best weights so far are kept
         fail(error, exit_code=1)
     except OSError as error:  # the output cannot be written (read-only, permissions, disk full)
         fail_environment(error, out)

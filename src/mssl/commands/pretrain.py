@@ -61,6 +61,7 @@ def command(
     from mssl.config import ConfigError
     from mssl.data.errors import DataError
     from mssl.train.checkpoint import NonFiniteStateError
+    from mssl.train.memory import OutOfMemoryError
     from mssl.train.module import NonFiniteLossError
     from mssl.pipelines.pretrain import pretrain
     from mssl.train.pretrain import resolve_config
@@ -74,7 +75,7 @@ def command(
         pretrain(config, dry_run=dry_run, **options)
     except (ConfigError, DataError) as error:
         fail(error)
-    except (NonFiniteLossError, NonFiniteStateError) as error:
+    except (NonFiniteLossError, NonFiniteStateError, OutOfMemoryError) as error:
         fail(error, exit_code=1)
     except OSError as error:  # the run folder cannot be written (read-only, permissions, disk full)
         fail_environment(error, out)

@@ -15,20 +15,21 @@ import errno
 import hashlib
 import multiprocessing
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from filelock import FileLock
 
-from mssl.config import PresetName
+from mssl.config import PresetName, build_config
 from mssl.data.cache import FOREGROUND, IMAGES, INDEX_NAME, LABELS, read_index, remove_stale_temporaries, write_array, write_index
+from mssl.data.config import OnError, PrepareConfig, PresetConfig
 from mssl.data.dicom import dicom_series, is_dicom_file
 from mssl.data.errors import DataError
-from mssl.data.preprocess import PresetConfig, check_files_exist, load_case
+from mssl.data.preprocess import check_files_exist, load_case
 from mssl.data.sources import Case, find_cases
 
 HASH_CHUNK = 1 << 20
@@ -38,8 +39,6 @@ FOREGROUND_PROBES = 262_144  # random voxels probed before falling back to a ful
 _MHD_DATA_FILE = re.compile(rb"^\s*ElementDataFile\s*=\s*(.+?)\s*$", re.MULTILINE)
 
 LOCK_NAME = ".prepare.lock"
-
-OnError = Literal["skip", "stop"]
 
 
 @dataclass
@@ -65,39 +64,36 @@ class PrepareReport:
 
 
 def prepare(
-    source: str | Path,
-    out: str | Path,
-    preset: PresetName | PresetConfig = "ct",
-    workers: int = 1,
-    on_error: OnError = "skip",
+    source: str | Path | None = None,
+    out: str | Path | None = None,
+    preset: PresetName | PresetConfig | None = None,
+    workers: int | None = None,
+    on_error: OnError | None = None,
     base_dir: str | Path | None = None,
     *,
+    config: PrepareConfig | Mapping[str, Any] | str | Path | None = None,
     progress: bool = False,
     **preset_options: Any,
 ) -> PrepareReport:
     """Preprocess ``source`` (folder, glob, datalist JSON, nnU-Net raw folder, DICOM folders) into ``out``.
 
-    The same values as ``mssl prepare``: ``preset`` is a name ("ct", "mri", "none") refined by the
+    The same values as ``mssl prepare``: ``config`` (a :class:`PrepareConfig`, a mapping or a YAML file)
+    under the arguments given (None: not set). ``preset`` is a name ("ct", "mri", "none") refined by the
     command's preset options as keywords (``spacing=(1.5, 1.5, 1.5)``, ``a_min``, ``a_max``, ``lower``,
-    ``upper``, ``foreground_crop``, ``channel_axis``), or a whole :class:`PresetConfig`.
-    ``workers`` > 1 runs a spawn-safe process pool; ``progress`` shows a Rich progress bar and prints one
-    line per bad file on stderr. Raises :class:`DataError` for an empty or missing source, or a cache
-    that was prepared with another preset (use another ``out`` for that).
+    ``upper``, ``foreground_crop``, ``channel_axis``, or dotted: ``**{"preset.spacing": 2}``), or a whole
+    :class:`PresetConfig`. ``workers`` > 1 runs a spawn-safe process pool; ``progress`` shows a Rich
+    progress bar and prints one line per bad file on stderr. Raises :class:`ConfigError` naming a bad
+    key, :class:`DataError` for an empty or missing source, or a cache that was prepared with another
+    preset (use another ``out`` for that).
     """
-    if isinstance(preset, PresetConfig):
-        if preset_options:
-            raise ValueError(f"give preset options ({', '.join(preset_options)}) either in the PresetConfig or as keywords, not both")
-    else:
-        preset = PresetConfig(name=preset, **preset_options)
-    if on_error not in ("skip", "stop"):
-        raise ValueError(f"on_error must be 'skip' or 'stop', got {on_error!r}")
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    out = Path(out)
-    cases = find_cases(source, Path(base_dir) if base_dir is not None else None, missing="keep")
-    out.mkdir(parents=True, exist_ok=True)
-    with FileLock(out / LOCK_NAME):
-        return _prepare_locked(cases, out, preset, workers, on_error, progress)
+    if isinstance(preset, PresetConfig) and preset_options:
+        raise ValueError(f"give preset options ({', '.join(preset_options)}) either in the PresetConfig or as keywords, not both")
+    chosen = dict(source=source, out=out, preset=preset, workers=workers, on_error=on_error, base_dir=base_dir, **preset_options)
+    settings = build_config(PrepareConfig, config, **chosen)
+    cases = find_cases(settings.source, settings.base_dir, missing="keep")
+    settings.out.mkdir(parents=True, exist_ok=True)
+    with FileLock(settings.out / LOCK_NAME):
+        return _prepare_locked(cases, settings.out, settings.preset, settings.workers, settings.on_error, progress)
 
 
 def _prepare_locked(cases: list[Case], out: Path, preset: PresetConfig, workers: int, on_error: OnError, progress: bool) -> PrepareReport:

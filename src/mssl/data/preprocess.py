@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 
-from mssl.config import PresetName, Spacing3, StrictModel
+from mssl.data.config import PresetConfig
 from mssl.data.dicom import series_files
 from mssl.data.errors import DataError
 from mssl.data.readers import CHANNEL_FILES, ChannelFiles, LoadVolumed
@@ -37,33 +36,6 @@ AFFINE_TOLERANCE_MM = 1e-3  # image/label affines further apart than this do not
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # axis codes of the RAS target orientation
 EXAMPLE_VALUES = 5  # offending label values quoted in an error
 MIN_SIDE = 4  # voxels along every axis, before and after preprocessing: less is no volume to learn from
-
-
-class PresetConfig(StrictModel):
-    """How ``mssl prepare`` turns a raw volume into a cached one.
-
-    spacing: target voxel size in mm (None keeps each volume's own spacing).
-    a_min/a_max: CT HU window mapped to [0, 1]. lower/upper: MRI percentile clip before the z-score.
-    foreground_crop: crop to the bounding box of the body in channel 0 (CT: HU > -500; others: above 5% of the range).
-    channel_axis: axis of a 4D image holding channels (None: images must be 3D, or one 3D file per channel).
-    """
-
-    name: PresetName = "ct"
-    spacing: Spacing3 | None = None
-    a_min: float = -1000.0
-    a_max: float = 1000.0
-    lower: float = Field(0.5, ge=0, le=100)
-    upper: float = Field(99.5, ge=0, le=100)
-    foreground_crop: bool = True
-    channel_axis: int | None = Field(None, ge=-4, le=3)
-
-    @model_validator(mode="after")
-    def _ranges(self) -> "PresetConfig":
-        if self.a_min >= self.a_max:
-            raise ValueError(f"a_min ({self.a_min}) must be below a_max ({self.a_max})")
-        if self.lower >= self.upper:
-            raise ValueError(f"lower percentile ({self.lower}) must be below upper ({self.upper})")
-        return self
 
 
 class ForegroundSelect:

@@ -25,7 +25,7 @@ from mssl.config import backbone_stride
 from mssl.downstream.config import FinetuneConfig
 from mssl.downstream.datasets import case_dict, data_channels, labelled_subset, preprocessing
 from mssl.downstream.fit import FinetuneLoop, Task, Validation
-from mssl.downstream.networks import build_classifier, freeze_encoder
+from mssl.models.task_networks import build_classifier, freeze_encoder
 from mssl.downstream.pretrained import load_encoder
 from mssl.downstream.sampling import automatic_roi
 from mssl.downstream.setup import check_roi

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -37,6 +38,7 @@ from mssl.downstream.setup import start_finetune
 from mssl.runs import FinetuneRun
 from mssl.train.checkpoint import NonFiniteStateError
 from mssl.train.cost import CostReporter, Projection
+from mssl.train.memory import memory_ceiling
 from mssl.train.schedules import poly
 from mssl.weights.checks import listed, nonfinite_names
 
@@ -112,7 +114,7 @@ class FinetuneLoop:
         log_file, log = open_log(self.files.metrics, header, progress.step if config.resume else None)
         no_validation = [""] * len(task.validation_columns)
         reporter.start(progress.step)
-        with log_file:
+        with log_file, self._memory_ceiling():
             if validating and task.validate_initial and not progress.step:
                 log.writerow([0, "", "", *self._validate(task, 0, reporter, writer).cells, self._seconds()])
             for step, batch in zip(range(progress.step + 1, self.total_steps + 1), batches):
@@ -165,6 +167,14 @@ class FinetuneLoop:
             if fabric.is_global_zero:
                 save_weights(network, self.out)
         return None
+
+    def _memory_ceiling(self) -> AbstractContextManager[None]:
+        """On CPU, a step too large for the machine is one line (:mod:`mssl.train.memory`), not the OOM killer;
+        last.ckpt and the best weights so far stay as they were."""
+        if self.fabric.device.type != "cpu":
+            return nullcontext()
+        advice = "make the patch smaller (--roi, --max-roi-voxels), use --batch-size 1, or a larger machine"
+        return memory_ceiling(str(self.out), advice, processes=self.fabric.world_size)
 
     def _validate(self, task: Task, step: int, reporter: CostReporter, writer: SummaryWriter | None) -> Validation:
         """Validate; keep the best weights (step 0, the initial network, never counts as best); say it."""

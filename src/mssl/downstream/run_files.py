@@ -13,8 +13,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mssl.config import BackboneConfig
-from mssl.downstream.networks import build_classifier, build_segmentation_network
+from mssl.models.task_networks import finetuned_network
 from mssl.runs import FinetuneRun
 from mssl.train.checkpoint import NonFiniteStateError
 from mssl.weights.checks import listed, nonfinite_names
@@ -58,11 +57,7 @@ def load_finetuned(run: Path) -> tuple[nn.Module, dict[str, Any]]:
     description, weights = files.description(), files.weights
     if not weights.is_file():
         raise FileNotFoundError(f"{run}: {weights.name} missing (did the fine-tuning finish?)")
-    backbone = BackboneConfig(**description["backbone"])
-    if description["task"] == "seg":
-        network = build_segmentation_network(backbone, description["num_classes"], description.get("deep_supervision", 0))
-    else:
-        network = build_classifier(backbone, description["num_outputs"])
+    network = finetuned_network(description)
     network.load_state_dict(load_file(str(weights)))
     network.eval()
     return network, description

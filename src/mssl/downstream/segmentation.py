@@ -27,7 +27,7 @@ from mssl.downstream.deep_supervision import deep_supervised_loss
 from mssl.downstream.fit import FinetuneLoop, Task, Validation
 from mssl.downstream.inference import predict_log_probs
 from mssl.downstream.metrics import segmentation_metrics
-from mssl.downstream.networks import build_segmentation_network, deep_supervision_levels, freeze_encoder, initialise_class_prior
+from mssl.models.task_networks import build_segmentation_network, deep_supervision_levels, freeze_encoder, initialise_class_prior
 from mssl.downstream.partial_labels import PartialDiceCELoss, contoured_classes, restrict_to
 from mssl.downstream.postprocess import choose_postprocessing, selected_classes
 from mssl.downstream.pretrained import load_encoder
@@ -49,14 +49,21 @@ def predict_labels(
     return maps
 
 
-def dice_table(predictions: Sequence[torch.Tensor], items: Sequence[dict[str, Any]], num_classes: int) -> np.ndarray:
-    """(cases, C - 1) Dice per case and foreground class; NaN where the case does not contour the class."""
-    return np.stack(
+def dice_table(
+    predictions: Sequence[torch.Tensor], items: Sequence[dict[str, Any]], num_classes: int, trained: torch.Tensor | None = None
+) -> np.ndarray:
+    """(cases, C - 1) Dice per case and foreground class; NaN where the case does not contour the class, and
+    for classes outside ``trained`` (C,) bool: the network is never asked to predict those, so their Dice of
+    0 would only dilute the validation score."""
+    table = np.stack(
         [
             segmentation_metrics(p, item["label"][0], num_classes, (1.0, 1.0, 1.0), item["present"], with_hd95=False).dice
             for p, item in zip(predictions, items)
         ]
     )
+    if trained is not None:
+        table[:, ~trained[1:].numpy()] = np.nan
+    return table
 
 
 def mean_dice(table: np.ndarray) -> float:
@@ -133,7 +140,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
     loss_fn = PartialDiceCELoss(batch_dice=config.batch_dice)
 
     def validate() -> Validation:
-        table = dice_table(predict_labels(network, val_items, roi, config.sw_overlap, trained_classes), val_items, dataset.num_classes)
+        table = dice_table(predict_labels(network, val_items, roi, config.sw_overlap, trained_classes), val_items, dataset.num_classes, trained_classes)
         val_dice, per_class = mean_dice(table), class_means(table)
         finite = {f"dice_{name}": float(value) for name, value in zip(class_names[1:], per_class) if np.isfinite(value)}
         return Validation(

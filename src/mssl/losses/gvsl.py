@@ -33,7 +33,7 @@ def _window_counts(shape: tuple[int, ...], window: int, device: torch.device) ->
     return (counts[0] * counts[1] * counts[2]).view(1, 1, *shape)
 
 
-def local_ncc_loss(x: torch.Tensor, y: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
+def local_ncc_loss(x: torch.Tensor, y: torch.Tensor, window: int, eps: float) -> torch.Tensor:
     """1 − mean squared local normalised cross-correlation of (B, C, X, Y, Z) volumes over window³ boxes.
 
     Squared, so anti-correlation counts as similar (as in GVSL); 0 for y = a·x + b, ≈ 1 for unrelated

@@ -48,9 +48,9 @@ class GVSLMethod(PretrainMethod):
         super().__init__()
         self.backbone = backbone
         self.config = config
-        self.zmatch = ZMatchHead(backbone.bottleneck_channels, backbone.local_channels, AffineBounds.from_config(config))
+        self.zmatch = ZMatchHead(backbone.bottleneck_channels, backbone.local_channels, affine_bounds(config))
         self.restoration = RestorationHead(backbone.local_channels, out_channels=_image_channels(backbone))
-        self.spatial_augmentation = SpatialAugmentation.from_config(config) if config.spatial_aug else None
+        self.spatial_augmentation = spatial_augmentation(config) if config.spatial_aug else None
 
     def crop_requests(self) -> dict[str, CropRequest]:
         config = self.config
@@ -92,6 +92,28 @@ class GVSLMethod(PretrainMethod):
             "damaged": damaged.detach(),
         }
         return MethodOutput(loss=loss, terms=terms, metrics=metrics, visuals=visuals)
+
+
+def affine_bounds(config: GVSLConfig) -> AffineBounds:
+    """The config's bounds of the Z-matching head's predicted affine."""
+    return AffineBounds(
+        rotation_deg=config.max_rotation_deg,
+        scale_delta=config.max_scale_delta,
+        shear_deg=config.max_shear_deg,
+        shift_fraction=config.max_shift_fraction,
+    )
+
+
+def spatial_augmentation(config: GVSLConfig) -> SpatialAugmentation:
+    """The config's ranges of the shared spatial augmentation (whether it runs at all is ``config.spatial_aug``)."""
+    return SpatialAugmentation(
+        rotation_deg=config.aug_rotation_deg,
+        scale_range=config.aug_scale_range,
+        shear_deg=config.aug_shear_deg,
+        shift_fraction=config.aug_shift_fraction,
+        elastic_alpha=config.elastic_alpha,
+        elastic_sigma=config.elastic_sigma,
+    )
 
 
 def _image_channels(backbone: Backbone) -> int:

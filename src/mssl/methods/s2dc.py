@@ -25,7 +25,7 @@ from mssl.models.ema import cosine_momentum, ema_update, make_teacher
 from mssl.models.heads import ProjectionHead
 from mssl.models.queue import KeyQueue
 from mssl.views.correspondence import UNMATCHED, correspondence_matrix, token_grid_shape
-from mssl.views.s2dc_views import crop_grid_shape, make_s2dc_views, tokens_to_field
+from mssl.views.s2dc_views import S2DCViewParams, crop_grid_shape, make_s2dc_views, tokens_to_field
 
 
 def matching_accuracy(cosine: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
@@ -33,6 +33,21 @@ def matching_accuracy(cosine: torch.Tensor, match: torch.Tensor) -> torch.Tensor
     matched = match != UNMATCHED
     hits = (cosine.argmax(-1) == match) & matched
     return hits.sum().float() / matched.sum().clamp(min=1)
+
+
+def view_params(config: S2DCConfig) -> S2DCViewParams:
+    """The config's grid and teacher-view ranges, as the views take them."""
+    return S2DCViewParams(
+        crop_side=config.crop_side,
+        rotation_deg=config.rotation_deg,
+        scale_range=config.scale_range,
+        shift_fraction=config.shift_fraction,
+        crop_rotation_deg=config.crop_rotation_deg,
+        crop_scale_range=config.crop_scale_range,
+        crop_shift_fraction=config.crop_shift_fraction,
+        intensity_shift=config.intensity_shift,
+        intensity_shift_prob=config.intensity_shift_prob,
+    )
 
 
 def _token_grid(tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -80,7 +95,7 @@ class S2DCMethod(PretrainMethod):
                 f"S²DC needs at least 2 grid crops per batch (global head BatchNorm, contrast); "
                 f"field {tuple(field.shape[2:])} with roi {config.roi} and batch {field.shape[0]} gives 1"
             )
-        views = make_s2dc_views(field, config, self.token_stride)
+        views = make_s2dc_views(field, view_params(config), self.token_stride)
 
         features = self.backbone(views.student, decode=False)
         student_tokens = self.token_head(tokens_to_field(features.pyramid[stage], crops))  # (B, N, D)

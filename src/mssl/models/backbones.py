@@ -28,10 +28,10 @@ class SwinBackbone(Backbone, SwinUNETR):
 
     def __init__(
         self,
-        in_channels: int = 1,
-        feature_size: int = 48,
-        window_size: int = 7,
-        use_v2: bool = True,
+        in_channels: int,
+        feature_size: int,
+        window_size: int,
+        use_v2: bool,
         use_checkpoint: bool = False,
         dropout_path_rate: float = 0.0,
     ) -> None:
@@ -105,7 +105,7 @@ class UpBlock(nn.Module):
 
 
 class UNetBackbone(Backbone):
-    """The GVSL 3D U-Net: widths 32-64-128-256-512, decoder back to 32, Kaiming init.
+    """The GVSL 3D U-Net (the paper's widths 32-64-128-256-512), decoder back to the first width, Kaiming init.
 
     State-dict keys (documented for export): ``encoders.{i}.*`` (i = 0 full resolution … 4 bottleneck,
     each a DoubleConv after a 2× max-pool for i > 0) and ``decoders.{j}.conv.*`` (j = 0 coarsest).
@@ -115,9 +115,7 @@ class UNetBackbone(Backbone):
 
     network = "unet"
 
-    def __init__(
-        self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128, 256, 512), checkpoint_activations: bool = False
-    ) -> None:
+    def __init__(self, in_channels: int, channels: Sequence[int], checkpoint_activations: bool = False) -> None:
         super().__init__()
         self.checkpoint_activations = checkpoint_activations
         channels = tuple(channels)

@@ -16,7 +16,7 @@ class ProjectionHead(nn.Module):
     heads do, so student and EMA teacher behave the same whatever their mode.
     """
 
-    def __init__(self, in_features: int, hidden_features: int = 2048, out_features: int = 512) -> None:
+    def __init__(self, in_features: int, hidden_features: int, out_features: int) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(in_features, hidden_features),

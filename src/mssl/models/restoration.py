@@ -12,7 +12,7 @@ RESTORE_GROUPS = 4  # official GroupNorm(4 groups) on 16 channels
 class RestorationHead(nn.Module):
     """Conv3d 3³ → GroupNorm → LeakyReLU 0.2 → Conv3d 1³ (the official layout; the paper draws a 3³ last conv)."""
 
-    def __init__(self, local_channels: int, out_channels: int = 1) -> None:
+    def __init__(self, local_channels: int, out_channels: int) -> None:
         super().__init__()
         self.layers = nn.Sequential(
             nn.Conv3d(local_channels, RESTORE_HIDDEN, kernel_size=3, padding=1),

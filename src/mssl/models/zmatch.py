@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mssl.config import GVSLConfig
 from mssl.models.backbones import DoubleConv
 from mssl.models.warp import affine_matrix, warp
 
@@ -36,20 +35,16 @@ class AffineBounds:
     """tanh bounds of the predicted transform: rotation ±rotation_deg, scale 1 ± scale_delta, shear ±shear_deg,
     shift ±shift_fraction of the half extent ``(size - 1) / 2`` per axis (normalised coordinates)."""
 
-    rotation_deg: float = 20.0
-    scale_delta: float = 0.25
-    shear_deg: float = 10.0
-    shift_fraction: float = 0.25
-
-    @classmethod
-    def from_config(cls, config: GVSLConfig) -> "AffineBounds":
-        return cls(config.max_rotation_deg, config.max_scale_delta, config.max_shear_deg, config.max_shift_fraction)
+    rotation_deg: float
+    scale_delta: float
+    shear_deg: float
+    shift_fraction: float
 
 
 class AffineBranch(nn.Module):
     """cat(f^g_B, f^g_A) → DoubleConv → global average pool → rotation / scale / shear / shift heads → (B, 3, 4)."""
 
-    def __init__(self, global_channels: int, bounds: AffineBounds = AffineBounds()) -> None:
+    def __init__(self, global_channels: int, bounds: AffineBounds) -> None:
         super().__init__()
         self.conv = DoubleConv(2 * global_channels, AFFINE_HIDDEN)
         self.rotation = nn.Linear(AFFINE_HIDDEN, 3)
@@ -93,7 +88,7 @@ class DeformableBranch(nn.Module):
 class ZMatchHead(nn.Module):
     """Predicts ``(affine (B, 3, 4), flow (B, 3, X, Y, Z))`` that pull B into A's space."""
 
-    def __init__(self, global_channels: int, local_channels: int, bounds: AffineBounds = AffineBounds()) -> None:
+    def __init__(self, global_channels: int, local_channels: int, bounds: AffineBounds) -> None:
         super().__init__()
         self.affine = AffineBranch(global_channels, bounds)
         self.deformable = DeformableBranch(local_channels)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -111,12 +112,34 @@ def _load() -> float:
     return round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else float("nan")
 
 
-def run_demo(out: str | Path = "demo_run", fast: bool = False, console: Console | None = None, plan: DemoPlan | None = None) -> Path:
+def copy_demo_dataset(out: Path, console: Console) -> Path:
+    """The packaged cases, labels, dataset.json and NOTICE.md copied into ``out``; an existing file there is
+    never overwritten (one line names it)."""
+    from mssl.data.demo import demo_dataset
+
+    source = demo_dataset()
+    files = [path.relative_to(source) for path in sorted(source.rglob("*")) if path.is_file()]
+    clashes = [name for name in files if (out / name).exists()]
+    if clashes:
+        raise FileExistsError(f"{out / clashes[0]}: already exists; choose another --out (nothing was copied)")
+    for name in files:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / name, out / name)
+    console.print(f"wrote {out / DATALIST} and {len(files) - 2} images and labels (the packaged OpenKBP CTs; see {out / 'NOTICE.md'})")
+    return out / DATALIST
+
+
+def run_demo(
+    out: str | Path = "demo_run", fast: bool = False, console: Console | None = None, plan: DemoPlan | None = None, data_only: bool = False
+) -> Path:
     """Run the demo into ``out`` and return the path of its ``report.md``.
 
     ``fast=True`` runs the same stages at toy sizes (seconds; for tests and CI); ``plan`` replaces the
-    sizes altogether (e.g. ``dataclasses.replace(FULL, s2dc_steps=500)``).
+    sizes altogether (e.g. ``dataclasses.replace(FULL, s2dc_steps=500)``). ``data_only=True`` copies the
+    packaged dataset into ``out`` (MSD layout) and returns its ``dataset.json``, running nothing.
     """
+    if data_only:
+        return copy_demo_dataset(Path(out), console or Console())
     import mssl
     from mssl.data.demo import demo_datalist
     from mssl.data.preprocess import PresetConfig

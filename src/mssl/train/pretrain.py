@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
@@ -205,7 +205,8 @@ def _fit(cfg: PretrainConfig, index: CacheIndex, run_dir: Path, probe_callback: 
             **_trainer_options(cfg, progress_bar=_progress_bar(cfg)),
         )
         start, cpu_start = time.perf_counter(), time.process_time()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        with _host_memory_ceiling(cfg, str(run_dir)):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         wall_time, cpu_time = time.perf_counter() - start, time.process_time() - cpu_start
 
     if trainer.is_global_zero:
@@ -253,10 +254,21 @@ def _dry_run(cfg: PretrainConfig, index: CacheIndex) -> Projection:
             callbacks=callbacks,
             **_trainer_options(cfg, progress_bar=False),
         )
-        trainer.fit(module, datamodule=datamodule)
+        with _host_memory_ceiling(cfg, f"dry run of {cfg.out}", processes=1):
+            trainer.fit(module, datamodule=datamodule)
     reporter = next(c for c in callbacks if isinstance(c, CostReport)).reporter
     assert reporter is not None  # a single-device run is rank 0
     return reporter.dry_run_report()
+
+
+def _host_memory_ceiling(cfg: PretrainConfig, what: str, processes: int | None = None) -> AbstractContextManager[None]:
+    """On CPU, too little memory is one clear error (:mod:`mssl.train.memory`), not the OOM killer."""
+    from mssl.train.memory import memory_ceiling
+
+    if _on_gpu(cfg.trainer):
+        return nullcontext()
+    local = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
+    return memory_ceiling(what, processes=processes or local)
 
 
 def _trainer_options(cfg: PretrainConfig, progress_bar: bool) -> dict[str, Any]:
@@ -349,12 +361,17 @@ def sync_batchnorm(trainer: TrainerConfig, module: nn.Module) -> bool:
     """Whether BatchNorm layers (S²DC's projection heads) normalise over the crops of every rank, as they
     do on one device. GPUs only: torch's SyncBatchNorm has no CPU implementation (CPU DDP keeps per-rank
     statistics)."""
-    import torch
     from torch import nn
 
-    gpus = trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
+    gpus = _on_gpu(trainer)
     has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
     return gpus and has_batchnorm and _several_processes(trainer)
+
+
+def _on_gpu(trainer: TrainerConfig) -> bool:
+    import torch
+
+    return trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
 
 
 def _checkpoint_to_resume(cfg: PretrainConfig, run_dir: Path) -> Path | None:

@@ -129,9 +129,9 @@ def _gate(stage: Stage, images: torch.Tensor, prob: float, generator: torch.Gene
 @torch.no_grad()
 def damage_appearance(
     images: torch.Tensor,
-    shuffle_prob: float = 0.8,
-    bezier_prob: float = 0.9,
-    inpaint_prob: float = 1.0,
+    shuffle_prob: float,
+    bezier_prob: float,
+    inpaint_prob: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Appearance-damaged copy of ``images`` (B, C, X, Y, Z); deterministic for a seeded ``generator``.

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import torch
 
-from mssl.config import S2DCConfig
 from mssl.views.correspondence import token_correspondence
 from mssl.views.similarity_warp import (
     apply_affine,
@@ -46,6 +45,24 @@ class S2DCViews:
     warped_field: torch.Tensor  # (B, C, X, Y, Z) the teacher's token field
     warp: torch.Tensor  # (B, 4, 4) float64, teacher_field(p) = field(warp p)
     match: torch.Tensor  # (B, N) teacher token index per student token, -1 when unmatched
+
+
+@dataclass(frozen=True)
+class S2DCViewParams:
+    """The grid and the random ranges of the teacher views (``mssl.methods.s2dc.view_params`` maps the config)."""
+
+    crop_side: int  # the cubic grid crops
+    # token view: one in-plane similarity warp of the whole field
+    rotation_deg: float
+    scale_range: tuple[float, float]
+    shift_fraction: float  # of the field side
+    # global view: each crop with its own mild affine
+    crop_rotation_deg: float
+    crop_scale_range: tuple[float, float]
+    crop_shift_fraction: float  # of the crop side
+    # both teacher views: U(−intensity_shift, intensity_shift) added with probability intensity_shift_prob
+    intensity_shift: float
+    intensity_shift_prob: float
 
 
 def crop_grid_shape(field_size: tuple[int, ...], roi: int) -> tuple[int, int, int]:
@@ -72,22 +89,22 @@ def tokens_to_field(tokens: torch.Tensor, crops: tuple[int, int, int]) -> torch.
     return mosaic.reshape(b, gx * t * gy * t * gz * t, c)
 
 
-def _intensity_shift(volumes: torch.Tensor, config: S2DCConfig) -> torch.Tensor:
-    """Add U(−shift, shift) to each volume (a whole field or a crop) with probability ``intensity_shift_prob``."""
+def _intensity_shift(volumes: torch.Tensor, shift: float, prob: float) -> torch.Tensor:
+    """Add U(−shift, shift) to each volume (a whole field or a crop) with probability ``prob``."""
     shape = (volumes.shape[0],) + (1,) * (volumes.dim() - 1)
-    offset = (torch.rand(shape, device=volumes.device) * 2 - 1) * config.intensity_shift
-    apply = torch.rand(shape, device=volumes.device) < config.intensity_shift_prob
+    offset = (torch.rand(shape, device=volumes.device) * 2 - 1) * shift
+    apply = torch.rand(shape, device=volumes.device) < prob
     return volumes + torch.where(apply, offset, torch.zeros_like(offset)).to(volumes.dtype)
 
 
-def _global_view(field: torch.Tensor, config: S2DCConfig) -> torch.Tensor:
+def _global_view(field: torch.Tensor, params: S2DCViewParams) -> torch.Tensor:
     """Every grid crop resampled from the field through its own mild affine; one grid_sample."""
     b, c = field.shape[:2]
-    roi = config.crop_side
+    roi = params.crop_side
     crops = crop_grid_shape(field.shape[2:], roi)
     k = crops[0] * crops[1] * crops[2]
     affines = random_crop_affines(
-        (b, k), roi, config.crop_rotation_deg, config.crop_scale_range, config.crop_shift_fraction, field.device
+        (b, k), roi, params.crop_rotation_deg, params.crop_scale_range, params.crop_shift_fraction, field.device
     )
     origins = voxel_grid(crops, field.device, torch.float64).reshape(k, 3) * roi  # (K, 3) crop corners
     affines[..., :3, 3] += origins
@@ -98,17 +115,18 @@ def _global_view(field: torch.Tensor, config: S2DCConfig) -> torch.Tensor:
 
 
 @torch.no_grad()
-def make_s2dc_views(field: torch.Tensor, config: S2DCConfig, token_stride: int) -> S2DCViews:
+def make_s2dc_views(field: torch.Tensor, params: S2DCViewParams, token_stride: int) -> S2DCViews:
     """Build the student and both teacher views of a (B, C, X, Y, Z) field, plus token correspondences."""
     size = tuple(field.shape[2:])
     warp = random_similarity(
-        field.shape[0], size, config.rotation_deg, config.scale_range, config.shift_fraction, field.device
+        field.shape[0], size, params.rotation_deg, params.scale_range, params.shift_fraction, field.device
     )
-    warped = _intensity_shift(warp_volume(field, warp), config)  # one shift per warped field, as officially
-    teacher_tokens = grid_crops(warped, config.crop_side)
-    teacher_global = _intensity_shift(_global_view(field, config), config)  # one per crop, as officially
+    shift, prob = params.intensity_shift, params.intensity_shift_prob
+    warped = _intensity_shift(warp_volume(field, warp), shift, prob)  # one shift per warped field, as officially
+    teacher_tokens = grid_crops(warped, params.crop_side)
+    teacher_global = _intensity_shift(_global_view(field, params), shift, prob)  # one per crop, as officially
     return S2DCViews(
-        student=grid_crops(field, config.crop_side),
+        student=grid_crops(field, params.crop_side),
         teacher_tokens=teacher_tokens,
         teacher_global=teacher_global,
         warped_field=warped,

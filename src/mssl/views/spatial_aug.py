@@ -14,7 +14,6 @@ from typing import Sequence
 
 import torch
 
-from mssl.config import GVSLConfig
 from mssl.models.warp import affine_matrix, warp
 
 
@@ -43,26 +42,15 @@ class SpatialAugmentation:
     """Random ``[Sh·S·Rz·Ry·Rx | t]`` plus an elastic flow, shared by all images of a sample.
 
     ``shift_fraction`` is a fraction of the half extent ``(size - 1) / 2`` (normalised coordinates, as in
-    the official code): its 0.1 moves the image by up to 5 % of its side.
+    the official code): 0.1 moves the image by up to 5 % of its side.
     """
 
-    rotation_deg: float = 20.0
-    scale_range: tuple[float, float] = (0.75, 1.25)
-    shear_deg: float = 10.0
-    shift_fraction: float = 0.1
-    elastic_alpha: tuple[float, float] = (0.0, 512.0)
-    elastic_sigma: tuple[float, float] = (10.0, 13.0)
-
-    @classmethod
-    def from_config(cls, config: GVSLConfig) -> "SpatialAugmentation":
-        return cls(
-            rotation_deg=config.aug_rotation_deg,
-            scale_range=config.aug_scale_range,
-            shear_deg=config.aug_shear_deg,
-            shift_fraction=config.aug_shift_fraction,
-            elastic_alpha=config.elastic_alpha,
-            elastic_sigma=config.elastic_sigma,
-        )
+    rotation_deg: float
+    scale_range: tuple[float, float]
+    shear_deg: float
+    shift_fraction: float
+    elastic_alpha: tuple[float, float]
+    elastic_sigma: tuple[float, float]
 
     def sample(self, batch: int, shape: Sequence[int], device: torch.device,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mssl.config import BackboneConfig
+from mssl.models.task_networks import finetuned_network
 from mssl.nnunet_arch import NNUNET_CLASSES
 from mssl.runs import FinetuneRun, PretrainRun, sidecar_of
 from mssl.weights.load_report import LoadReport
@@ -156,7 +157,12 @@ def inspect_weights(weights: str | Path, into: Target | None = None, in_channels
         args = infer_swin_args(tensors, str(path)) if into == "swinunetr" else infer_unet_args(tensors, str(path))
     if in_channels is not None:
         args["in_channels"] = in_channels
-    network = build_target(into, args)
+    finetuned = FinetuneRun(path.parent)
+    if path == finetuned.weights and finetuned.model.is_file() and in_channels is None and backbone and TARGET_OF_BACKBONE[backbone.name] == into:
+        description = finetuned.description()  # the whole fine-tuned network: its task and deep-supervision heads are expected
+        network, target = finetuned_network(description), f"{describe(into, args)} + heads: the fine-tuned {description['task']} network of {finetuned.model}"
+    else:
+        network, target = build_target(into, args), describe(into, args)
     report = load_pretrained(network, tensors, in_channels=args["in_channels"], source=str(path), verbose=False, untrained=sidecar.untrained if sidecar else None)
-    report.source, report.target = str(path), describe(into, args)
+    report.source, report.target = str(path), target
     return report

@@ -13,22 +13,12 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import TINY_UNET_OPTIONS, write_random_export
+from conftest import TINY_UNET_OPTIONS, demo_subset, write_random_export
 from mssl.cli import app
 
 TINY_TRAINING = {"roi": (32, 32, 32), "steps": 2, "val_every": 2, "crops_per_case": 1}
 
 
-def _subset(source: Path, out: Path, picks: dict[str, tuple[str, int, int]]) -> Path:
-    """A dataset.json (absolute paths) whose split S holds entries [start, stop) of the source's split."""
-    meta = json.loads((source / "dataset.json").read_text(encoding="utf-8"))
-    chosen = []
-    for split, (source_split, start, stop) in picks.items():
-        entries = [e for e in meta["training"] if e.get("split") == source_split][start:stop]
-        chosen += [{**e, "split": split, "image": str(source / e["image"]), "label": str(source / e["label"])} for e in entries]
-    path = out / "dataset.json"
-    path.write_text(json.dumps({**meta, "training": chosen}), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +27,7 @@ def openkbp_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from conftest import DEMO_DATA
 
     picks = {"train": ("train", 0, 2), "validation": ("train", 2, 3), "test": ("test", 0, 1)}
-    return _subset(DEMO_DATA, tmp_path_factory.mktemp("openkbp"), picks)
+    return demo_subset(DEMO_DATA, tmp_path_factory.mktemp("openkbp"), picks)
 
 
 @pytest.fixture(scope="module")

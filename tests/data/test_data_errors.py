@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bad_inputs import image_files
-from test_data_helpers import synthetic_ct, write_dicom_series, write_nifti
+from data_helpers import synthetic_ct, write_dicom_series, write_nifti
 
 from mssl.data.cache import CacheIndex
 from mssl.data.errors import DataError

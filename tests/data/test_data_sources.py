@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_helpers import synthetic_ct, write_dicom_series, write_nifti, write_sitk
+from data_helpers import synthetic_ct, write_dicom_series, write_nifti, write_sitk
 
 from mssl.data.errors import DataError
 from mssl.data.sources import find_cases

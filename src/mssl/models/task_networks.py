@@ -14,7 +14,7 @@ Key layouts:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from monai.networks.nets import SwinUNETR
@@ -107,6 +107,14 @@ def build_segmentation_network(backbone: BackboneConfig, num_classes: int, deep_
     if backbone.name in NNUNET_CLASSES:
         return NnUNetSegmenter(backbone.name, backbone.in_channels, num_classes, backbone.nnunet)
     return UNetSegmenter(backbone.in_channels, num_classes, backbone.unet_channels, deep_supervision)
+
+
+def finetuned_network(description: dict[str, Any]) -> nn.Module:
+    """The untrained network a fine-tuning run's ``model.json`` describes (task, backbone, outputs)."""
+    backbone = BackboneConfig(**description["backbone"])
+    if description["task"] == "seg":
+        return build_segmentation_network(backbone, description["num_classes"], description.get("deep_supervision", 0))
+    return build_classifier(backbone, description["num_outputs"])
 
 
 def freeze_encoder(network: nn.Module, backbone: BackboneConfig) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_data_helpers import synthetic_ct, write_nifti
+from data_helpers import synthetic_ct, write_nifti
 
 from mssl.data.cache import CacheIndex, CropDataset
 from mssl.data.errors import DataError

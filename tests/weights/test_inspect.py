@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import TINY_UNET_CHANNELS
+from conftest import TINY_UNET, TINY_UNET_CHANNELS
 from mssl.cli import app
 from mssl.weights.inspect import infer_swin_args, infer_unet_args, inspect_weights
 from mssl.weights.safe_io import write_safetensors
@@ -17,7 +17,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def swin_file(tmp_path):
-    backbone = SwinBackbone(in_channels=1, feature_size=12, window_size=4)
+    backbone = SwinBackbone(in_channels=1, feature_size=12, window_size=4, use_v2=True)
     return write_safetensors(backbone.state_dict(), tmp_path / "swin.safetensors", {})
 
 
@@ -50,7 +50,7 @@ def test_inspect_swin_into_three_channels_adapts_every_stem(swin_file):
     modules = report.by_module()
     assert list(modules)[0] == "swinViT"  # network order, not alphabetical
     assert len(modules["swinViT"]["loaded"]) + len(modules["swinViT"]["adapted"]) == sum(
-        k.startswith("swinViT.") for k in SwinBackbone(1, 12, 4).state_dict()
+        k.startswith("swinViT.") for k in SwinBackbone(1, 12, 4, use_v2=True).state_dict()
     )
     assert "in_channels=3" in report.target
 
@@ -73,6 +73,28 @@ def test_cli_inspect_prints_the_table_and_fails_on_mismatch(tmp_path, unet_file)
     assert "mismatched encoders.2.0.weight: weights (32, 16, 1, 1, 1) vs network (32, 16, 3, 3, 3)" in result.output
     result = runner.invoke(app, ["inspect", str(tmp_path / "absent.pt")])
     assert result.exit_code == 2
+
+
+def test_a_finetuned_run_is_inspected_against_its_whole_network_heads_included(tmp_path):
+    """A fine-tuned segmentation run (deep supervision at 1/2): its head and auxiliary heads are part of the
+    network model.json describes, so every tensor loads and the command exits 0."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from mssl.models.task_networks import finetuned_network
+    from mssl.runs import FinetuneRun
+
+    run = FinetuneRun(tmp_path / "run")
+    run.path.mkdir()
+    description = {"task": "seg", "backbone": TINY_UNET.model_dump(mode="json"), "num_classes": 3, "deep_supervision": 1}
+    run.model.write_text(json.dumps(description), encoding="utf-8")
+    save_file(finetuned_network(description).state_dict(), str(run.weights))
+    result = runner.invoke(app, ["inspect", str(run.path)])
+    assert result.exit_code == 0, result.output
+    assert "every tensor loaded" in result.output and "fine-tuned seg" in result.output
+    report = inspect_weights(run.path)
+    assert not report.unexpected and not report.missing and {"head", "auxiliary_heads"} <= set(report.by_module())
 
 
 @pytest.mark.parametrize("name", ["export", "inspect"])

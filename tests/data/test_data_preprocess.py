@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_helpers import synthetic_ct, write_nifti, write_sitk
+from data_helpers import synthetic_ct, write_nifti, write_sitk
 
 from mssl.data.preprocess import PresetConfig, build_transforms, load_case
 from mssl.data.sources import Case

@@ -114,3 +114,19 @@ def test_prediction_never_returns_a_class_no_training_case_contoured() -> None:
     assert not (restricted.argmax(1) == 2).any()
     assert torch.allclose(restricted[:, 0], torch.logsumexp(logits[:, [0, 2]], dim=1))
     assert torch.equal(restricted[:, [1, 3]], logits[:, [1, 3]])
+
+
+def test_validation_dice_leaves_out_classes_no_training_case_contoured() -> None:
+    """A validation case contours classes 1 and 2; the training cases contoured only class 1, so the network
+    never predicts class 2: its Dice of 0 would halve the validation score of a perfect class-1 prediction."""
+    from mssl.downstream.segmentation import dice_table, mean_dice
+
+    label = torch.zeros(1, 8, 8, 8, dtype=torch.long)
+    label[0, :4] = 1
+    label[0, 4:, :4] = 2
+    item = {"label": label, "present": torch.tensor([True, True, True])}
+    prediction = torch.where(label[0] == 1, 1, 0)  # class 1 exactly, class 2 never predicted
+    trained = torch.tensor([True, True, False])
+    table = dice_table([prediction], [item], 3, trained)
+    assert table[0, 0] == pytest.approx(1.0) and math.isnan(table[0, 1]) and mean_dice(table) == pytest.approx(1.0)
+    assert mean_dice(dice_table([prediction], [item], 3)) == pytest.approx(0.5)  # every contoured class counted

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mssl.downstream.networks import UNetSegmenter
+from mssl.models.task_networks import UNetSegmenter
 from mssl.downstream.run_files import save_weights
 from mssl.runs import FinetuneRun
 from mssl.train.checkpoint import NonFiniteStateError

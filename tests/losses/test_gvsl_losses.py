@@ -3,22 +3,28 @@ import torch
 
 from mssl.losses.gvsl import local_ncc_loss, restoration_loss, smoothness_loss
 
+EPS = 1e-5  # GVSLConfig.ncc_eps
+
+
+def _ncc(x: torch.Tensor, y: torch.Tensor, window: int = 9) -> torch.Tensor:
+    return local_ncc_loss(x, y, window, EPS)
+
 
 def test_ncc_of_an_affine_intensity_map_is_zero():
     x = torch.rand(2, 1, 20, 16, 12)
-    assert local_ncc_loss(x, 3.0 * x + 2.0).item() == pytest.approx(0.0, abs=1e-4)
-    assert local_ncc_loss(x, -0.5 * x + 1.0).item() == pytest.approx(0.0, abs=1e-4)  # squared NCC
+    assert _ncc(x, 3.0 * x + 2.0).item() == pytest.approx(0.0, abs=1e-4)
+    assert _ncc(x, -0.5 * x + 1.0).item() == pytest.approx(0.0, abs=1e-4)  # squared NCC
 
 
 def test_ncc_of_independent_noise_is_near_one():
     x, y = torch.rand(2, 1, 24, 24, 24), torch.rand(2, 1, 24, 24, 24)
-    assert local_ncc_loss(x, y).item() > 0.98
+    assert _ncc(x, y).item() > 0.98
 
 
 def test_ncc_is_finite_on_constant_regions_with_finite_gradients():
     x = torch.full((1, 1, 12, 12, 12), 0.5, requires_grad=True)
     y = torch.rand(1, 1, 12, 12, 12)
-    loss = local_ncc_loss(x, y)
+    loss = _ncc(x, y)
     loss.backward()
     assert torch.isfinite(loss) and loss.item() == pytest.approx(1.0, abs=1e-4)
     assert torch.isfinite(x.grad).all()
@@ -27,16 +33,16 @@ def test_ncc_is_finite_on_constant_regions_with_finite_gradients():
 def test_ncc_runs_in_fp32_under_bf16_autocast():
     x = torch.rand(1, 1, 16, 16, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = local_ncc_loss(x.bfloat16(), (2 * x + 1).bfloat16())
+        loss = _ncc(x.bfloat16(), (2 * x + 1).bfloat16())
     assert loss.dtype == torch.float32 and loss.item() < 0.02
 
 
 def test_ncc_window_changes_the_result_and_shapes_must_match():
     x = torch.rand(1, 1, 16, 16, 16)
     y = x + 0.3 * torch.rand_like(x)
-    assert local_ncc_loss(x, y, window=3).item() != pytest.approx(local_ncc_loss(x, y, window=9).item(), abs=1e-3)
+    assert _ncc(x, y, window=3).item() != pytest.approx(_ncc(x, y, window=9).item(), abs=1e-3)
     with pytest.raises(ValueError, match="equal shapes"):
-        local_ncc_loss(x, y[..., :8])
+        _ncc(x, y[..., :8])
 
 
 def test_smoothness_is_zero_for_a_constant_flow_and_exact_for_a_ramp():
@@ -63,7 +69,7 @@ def test_ncc_by_hand_with_border_boxes_counting_only_voxels_inside():
     # voxel 2: cross = 2, var_x = 2, var_y = 8/3; voxel 3: var_y = 0. cc = cross² / (var_x var_y) = 1, 3/7, 3/4, 0
     expected = 1 - (1 + 3 / 7 + 3 / 4 + 0) / 4
     assert expected == pytest.approx(0.4553571, abs=1e-7)
-    assert local_ncc_loss(x, y, window=3).item() == pytest.approx(expected, abs=1e-4)  # eps = 1e-5 shifts it < 1e-4
+    assert _ncc(x, y, window=3).item() == pytest.approx(expected, abs=1e-4)  # eps = 1e-5 shifts it < 1e-4
 
 
 def test_restoration_loss_by_hand():

@@ -19,7 +19,7 @@ from mssl.models.backbones import SwinBackbone, UNetBackbone
 
 
 def tiny_swin(in_channels: int = 1) -> SwinBackbone:
-    return SwinBackbone(in_channels=in_channels, feature_size=12, window_size=4)
+    return SwinBackbone(in_channels=in_channels, feature_size=12, window_size=4, use_v2=True)
 
 
 def monai_swin(in_channels: int = 1) -> SwinUNETR:

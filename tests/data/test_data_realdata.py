@@ -13,7 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_data_helpers import write_dicom_series
+from data_helpers import write_dicom_series
 
 from mssl.data.cache import CacheIndex, CropDataset
 from mssl.data.prepare import prepare

@@ -5,6 +5,7 @@ import torch
 from torch.nn import functional as F
 
 from mssl.config import S2DCConfig
+from mssl.methods.s2dc import view_params
 from mssl.views.correspondence import UNMATCHED, correspondence_matrix, token_correspondence, token_grid_shape
 from mssl.views import s2dc_views
 from mssl.views.s2dc_views import grid_crops, make_s2dc_views, tokens_to_field
@@ -98,7 +99,7 @@ def test_views_without_augmentation_reproduce_the_grid():
         crop_rotation_deg=0, crop_scale_range=(1, 1), crop_shift_fraction=0, intensity_shift_prob=0,
     )
     field = torch.rand(2, 1, 64, 64, 32)
-    views = make_s2dc_views(field, config, token_stride=16)
+    views = make_s2dc_views(field, view_params(config), token_stride=16)
     for crops in (views.student, views.teacher_tokens, views.teacher_global):
         assert torch.allclose(crops, grid_crops(field, 32), atol=1e-5)
     assert torch.equal(views.match, torch.arange(32).expand(2, -1))
@@ -123,7 +124,7 @@ def test_global_view_gives_each_crop_its_own_mild_affine(monkeypatch):
 
     monkeypatch.setattr(s2dc_views, "random_crop_affines", spy)
     field = torch.rand(1, 1, 64, 64, 32)
-    views = make_s2dc_views(field, config, token_stride=16)
+    views = make_s2dc_views(field, view_params(config), token_stride=16)
     assert views.teacher_global.shape == views.student.shape == (4, 1, 32, 32, 32)
     change = (views.teacher_global - views.student).abs().flatten(1).mean(1)
     assert (change > 0).all()
@@ -163,7 +164,7 @@ def test_token_view_warp_stays_within_its_ranges_over_many_draws():
 def test_bad_field_size_is_a_clear_error():
     config = S2DCConfig(field_size=(64, 64, 32), roi=32)
     with pytest.raises(ValueError, match="multiple of roi 32"):
-        make_s2dc_views(torch.rand(1, 1, 48, 64, 32), config, token_stride=16)
+        make_s2dc_views(torch.rand(1, 1, 48, 64, 32), view_params(config), token_stride=16)
 
 
 def test_intensity_shift_is_one_per_warped_field_and_one_per_global_crop():
@@ -171,7 +172,7 @@ def test_intensity_shift_is_one_per_warped_field_and_one_per_global_crop():
     config = S2DCConfig(field_size=(64, 64, 32), roi=32, intensity_shift_prob=1.0, **still)
     field = torch.rand(2, 1, 64, 64, 32)
     torch.manual_seed(0)
-    views = make_s2dc_views(field, config, token_stride=16)
+    views = make_s2dc_views(field, view_params(config), token_stride=16)
     for crops in (views.teacher_tokens, views.teacher_global):
         offsets = (crops - views.student).reshape(2, 4, -1)  # (B, K, voxels): a constant per crop
         assert torch.allclose(offsets, offsets[..., :1], atol=1e-5)
@@ -181,3 +182,14 @@ def test_intensity_shift_is_one_per_warped_field_and_one_per_global_crop():
     assert torch.allclose(token_offsets, token_offsets[:, :1], atol=1e-6)  # shared by the crops of a field
     assert not torch.allclose(token_offsets[0], token_offsets[1], atol=1e-4)  # but drawn per field
     assert (global_offsets.std(1) > 1e-3).all()  # each global crop draws its own
+
+
+def test_the_method_maps_every_view_field_of_its_config():
+    config = S2DCConfig(
+        field_size=(64, 64, 32), roi=32, rotation_deg=11, scale_range=(0.8, 1.3), shift_fraction=0.02,
+        crop_rotation_deg=3, crop_scale_range=(0.9, 1.1), crop_shift_fraction=0.03, intensity_shift=0.4, intensity_shift_prob=0.6,
+    )
+    assert view_params(config) == s2dc_views.S2DCViewParams(
+        crop_side=32, rotation_deg=11, scale_range=(0.8, 1.3), shift_fraction=0.02, crop_rotation_deg=3,
+        crop_scale_range=(0.9, 1.1), crop_shift_fraction=0.03, intensity_shift=0.4, intensity_shift_prob=0.6,
+    )

@@ -7,7 +7,7 @@ from torch import nn
 
 from conftest import TINY_UNET
 from mssl.downstream.inference import predict_logits
-from mssl.downstream.networks import build_segmentation_network
+from mssl.models.task_networks import build_segmentation_network
 
 
 def test_windows_blend_to_the_whole_volume_for_a_pointwise_network() -> None:

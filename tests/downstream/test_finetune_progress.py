@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
-from conftest import DEMO_DATA, TINY_UNET_CHANNELS, TINY_UNET_OPTIONS
-from test_downstream_end_to_end import _subset  # a dataset.json of chosen cases of each split
+from conftest import DEMO_DATA, TINY_UNET_CHANNELS, TINY_UNET_OPTIONS, demo_subset
 from typer.testing import CliRunner
 
 from mssl.cli import app
@@ -36,7 +35,7 @@ DEMO_PICKS = {"train": ("train", 0, 1), "validation": ("train", 1, 2)}  # two of
 def test_segmentation_prints_lines_and_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     from mssl.downstream.finetune import finetune
 
-    data = _subset(DEMO_DATA, tmp_path, DEMO_PICKS)
+    data = demo_subset(DEMO_DATA, tmp_path, DEMO_PICKS)
     console, text = _console()
     run = finetune(data=data, out=tmp_path / "run", steps=4, val_every=2, line_every_steps=1, postprocess=False, console=console, **TINY)
     lines = text.getvalue().splitlines()
@@ -60,7 +59,7 @@ def test_segmentation_prints_lines_and_resumes_from_last_checkpoint(tmp_path: Pa
 
 
 def test_segmentation_dry_run_projects_and_writes_nothing(tmp_path: Path) -> None:
-    data = _subset(DEMO_DATA, tmp_path, DEMO_PICKS)
+    data = demo_subset(DEMO_DATA, tmp_path, DEMO_PICKS)
     out = tmp_path / "run"
     arguments = ["finetune", "--data", str(data), "--out", str(out), "--backbone", "unet", "--unet-channels", ",".join(map(str, TINY_UNET_CHANNELS)), "--roi", "32",
                  "--spacing", "6,6,6", "--batch-size", "1", "--steps", "1000", "--val-every", "100", "--dry-run"]

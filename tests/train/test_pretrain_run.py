@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import TINY_UNET_OPTIONS
+from conftest import TINY_PRETRAIN, run_metrics
 from mssl.cli import app
 from mssl.config import ConfigError
 from mssl.methods import METHODS
@@ -24,14 +23,6 @@ from mssl.weights.safe_io import read_weights
 from mssl.weights.sidecar import read_sidecar
 
 # Test-sized models (DESIGN §10): U-Net (8, 16, 32); GVSL on 32³ pairs; S²DC on a 64×64×32 field of 32³ crops.
-TINY: dict[str, Any] = {
-    "backbone": TINY_UNET_OPTIONS,
-    "gvsl.roi": [32, 32, 32],
-    "s2dc": {"field_size": [64, 64, 32], "roi": 32, "head_hidden": 32, "head_out": 16, "queue_size": 8, "sinkhorn_iters": 10},
-    "workers": 0,
-    "progress_bar": False,
-    "log_every": 1,
-}
 
 
 @pytest.fixture
@@ -39,9 +30,6 @@ def cache(tiny_ct_cache: Path) -> Path:
     return tiny_ct_cache
 
 
-def _metrics(run: Path) -> list[dict[str, str]]:
-    with (run / "logs" / "metrics.csv").open(newline="") as file:
-        return list(csv.DictReader(file))
 
 
 @pytest.mark.realdata
@@ -57,7 +45,7 @@ def test_few_step_run_writes_the_run_folder(cache: Path, tmp_path: Path, method:
     import mssl
 
     steps = 2 if method == "both" else 3
-    run = mssl.pretrain(method=method, data=cache, out=tmp_path / "run", steps=steps, checkpoint_every=2, **TINY)
+    run = mssl.pretrain(method=method, data=cache, out=tmp_path / "run", steps=steps, checkpoint_every=2, **TINY_PRETRAIN)
 
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     assert config["method"] == method and config["trainer"]["max_steps"] == steps
@@ -73,7 +61,7 @@ def test_few_step_run_writes_the_run_folder(cache: Path, tmp_path: Path, method:
     if method != "gvsl":
         assert any("queue" in key for key in checkpoint["state_dict"]) and any("teacher" in key for key in checkpoint["state_dict"])
 
-    rows = _metrics(run)
+    rows = run_metrics(run)
     assert [int(r["step"]) for r in rows if r.get("train/loss")] == list(range(steps))
     logged = {key.removeprefix("train/") for key in rows[0]}
     assert terms | {"loss", "lr"} <= logged and "crops_per_s" in logged
@@ -90,7 +78,7 @@ def test_few_step_run_writes_the_run_folder(cache: Path, tmp_path: Path, method:
     untrained = read_sidecar(weights).untrained
     decoder = sorted(k for k in read_weights(weights) if k.startswith("decoders."))
     assert untrained == (decoder if method == "s2dc" else [])
-    report = mssl.load_pretrained(UNetBackbone(1, TINY["backbone"]["unet_channels"]), weights, verbose=False)
+    report = mssl.load_pretrained(UNetBackbone(1, TINY_PRETRAIN["backbone"]["unet_channels"]), weights, verbose=False)
     assert report.trained_known and sorted(report.untrained) == untrained
     assert "not trained" in str(report) and "pre-trained" in str(report)
 
@@ -100,7 +88,7 @@ def test_a_run_made_with_a_relative_cache_path_works_from_another_directory(cach
     from conftest import DEMO_DATA
 
     monkeypatch.chdir(cache.parent)
-    run = mssl.pretrain(method="gvsl", data=Path(cache.name), out=tmp_path / "run", steps=1, **TINY)
+    run = mssl.pretrain(method="gvsl", data=Path(cache.name), out=tmp_path / "run", steps=1, **TINY_PRETRAIN)
     assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["data"]["cache"] == str(cache.resolve())
     monkeypatch.chdir(tmp_path)  # where the relative path names nothing
     # the preset of the volume and GVSL's second image both come from the run's cache
@@ -113,24 +101,24 @@ def test_a_run_made_with_a_relative_cache_path_works_from_another_directory(cach
 def test_existing_run_is_never_overwritten_without_resume(cache: Path, tmp_path: Path) -> None:
     import mssl
 
-    run = mssl.pretrain(method="gvsl", data=cache, out=tmp_path / "run", steps=1, **TINY)
+    run = mssl.pretrain(method="gvsl", data=cache, out=tmp_path / "run", steps=1, **TINY_PRETRAIN)
     with pytest.raises(ConfigError, match="already holds a run.*--resume"):
-        mssl.pretrain(method="gvsl", data=cache, out=run, steps=2, **TINY)
+        mssl.pretrain(method="gvsl", data=cache, out=run, steps=2, **TINY_PRETRAIN)
     with pytest.raises(ConfigError, match="no checkpoint to continue from"):
-        mssl.pretrain(method="gvsl", data=cache, out=tmp_path / "fresh", resume=True, **TINY)
+        mssl.pretrain(method="gvsl", data=cache, out=tmp_path / "fresh", resume=True, **TINY_PRETRAIN)
 
 
 @pytest.mark.realdata
 def test_resume_with_more_steps_continues_logs_and_schedule(cache: Path, tmp_path: Path) -> None:
     import mssl
 
-    run = mssl.pretrain(method="gvsl", data=cache, out=tmp_path / "run", steps=4, checkpoint_every=2, **TINY)
+    run = mssl.pretrain(method="gvsl", data=cache, out=tmp_path / "run", steps=4, checkpoint_every=2, **TINY_PRETRAIN)
     # a crash after the step-2 checkpoint: steps 2-3 were logged but their checkpoints are gone
     for name in ("last.ckpt", "step-0000004.ckpt"):
         (run / "checkpoints" / name).unlink()
     mssl.pretrain(out=run, resume=True, steps=5)  # everything else comes from RUN/config.yaml
 
-    assert [int(r["step"]) for r in _metrics(run) if r.get("train/loss")] == [0, 1, 2, 3, 4]  # each step once
+    assert [int(r["step"]) for r in run_metrics(run) if r.get("train/loss")] == [0, 1, 2, 3, 4]  # each step once
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 5
     assert checkpoint["lr_schedulers"][0]["lr_lambdas"][0]["max_steps"] == 5  # the schedule follows the new length
@@ -169,7 +157,7 @@ def test_nonfinite_loss_skips_the_step_without_touching_the_weights(cache: Path,
     import mssl
 
     _nonfinite_gvsl(monkeypatch, bad_calls={1, 2})
-    run = mssl.pretrain(method="gvsl", data=cache, out=tmp_path / "run", steps=4, checkpoint_every=1, keep_checkpoints=-1, **TINY)
+    run = mssl.pretrain(method="gvsl", data=cache, out=tmp_path / "run", steps=4, checkpoint_every=1, keep_checkpoints=-1, **TINY_PRETRAIN)
     assert json.loads((run / "summary.json").read_text(encoding="utf-8"))["skipped_steps"] == 2
     assert sum("non-finite loss, step skipped" in r.message for r in caplog.records) == 2
 
@@ -183,7 +171,7 @@ def test_nonfinite_loss_skips_the_step_without_touching_the_weights(cache: Path,
     moments = lambda ckpt: [s["exp_avg"] for s in ckpt["optimizer_states"][0]["state"].values()]  # noqa: E731
     assert all(torch.equal(a, b) for a, b in zip(moments(after_good), moments(after_skips)))
     assert any(not torch.equal(v, after_next["state_dict"][k]) for k, v in after_skips["state_dict"].items())
-    losses = [float(r["train/loss"]) for r in _metrics(run) if r.get("train/loss")]
+    losses = [float(r["train/loss"]) for r in run_metrics(run) if r.get("train/loss")]
     assert [math.isfinite(v) for v in losses] == [True, False, False, True]  # skipped steps log their NaN
 
 
@@ -193,7 +181,7 @@ def test_nonfinite_loss_in_a_row_aborts_with_a_clear_message(cache: Path, tmp_pa
 
     _nonfinite_gvsl(monkeypatch, bad_calls=None)
     with pytest.raises(NonFiniteLossError, match=r"NaN/inf for 3 steps in a row.*lower optim.lr"):
-        mssl.pretrain(method="gvsl", data=cache, out=tmp_path / "run", steps=10, max_nonfinite=3, **TINY)
+        mssl.pretrain(method="gvsl", data=cache, out=tmp_path / "run", steps=10, max_nonfinite=3, **TINY_PRETRAIN)
 
 
 def test_cli_help_lists_the_options() -> None:
@@ -215,7 +203,7 @@ def test_cli_reports_a_bad_option_in_one_line() -> None:
 @pytest.mark.realdata
 def test_cli_run_with_yaml_flags_and_set(cache: Path, tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"method": "gvsl", "backbone": TINY["backbone"], "trainer": {"max_steps": 5}}), encoding="utf-8")
+    config.write_text(yaml.safe_dump({"method": "gvsl", "backbone": TINY_PRETRAIN["backbone"], "trainer": {"max_steps": 5}}), encoding="utf-8")
     arguments = ["pretrain", "--config", str(config), "--data", str(cache), "--out", str(tmp_path / "run"), "--steps", "2",
                  "--roi", "32", "--workers", "0", "--no-progress", "--set", "gvsl.w_smooth=0.5", "--set", "optim.min_lr_ratio=0.1"]
     result = CliRunner().invoke(app, arguments)
@@ -239,4 +227,4 @@ def test_empty_selection_is_named(cache: Path, tmp_path: Path) -> None:
     from mssl.data.errors import DataError
 
     with pytest.raises(DataError, match="no cases to train on.*'validation'"):
-        mssl.pretrain(method="gvsl", data=cache, split="validation", out=tmp_path / "run", **TINY)
+        mssl.pretrain(method="gvsl", data=cache, split="validation", out=tmp_path / "run", **TINY_PRETRAIN)

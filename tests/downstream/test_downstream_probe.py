@@ -55,7 +55,7 @@ def test_decoder_features_are_the_networks_last_decoder_map() -> None:
     from mssl.downstream.probe import pyramid_features
     from mssl.models.backbones import UNetBackbone
 
-    network = UNetBackbone(channels=TINY_UNET_CHANNELS).eval()
+    network = UNetBackbone(in_channels=1, channels=TINY_UNET_CHANNELS).eval()
     image = torch.randn(1, 16, 16, 8)
     (decoder,) = pyramid_features(network, image, "decoder")
     with torch.no_grad():

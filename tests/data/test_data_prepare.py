@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_helpers import synthetic_ct, write_nifti
+from data_helpers import synthetic_ct, write_nifti
 from typer.testing import CliRunner
 
 from mssl.cli import app
@@ -63,7 +63,7 @@ def test_second_run_skips_unchanged_and_redoes_changed(tmp_path: Path) -> None:
 
 
 def test_dicom_reruns_check_file_stats_not_series_headers(tmp_path: Path, monkeypatch) -> None:
-    from test_data_helpers import write_dicom_series
+    from data_helpers import write_dicom_series
 
     hu = synthetic_ct((30, 28, 20))[0]
     write_dicom_series(tmp_path / "src" / "a", hu, series_uid="1.2.3.1")

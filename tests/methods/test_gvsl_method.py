@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -5,10 +7,10 @@ from conftest import TINY_UNET
 from mssl.config import BackboneConfig, GVSLConfig
 from mssl.losses.gvsl import local_ncc_loss, restoration_loss, smoothness_loss
 from mssl.data.crops import CropRequest
-from mssl.methods.gvsl import GVSLMethod
+from mssl.methods.gvsl import GVSLMethod, affine_bounds
 from mssl.models.backbones import build_backbone
 from mssl.models.warp import warp
-from mssl.models.zmatch import ZMatchHead
+from mssl.models.zmatch import AffineBounds, ZMatchHead
 
 TERMS = {"ncc", "restore", "smooth"}
 VISUALS = {"fixed", "moving", "warped", "flow", "restored", "damaged"}
@@ -100,8 +102,8 @@ def test_each_term_compares_the_right_images():
     method = _with_a_rough_flow(_method())
     output = method(_pair(2))
     visuals = output.visuals
-    assert torch.allclose(output.terms["ncc"], local_ncc_loss(visuals["warped"], visuals["fixed"]), atol=1e-6)
-    assert not torch.allclose(output.terms["ncc"], local_ncc_loss(visuals["warped"], visuals["damaged"]), atol=1e-3)
+    assert torch.allclose(output.terms["ncc"], local_ncc_loss(visuals["warped"], visuals["fixed"], method.config.ncc_window, method.config.ncc_eps), atol=1e-6)
+    assert not torch.allclose(output.terms["ncc"], local_ncc_loss(visuals["warped"], visuals["damaged"], method.config.ncc_window, method.config.ncc_eps), atol=1e-3)
     assert torch.allclose(output.terms["restore"], restoration_loss(visuals["restored"], visuals["fixed"]), atol=1e-7)
     assert torch.allclose(output.terms["smooth"], smoothness_loss(visuals["flow"]), atol=1e-7)
     assert torch.allclose(visuals["warped"], warp(visuals["moving"], visuals["affine"], visuals["flow"]), atol=1e-6)
@@ -148,7 +150,7 @@ def test_bad_batch_is_a_clear_error():
 
 def test_deformable_branch_reads_b_features_warped_by_the_predicted_affine():
     torch.manual_seed(2)
-    head = ZMatchHead(global_channels=8, local_channels=4)
+    head = ZMatchHead(global_channels=8, local_channels=4, bounds=affine_bounds(GVSLConfig()))
     with torch.no_grad():  # a clearly non-identity affine: rotation and shift heads away from zero
         head.affine.rotation.bias.fill_(0.8)
         head.affine.shift.bias.fill_(0.8)
@@ -160,3 +162,11 @@ def test_deformable_branch_reads_b_features_warped_by_the_predicted_affine():
     assert torch.allclose(seen["moving"], warp(moving_local, affine), atol=1e-6)
     assert not torch.allclose(seen["moving"], moving_local, atol=1e-2)
     assert torch.equal(seen["fixed"], fixed_local)
+
+
+def test_the_method_maps_every_bound_of_its_config_to_the_head():
+    config = GVSLConfig(max_rotation_deg=7.0, max_scale_delta=0.1, max_shear_deg=3.0, max_shift_fraction=0.4)
+    assert affine_bounds(config) == AffineBounds(rotation_deg=7.0, scale_delta=0.1, shear_deg=3.0, shift_fraction=0.4)
+    branch = GVSLMethod(build_backbone(TINY_UNET), config).zmatch.affine
+    assert (branch.max_rotation, branch.max_scale_delta) == (pytest.approx(math.radians(7.0)), 0.1)
+    assert (branch.max_shear, branch.max_shift_fraction) == (pytest.approx(math.radians(3.0)), 0.4)

@@ -10,7 +10,7 @@ import csv
 from pathlib import Path
 
 import pytest
-from test_pretrain_run import TINY
+from conftest import TINY_PRETRAIN
 
 import mssl
 
@@ -40,7 +40,7 @@ def _losses(run: Path, terms: tuple[str, ...]) -> list[dict[str, float]]:
 def test_bf16_mixed_run_tracks_the_float32_run(tiny_ct_cache: Path, tmp_path: Path, method: str) -> None:
     runs = {
         precision: mssl.pretrain(
-            method=method, data=tiny_ct_cache, out=tmp_path / precision, steps=STEPS, precision=precision, **TINY, **SMALL_FIELD
+            method=method, data=tiny_ct_cache, out=tmp_path / precision, steps=STEPS, precision=precision, **TINY_PRETRAIN, **SMALL_FIELD
         )
         for precision in ("32", "bf16-mixed")
     }

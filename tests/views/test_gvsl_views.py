@@ -4,9 +4,14 @@ import pytest
 import torch
 
 from mssl.config import GVSLConfig
+from mssl.methods.gvsl import spatial_augmentation
 from mssl.views import appearance
 from mssl.views.appearance import bezier_intensity, damage_appearance, inpaint, local_pixel_shuffle
 from mssl.views.spatial_aug import SpatialAugmentation, smooth_noise
+
+
+DEFAULT = GVSLConfig()
+DAMAGE = (DEFAULT.shuffle_prob, DEFAULT.bezier_prob, DEFAULT.inpaint_prob)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -19,15 +24,15 @@ def _images(batch: int = 3, shape=(32, 24, 20)) -> torch.Tensor:
 
 def test_damage_is_deterministic_under_a_seeded_generator():
     images = _images()
-    first = damage_appearance(images, generator=_gen(7))
-    assert torch.equal(first, damage_appearance(images, generator=_gen(7)))
-    assert not torch.equal(first, damage_appearance(images, generator=_gen(8)))
+    first = damage_appearance(images, *DAMAGE, generator=_gen(7))
+    assert torch.equal(first, damage_appearance(images, *DAMAGE, generator=_gen(7)))
+    assert not torch.equal(first, damage_appearance(images, *DAMAGE, generator=_gen(8)))
 
 
 def test_damage_changes_the_image_without_touching_the_input_and_stays_in_range():
     images = _images()
     before = images.clone()
-    damaged = damage_appearance(images, generator=_gen(0))
+    damaged = damage_appearance(images, *DAMAGE, generator=_gen(0))
     assert torch.equal(images, before)
     assert damaged.shape == images.shape and damaged.dtype == images.dtype
     assert torch.isfinite(damaged).all() and damaged.min() >= 0 and damaged.max() <= 1
@@ -37,7 +42,7 @@ def test_damage_changes_the_image_without_touching_the_input_and_stays_in_range(
 
 def test_z_scored_images_are_damaged_within_their_own_range():
     images = torch.randn(2, 1, 24, 24, 24, generator=_gen(9))
-    damaged = damage_appearance(images, generator=_gen(0))
+    damaged = damage_appearance(images, *DAMAGE, generator=_gen(0))
     assert torch.isfinite(damaged).all() and not torch.equal(damaged, images)
     assert damaged.min() >= images.min() - 1e-5 and damaged.max() <= images.max() + 1e-5
     assert (damaged < 0).float().mean() > 0.1  # negative intensities survive (no clamp to [0, 1])
@@ -46,7 +51,7 @@ def test_z_scored_images_are_damaged_within_their_own_range():
 def test_each_channel_is_damaged_within_its_own_range():
     """A [0, 1] CT-window channel next to a wide z-scored channel: the wide one must not drag the other out of [0, 1]."""
     images = torch.cat([torch.rand(2, 1, 24, 24, 24, generator=_gen(3)), 10 * torch.randn(2, 1, 24, 24, 24, generator=_gen(4))], dim=1)
-    damaged = damage_appearance(images, generator=_gen(0))
+    damaged = damage_appearance(images, *DAMAGE, generator=_gen(0))
     assert damaged[:, 0].min() >= 0 and damaged[:, 0].max() <= 1
     assert damaged[:, 1].min() >= images[:, 1].min() - 1e-4 and damaged[:, 1].max() <= images[:, 1].max() + 1e-4
     assert not torch.equal(damaged[:, 0], images[:, 0]) and not torch.equal(damaged[:, 1], images[:, 1])
@@ -87,7 +92,7 @@ def test_inpainting_changes_boxes_away_from_the_border_only():
 
 def test_spatial_augmentation_applies_the_same_transform_to_every_input():
     images = _images(2)
-    augment = SpatialAugmentation.from_config(GVSLConfig())
+    augment = spatial_augmentation(DEFAULT)
     one, scaled, copy = augment(images, 2 * images, images.clone(), generator=_gen(4))
     assert torch.allclose(scaled, 2 * one, atol=1e-6)
     assert torch.equal(copy, one)
@@ -98,7 +103,7 @@ def test_spatial_augmentation_applies_the_same_transform_to_every_input():
 
 def test_spatial_augmentation_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="equal batch and spatial sizes"):
-        SpatialAugmentation()(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 4))
+        spatial_augmentation(DEFAULT)(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 4))
 
 
 def test_elastic_field_is_mild_and_smooth():
@@ -134,7 +139,7 @@ def test_inpainting_box_sides_span_a_tenth_to_a_fifth_of_each_axis(monkeypatch):
 
 
 def _augmentation(**ranges) -> SpatialAugmentation:
-    return SpatialAugmentation.from_config(GVSLConfig(**ranges))
+    return spatial_augmentation(GVSLConfig(**ranges))
 
 
 def _linear_parts(augment: SpatialAugmentation, shape=(5, 9, 17), batch=1000) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,5 +179,11 @@ def test_elastic_flow_follows_alpha():
     assert 0 < flow.abs().max() < 10  # α ≤ 512, σ ≥ 10: a few voxels at most
 
 
-def test_default_augmentation_equals_the_default_config():
-    assert SpatialAugmentation() == SpatialAugmentation.from_config(GVSLConfig())
+def test_the_method_maps_every_augmentation_range_of_its_config():
+    config = GVSLConfig(
+        aug_rotation_deg=7, aug_scale_range=(0.9, 1.1), aug_shear_deg=3, aug_shift_fraction=0.3,
+        elastic_alpha=(1.0, 2.0), elastic_sigma=(4.0, 5.0),
+    )
+    assert spatial_augmentation(config) == SpatialAugmentation(
+        rotation_deg=7, scale_range=(0.9, 1.1), shear_deg=3, shift_fraction=0.3, elastic_alpha=(1.0, 2.0), elastic_sigma=(4.0, 5.0)
+    )

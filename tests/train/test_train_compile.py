@@ -14,9 +14,8 @@ import os
 
 import pytest
 import torch
-from test_pretrain_run import TINY, _metrics
 
-from conftest import TINY_UNET
+from conftest import TINY_PRETRAIN, TINY_UNET, run_metrics
 import mssl
 from mssl.config import GVSLConfig, S2DCConfig
 from mssl.methods.base import PretrainMethod
@@ -79,10 +78,10 @@ def test_inductor_compiled_gvsl_step_gives_the_eager_loss():
 def test_compiled_run_reports_its_compile_time(tiny_ct_cache, tmp_path, monkeypatch):
     torch.compiler.reset()  # compiled graphs are reused across modules of the same structure: start cold
     monkeypatch.setattr(module, "compile_backbones", lambda method: compile_backbones(method, "aot_eager"))
-    run = mssl.pretrain(method="gvsl", data=tiny_ct_cache, out=tmp_path / "run", steps=3, compile=True, **TINY)
+    run = mssl.pretrain(method="gvsl", data=tiny_ct_cache, out=tmp_path / "run", steps=3, compile=True, **TINY_PRETRAIN)
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert summary["compile_s"] > 0 and summary["steps"] == 3
-    rows = _metrics(run)
+    rows = run_metrics(run)
     logged = [(int(row["step"]), float(row["train/compile_s"])) for row in rows if row.get("train/compile_s")]
     assert len(logged) == 1  # one row, at the step it was measured: not repeated on every later row
     assert logged[0][0] == 1 and logged[0][1] == pytest.approx(summary["compile_s"], abs=0.01)  # the second step (from 0)

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from mssl.config import BackboneConfig
 from mssl.downstream.deep_supervision import deep_supervised_loss, deep_supervision_weights
-from mssl.downstream.networks import build_segmentation_network, initialise_class_prior
+from mssl.models.task_networks import build_segmentation_network, initialise_class_prior
 
 
 def _network(levels: int) -> torch.nn.Module:

@@ -10,7 +10,7 @@ import torch
 
 from mssl.config import BackboneConfig, GVSLConfig
 from mssl.losses.gvsl import local_ncc_loss
-from mssl.methods.gvsl import GVSLMethod
+from mssl.methods.gvsl import GVSLMethod, affine_bounds
 from mssl.models.backbones import build_backbone
 from mssl.models.warp import affine_matrix, warp
 from mssl.models.zmatch import ZMatchHead
@@ -57,12 +57,13 @@ def test_affine_head_recovers_a_known_affine_on_real_ct(openkbp_dir):
     with torch.no_grad():
         features = backbone(torch.cat([fixed, moving]))
     fixed_global, moving_global = features.bottleneck.chunk(2)
-    head = ZMatchHead(backbone.bottleneck_channels, backbone.local_channels)
+    config = GVSLConfig()
+    head = ZMatchHead(backbone.bottleneck_channels, backbone.local_channels, affine_bounds(config))
     optimizer = torch.optim.Adam(head.affine.parameters(), lr=3e-3)
 
     def step() -> tuple[torch.Tensor, torch.Tensor]:
         affine = head.affine(moving_global, fixed_global, (CROP,) * 3)
-        return local_ncc_loss(warp(moving, affine), fixed), affine
+        return local_ncc_loss(warp(moving, affine), fixed, config.ncc_window, config.ncc_eps), affine
 
     initial, start = step()
     for _ in range(300):
