@@ -114,13 +114,18 @@ def weight_file(weights: str | Path) -> Path:
     return run.weights if run.model.is_file() and run.weights.is_file() else resolve_weights(weights)
 
 
-def recorded_backbone(path: Path) -> tuple[BackboneConfig, str] | None:
+def finetuned_description(path: Path) -> dict[str, Any] | None:
+    """The model.json of the fine-tuned run whose best weights ``path`` is; None for any other file."""
+    run = FinetuneRun(path.parent)
+    return run.description() if path == run.weights and run.model.is_file() else None
+
+
+def recorded_backbone(path: Path, finetuned: dict[str, Any] | None) -> tuple[BackboneConfig, str] | None:
     """The backbone a run trained the weight file ``path`` as, and where that is written: model.json for a
-    fine-tuned run's best weights, the checkpoint's own config (else config.yaml) for a pre-training run's
-    checkpoint; None for any other file."""
-    finetuned = FinetuneRun(path.parent)
-    if path == finetuned.weights and finetuned.model.is_file():
-        return BackboneConfig(**finetuned.description()["backbone"]), str(finetuned.model)
+    fine-tuned run's best weights (``finetuned``, its :func:`finetuned_description`), the checkpoint's own
+    config (else config.yaml) for a pre-training run's checkpoint; None for any other file."""
+    if finetuned is not None:
+        return BackboneConfig(**finetuned["backbone"]), str(FinetuneRun(path.parent).model)
     pretrained = PretrainRun(path.parent.parent)
     if path.parent == pretrained.checkpoints and path.suffix == pretrained.checkpoint.suffix:
         from mssl.weights.run_reader import run_config
@@ -140,7 +145,8 @@ def inspect_weights(weights: str | Path, into: Target | None = None, in_channels
     path = weight_file(weights)
     tensors = read_weights(path)
     sidecar = read_sidecar(path)
-    backbone, description = (sidecar.backbone, str(sidecar_of(path))) if sidecar else recorded_backbone(path) or (None, "")
+    finetuned = finetuned_description(path)
+    backbone, description = (sidecar.backbone, str(sidecar_of(path))) if sidecar else recorded_backbone(path, finetuned) or (None, "")
     if into is None:
         guessed = "swin" if any(".swinViT." in f".{canonical(k)}" or "patch_embed" in k for k in tensors) else "unet"
         into = TARGET_OF_BACKBONE[backbone.name if backbone else guessed]
@@ -157,10 +163,9 @@ def inspect_weights(weights: str | Path, into: Target | None = None, in_channels
         args = infer_swin_args(tensors, str(path)) if into == "swinunetr" else infer_unet_args(tensors, str(path))
     if in_channels is not None:
         args["in_channels"] = in_channels
-    finetuned = FinetuneRun(path.parent)
-    if path == finetuned.weights and finetuned.model.is_file() and in_channels is None and backbone and TARGET_OF_BACKBONE[backbone.name] == into:
-        description = finetuned.description()  # the whole fine-tuned network: its task and deep-supervision heads are expected
-        network, target = finetuned_network(description), f"{describe(into, args)} + heads: the fine-tuned {description['task']} network of {finetuned.model}"
+    if finetuned is not None and in_channels is None and backbone and TARGET_OF_BACKBONE[backbone.name] == into:
+        # the whole fine-tuned network: its task and deep-supervision heads are expected
+        network, target = finetuned_network(finetuned), f"{describe(into, args)} + heads: the fine-tuned {finetuned['task']} network of {FinetuneRun(path.parent).model}"
     else:
         network, target = build_target(into, args), describe(into, args)
     report = load_pretrained(network, tensors, in_channels=args["in_channels"], source=str(path), verbose=False, untrained=sidecar.untrained if sidecar else None)
