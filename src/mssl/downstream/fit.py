@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -41,6 +40,8 @@ from mssl.train.cost import CostReporter, Projection
 from mssl.train.memory import memory_ceiling
 from mssl.train.schedules import poly
 from mssl.weights.checks import listed, nonfinite_names
+
+FINETUNE_MEMORY_ADVICE = "make the patch smaller (--roi, --max-roi-voxels), use --batch-size 1, or a larger machine"
 
 
 @dataclass
@@ -114,7 +115,9 @@ class FinetuneLoop:
         log_file, log = open_log(self.files.metrics, header, progress.step if config.resume else None)
         no_validation = [""] * len(task.validation_columns)
         reporter.start(progress.step)
-        with log_file, self._memory_ceiling():
+        # on CPU a step too large for the machine is one line, not the OOM killer; last.ckpt and the best weights stay
+        ceiling = memory_ceiling(str(self.out), FINETUNE_MEMORY_ADVICE, processes=fabric.world_size, on_cpu=fabric.device.type == "cpu")
+        with log_file, ceiling:
             if validating and task.validate_initial and not progress.step:
                 log.writerow([0, "", "", *self._validate(task, 0, reporter, writer).cells, self._seconds()])
             for step, batch in zip(range(progress.step + 1, self.total_steps + 1), batches):
@@ -167,14 +170,6 @@ class FinetuneLoop:
             if fabric.is_global_zero:
                 save_weights(network, self.out)
         return None
-
-    def _memory_ceiling(self) -> AbstractContextManager[None]:
-        """On CPU, a step too large for the machine is one line (:mod:`mssl.train.memory`), not the OOM killer;
-        last.ckpt and the best weights so far stay as they were."""
-        if self.fabric.device.type != "cpu":
-            return nullcontext()
-        advice = "make the patch smaller (--roi, --max-roi-voxels), use --batch-size 1, or a larger machine"
-        return memory_ceiling(str(self.out), advice, processes=self.fabric.world_size)
 
     def _validate(self, task: Task, step: int, reporter: CostReporter, writer: SummaryWriter | None) -> Validation:
         """Validate; keep the best weights (step 0, the initial network, never counts as best); say it."""

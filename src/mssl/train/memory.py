@@ -55,15 +55,18 @@ def is_allocation_failure(error: BaseException | None) -> bool:
 
 
 @contextmanager
-def memory_ceiling(what: str, advice: str = PRETRAIN_ADVICE, processes: int = 1, available: int | None = None) -> Iterator[None]:
+def memory_ceiling(
+    what: str, advice: str = PRETRAIN_ADVICE, processes: int = 1, available: int | None = None, on_cpu: bool = True
+) -> Iterator[None]:
     """Within the block, an allocation beyond the ceiling raises :class:`OutOfMemoryError` naming ``what``
     and ending with ``advice``.
 
     processes: how many training processes of this machine share its memory (CPU DDP).
-    available: bytes to share (default: MemAvailable now). Off Linux the block runs unguarded.
+    available: bytes to share (default: MemAvailable now). Off Linux, or for a GPU run (``on_cpu=False``),
+    the block runs unguarded.
     """
     available = available_bytes() if available is None else available
-    if not sys.platform.startswith("linux") or available is None:
+    if not on_cpu or not sys.platform.startswith("linux") or available is None:
         yield
         return
     allowance = int(available * HEADROOM / processes)

@@ -265,10 +265,8 @@ def _host_memory_ceiling(cfg: PretrainConfig, what: str, processes: int | None =
     """On CPU, too little memory is one clear error (:mod:`mssl.train.memory`), not the OOM killer."""
     from mssl.train.memory import memory_ceiling
 
-    if _on_gpu(cfg.trainer):
-        return nullcontext()
     local = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
-    return memory_ceiling(what, processes=processes or local)
+    return memory_ceiling(what, processes=processes or local, on_cpu=not _on_gpu(cfg.trainer))
 
 
 def _trainer_options(cfg: PretrainConfig, progress_bar: bool) -> dict[str, Any]:
