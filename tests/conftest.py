@@ -9,6 +9,9 @@ import random
 from pathlib import Path
 from typing import Any
 
+# Lightning binds its log handler to sys.stderr at import: import it now, not first inside a CliRunner.invoke
+# whose stream is closed afterwards (a "Logging error" traceback in every later CLI test's output).
+import lightning.pytorch  # noqa: F401
 import numpy as np
 import pytest
 import torch
