@@ -121,6 +121,18 @@ MUTANTS = [
            ("tests/losses/test_gvsl_losses.py",)),
     Mutant("ncc_counts_padding", "NCC box statistics count the zero padding as data (official)", "losses/gvsl.py",
            "n = _window_counts(tuple(x.shape[2:]), window, x.device)", "n = float(window**3)", ("tests/losses/test_gvsl_losses.py",)),
+    Mutant("gvsl_pairs_anywhere", "A and B cropped at independent random positions (official: unregistrable pairs)", "config.py",
+           'pair_sampling: Literal["corresponding", "independent"] = Field(\n        "corresponding",',
+           'pair_sampling: Literal["corresponding", "independent"] = Field(\n        "independent",', FAST_GVSL_METHOD),
+    Mutant("pairs_ignore_relative_position", "the crop cache ignores the shared relative position of a pair", "data/cache.py",
+           "if request.corresponding:  # one relative position", "if False:  # one relative position",
+           ("tests/data/test_data_cache.py",)),
+    # ---- distributed training ----
+    Mutant("s2dc_student_keeps_decoder", "S²DC's student keeps SwinUNETR's unused decoder (DDP must search for unused parameters)",
+           "methods/__init__.py", "        backbone.drop_decoder()", "        pass", ("tests/train/test_pretrain_distributed.py",)),
+    Mutant("batchnorm_not_synchronised", "projection-head BatchNorm keeps per-rank statistics on several GPUs", "train/pretrain.py",
+           "return gpus and has_batchnorm and _several_processes(trainer)", "return False",
+           ("tests/train/test_pretrain_distributed.py",)),
 ]
 
 
