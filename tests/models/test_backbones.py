@@ -79,3 +79,46 @@ def test_checkpointed_activations_give_the_same_gradients_and_keep_less(config, 
 def test_checkpointing_is_refused_for_nnunet_backbones():
     with pytest.raises(ValueError, match="gradient_checkpointing is available for the swin and unet backbones"):
         BackboneConfig(name="plainconv", gradient_checkpointing=True)
+
+
+def _count_sdpa_calls(monkeypatch) -> list[int]:
+    calls = [0]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    return calls
+
+
+def test_swin_no_grad_passes_run_sdpa_with_the_explicit_attentions_outputs(monkeypatch):
+    """Teacher, probe and inference passes take SDPA; training passes keep MONAI's explicit attention; same outputs."""
+    from monai.networks.nets.swin_unetr import WindowAttention
+
+    torch.manual_seed(0)
+    backbone = build_backbone(BackboneConfig(name="swin", feature_size=12, window_size=4)).eval()
+    x = torch.randn(2, 1, 64, 64, 64)
+    calls = _count_sdpa_calls(monkeypatch)
+    with torch.no_grad():
+        fused = backbone(x, decode=False).bottleneck
+    assert calls[0] == sum(isinstance(m, WindowAttention) for m in backbone.modules())  # every block, once
+    with_grad = backbone(x, decode=False).bottleneck
+    assert calls[0] == sum(isinstance(m, WindowAttention) for m in backbone.modules())  # unchanged: explicit path
+    torch.testing.assert_close(fused, with_grad.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_s2dc_teacher_and_downstream_swinunetr_use_sdpa(monkeypatch):
+    from mssl.models.ema import make_teacher
+    from mssl.models.task_networks import build_segmentation_network
+
+    config = BackboneConfig(name="swin", feature_size=12, window_size=4)
+    teacher = make_teacher(torch.nn.ModuleDict({"backbone": build_backbone(config)}))
+    network = build_segmentation_network(config, num_classes=3).eval()
+    calls = _count_sdpa_calls(monkeypatch)
+    with torch.no_grad():
+        teacher.backbone(torch.randn(1, 1, 64, 64, 64), decode=False)
+        after_teacher = calls[0]
+        network(torch.randn(1, 1, 64, 64, 64))
+    assert after_teacher > 0 and calls[0] > after_teacher

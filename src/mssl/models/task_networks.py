@@ -21,7 +21,7 @@ from monai.networks.nets import SwinUNETR
 from torch import nn
 
 from mssl.config import BackboneConfig
-from mssl.models.backbones import UNetBackbone, build_backbone
+from mssl.models.backbones import UNetBackbone, build_backbone, sdpa_window_attention
 from mssl.models.features import Backbone
 from mssl.models.nnunet_backbones import NnUNetBackbone
 from mssl.nnunet_arch import NNUNET_CLASSES, NnUNetArchConfig
@@ -93,14 +93,16 @@ def build_segmentation_network(backbone: BackboneConfig, num_classes: int, deep_
     """SwinUNETR (MONAI), the project's U-Net or nnU-Net's network with ``num_classes`` output channels
     (background included); ``deep_supervision`` auxiliary outputs (U-Net only)."""
     if backbone.name == "swin":
-        return SwinUNETR(
-            in_channels=backbone.in_channels,
-            out_channels=num_classes,
-            feature_size=backbone.feature_size,
-            window_size=backbone.window_size,
-            use_v2=backbone.use_v2,
-            use_checkpoint=backbone.gradient_checkpointing,
-            spatial_dims=3,
+        return sdpa_window_attention(
+            SwinUNETR(
+                in_channels=backbone.in_channels,
+                out_channels=num_classes,
+                feature_size=backbone.feature_size,
+                window_size=backbone.window_size,
+                use_v2=backbone.use_v2,
+                use_checkpoint=backbone.gradient_checkpointing,
+                spatial_dims=3,
+            )
         )
     if deep_supervision and backbone.name != "unet":
         raise ValueError(f"deep supervision needs the unet backbone, not {backbone.name}")
