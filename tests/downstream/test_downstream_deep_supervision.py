@@ -60,3 +60,29 @@ def test_loss_is_the_weighted_sum_over_nearest_downsampled_labels() -> None:
     expected = 2 / 3 * cross_entropy(full, labels, present) + 1 / 3 * F.cross_entropy(half, labels[:, 0, ::2, ::2, ::2])
     assert torch.allclose(deep_supervised_loss(cross_entropy, [full, half], labels, present), expected, atol=1e-6)
     assert torch.allclose(deep_supervised_loss(cross_entropy, full, labels, present), cross_entropy(full, labels, present))
+
+
+def test_the_unet_segmenter_runs_channels_last_with_the_contiguous_networks_outputs_and_gradients() -> None:
+    network = _network(1)
+    convolutions = [m for m in network.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last_3d) for c in convolutions)
+    contiguous = _network(1).to(memory_format=torch.contiguous_format)
+    x = torch.randn(2, 1, 16, 16, 16)
+    for net in (network, contiguous):
+        sum(output.square().mean() for output in net.train()(x)).backward()
+    torch.testing.assert_close(network(x)[0], contiguous(x)[0], atol=1e-5, rtol=1e-5)
+    for (name, p), q in zip(network.named_parameters(), contiguous.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_channels_last_weights_save_and_reload_unchanged(tmp_path) -> None:
+    from mssl.downstream.run_files import save_weights
+    from safetensors.torch import load_file
+
+    network = _network(1)
+    torch.manual_seed(1)
+    reloaded = build_segmentation_network(BackboneConfig(name="unet", unet_channels=(4, 8, 16)), 3, deep_supervision=1)
+    assert not torch.equal(reloaded.head.weight, network.head.weight)
+    reloaded.load_state_dict(load_file(str(save_weights(network, tmp_path))))
+    for (name, p), q in zip(network.state_dict().items(), reloaded.state_dict().values()):
+        assert torch.equal(p, q), name
