@@ -102,9 +102,9 @@ def test_a_complete_checkout_passes_validation(tmp_path: Path):
 def test_a_size_is_skipped_when_its_known_or_scaled_peak_would_not_fit(monkeypatch: pytest.MonkeyPatch):
     figures = _figures({"gvsl": {"official": _run(30.0, 3.0)}})  # largest peak at 64³: 3.0 GB
     monkeypatch.setattr(vs_official, "available_gb", lambda: 25.0)
-    assert vs_official._memory_problem(figures, "gvsl-128") == "estimated peak 24.0 GB, 25.0 GB available"  # 3 × 8 > 0.8 × 25
+    assert vs_official._memory_problem(figures, "gvsl-128") == "estimated peak 24.0 GB > 80% of the 25.0 GB available"  # 3 × 8 > 0.8 × 25
     monkeypatch.setattr(vs_official, "available_gb", lambda: 31.0)
     assert vs_official._memory_problem(figures, "gvsl-128") is None  # 24 ≤ 0.8 × 31
     assert vs_official._memory_problem(figures, "s2dc-96") is None  # known peak 17.5 ≤ 0.8 × 31
     monkeypatch.setattr(vs_official, "available_gb", lambda: 20.0)
-    assert vs_official._memory_problem(figures, "s2dc-96") == "estimated peak 17.5 GB, 20.0 GB available"  # not 2.0 × (96/64)³
+    assert vs_official._memory_problem(figures, "s2dc-96") == "estimated peak 17.5 GB > 80% of the 20.0 GB available"  # not 2.0 × (96/64)³

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,7 @@ LABELS = {
     "official-anomaly-off": "official, anomaly detection off",
 }
 OFFICIAL_OPTIONS = {"s2dc": "--s2dc-official", "gvsl": "--gvsl-official"}
+NAMES = {"s2dc": "S²DC", "gvsl": "GVSL"}
 
 
 def _split(config: str) -> tuple[str, int]:
@@ -213,14 +215,14 @@ def _report(figures: dict) -> str:
     if given:
         lines.append(
             "Official code: "
-            + "; ".join(f"{m.upper()} from the checkout `{p}` ({figures['revisions'][m]})" for m, p in given.items())
+            + "; ".join(f"{NAMES[m]} from the checkout `{p}` ({figures['revisions'][m]})" for m, p in given.items())
             + ". The worker put the checkout on `sys.path` and imported its modules; none of its code is vendored in this "
             "repository. Patched at run time: " + "; ".join(figures["patches"]) + "."
         )
     missing = [m for m in IMPLEMENTATIONS if not figures["official"].get(m)]
     if missing:
         options = " ".join(f"{OFFICIAL_OPTIONS[m]} DIR" for m in missing)
-        names = " and ".join(m.upper() for m in missing)
+        names = " and ".join(NAMES[m] for m in missing)
         lines.append(
             f"Official {names}: not given, so their columns are empty. Add them with "
             f"`python benchmarks/vs_official.py {options}` (DIR = your git checkout of "
@@ -233,7 +235,8 @@ def _report(figures: dict) -> str:
         lines += _config_table(config, figures["configs"][config], figures)
     for config, reason in sorted(figures.get("skipped", {}).items()):
         lines += [f"Not measured: {_describe(config)}: {reason}.", ""]
-    lines += [*figures.get("notes", []), ""]
+    for note in figures.get("notes", []):
+        lines += [note, ""]
     return "\n".join(lines)
 
 
@@ -298,7 +301,7 @@ def _memory_problem(figures: dict, config: str) -> str | None:
         return None
     available = available_gb()
     if estimate > MEMORY_SHARE * available:
-        return f"estimated peak {estimate:.1f} GB, {available:.1f} GB available"
+        return f"estimated peak {estimate:.1f} GB > {MEMORY_SHARE:.0%} of the {available:.1f} GB available"
     return None
 
 
@@ -340,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     checkouts = _checkouts(args)
     figures = _new_figures(args)
-    command = ("python benchmarks/vs_official.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    command = shlex.join(["python", "benchmarks/vs_official.py", *(sys.argv[1:] if argv is None else argv)])
     if args.keep and FIGURES.is_file():
         figures = {**json.loads(FIGURES.read_text(encoding="utf-8")), "threads": args.threads}
     for method in args.methods:
