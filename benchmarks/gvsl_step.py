@@ -17,24 +17,17 @@ import argparse
 import json
 import os
 import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "OMP_WAIT_POLICY": "PASSIVE"}
+from _measure import ALLOCATOR_ENV, available_gb, peak_rss_gb, run_worker, timed_steps
+
 PAIRS = 2
 RESULTS = Path(__file__).resolve().parent / "results" / "gvsl_step.md"
 FIGURES = RESULTS.with_suffix(".json")  # raw measurements, so a later run can add sizes (--keep)
 DAMAGE_REPEATS = 10
 MODES = ("backbone", "gvsl", "damage")
 MEMORY_SHARE = 0.8  # run a size only if its estimated peak RSS fits in this share of the available memory
-
-
-def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
 
 
 def _worker(mode: str, size: int, steps: int) -> dict:
@@ -50,48 +43,29 @@ def _worker(mode: str, size: int, steps: int) -> dict:
     pair = torch.rand(PAIRS, 2, 1, size, size, size)
     if mode == "damage":
         fixed = pair[:, 0]
-        damage_appearance(fixed, *probs)
-        times, cpu_times = [], []
-        for _ in range(DAMAGE_REPEATS):
-            start, cpu_start = time.perf_counter(), time.process_time()
-            damage_appearance(fixed, *probs)
-            times.append((time.perf_counter() - start) / PAIRS)
-            cpu_times.append((time.process_time() - cpu_start) / PAIRS)
-        return {"median_s": statistics.median(times), "median_cpu_s": statistics.median(cpu_times), "peak_rss_gb": _peak_rss_gb()}
+        damage = timed_steps({mode: lambda: damage_appearance(fixed, *probs)}, DAMAGE_REPEATS)[mode]
+        return {"median_s": damage["median_s"] / PAIRS, "median_cpu_s": damage["median_cpu_s"] / PAIRS, "peak_rss_gb": peak_rss_gb()}
 
-    steppers = {name: _Step(name, pair, size) for name in (("backbone", "gvsl") if mode == "interleaved" else (mode,))}
-    baseline = _peak_rss_gb()
-    times: dict[str, list[float]] = {name: [] for name in steppers}
-    cpu_times: dict[str, list[float]] = {name: [] for name in steppers}
-    for step in range(steps + 1):  # the first round warms up allocator and kernels
-        for name, run_step in steppers.items():  # interleaved: both see the same load from other jobs
-            start, cpu_start = time.perf_counter(), time.process_time()
-            run_step()
-            if step:
-                times[name].append(time.perf_counter() - start)
-                cpu_times[name].append(time.process_time() - cpu_start)
-    result = {
-        name: {
-            "median_s": statistics.median(times[name]),
-            "times_s": times[name],
-            "median_cpu_s": statistics.median(cpu_times[name]),
-        }
-        for name in steppers
-    }
+    steppers = {name: GVSLStep(name, pair) for name in (("backbone", "gvsl") if mode == "interleaved" else (mode,))}
+    baseline = peak_rss_gb()
+    result = timed_steps(steppers, steps)
     if mode == "interleaved":
         return result
     return {
         **result[mode],
-        "peak_rss_gb": _peak_rss_gb(),
+        "peak_rss_gb": peak_rss_gb(),
         "rss_before_steps_gb": baseline,
         "parameters": sum(p.numel() for p in steppers[mode].model.parameters()),
     }
 
 
-class _Step:
-    """One optimiser step of either the bare U-Net on the stacked batch or the full GVSL method."""
+class GVSLStep:
+    """One optimiser step of either the bare U-Net on the stacked batch or the full GVSL method.
 
-    def __init__(self, mode: str, pair, size: int) -> None:
+    `pair` is (pairs, 2, 1, D, H, W): the backbone-only step sees the 2 × pairs volumes [A...; B...].
+    """
+
+    def __init__(self, mode: str, pair) -> None:
         import torch
 
         from mssl.config import BackboneConfig, GVSLConfig
@@ -100,8 +74,8 @@ class _Step:
 
         backbone = build_backbone(BackboneConfig(name="unet"))
         self.mode, self.pair = mode, pair
-        self.model = GVSLMethod(backbone, GVSLConfig(roi=(size,) * 3)) if mode == "gvsl" else backbone
-        self.stacked = pair.transpose(0, 1).reshape(2 * PAIRS, 1, size, size, size)  # [A...; B...]
+        self.model = GVSLMethod(backbone, GVSLConfig(roi=tuple(pair.shape[-3:]))) if mode == "gvsl" else backbone
+        self.stacked = pair.transpose(0, 1).reshape(-1, *pair.shape[2:])  # [A...; B...]
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
 
     def __call__(self) -> None:
@@ -116,23 +90,13 @@ class _Step:
 
 
 def _run(mode: str, size: int, steps: int) -> dict:
-    env = {**os.environ, **ALLOCATOR_ENV}
-    command = [sys.executable, __file__, "--worker", mode, "--sizes", str(size), "--steps", str(steps)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, encoding="utf-8", check=True)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_worker(__file__, ["--worker", mode, "--sizes", str(size), "--steps", str(steps)])
     print(f"{mode:8s} {size}³: {result}", flush=True)
     return result
 
 
 def _rounded(values: list[float]) -> list[float]:
     return [round(v, 2) for v in values]
-
-
-def _available_gb() -> float:
-    for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) / 1024**2
-    return float("inf")
 
 
 def _report(figures: dict) -> str:
@@ -217,7 +181,7 @@ def main() -> None:
         if known:  # activations scale with the voxel count: do not push a shared machine into swap/OOM
             smaller = known[-1]
             estimate = figures["runs"][str(smaller)]["gvsl"]["peak_rss_gb"] * (size / smaller) ** 3
-            available = _available_gb()
+            available = available_gb()
             if estimate > MEMORY_SHARE * available:
                 figures["skipped"][str(size)] = f"{size}³ (estimated peak {estimate:.1f} GB, {available:.1f} GB available)"
                 print(f"skip {figures['skipped'][str(size)]}", flush=True)

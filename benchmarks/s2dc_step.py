@@ -18,14 +18,11 @@ import copy
 import json
 import os
 import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "OMP_WAIT_POLICY": "PASSIVE"}
+from _measure import ALLOCATOR_ENV, peak_rss_gb, run_worker, timed_steps
+
 RESULTS = Path(__file__).resolve().parent / "results" / "s2dc_step.md"
 TARGET_RATIO = 1.3
 # name -> (field, roi, feature size, window size); heads and losses keep the S2DCConfig defaults
@@ -37,73 +34,63 @@ CONFIGS = {
 }
 
 
-def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
-
-
 def _worker(mode: str, name: str, steps: int) -> dict:
     """Run one configuration in this process and return its figures."""
-    import torch
-
-    from mssl.config import BackboneConfig, S2DCConfig
-    from mssl.methods.s2dc import S2DCMethod
-    from mssl.models.backbones import build_backbone
-    from mssl.views.s2dc_views import grid_crops
-
-    field_size, roi, feature_size, window = CONFIGS[name]
-    torch.manual_seed(0)
-    backbone = build_backbone(BackboneConfig(name="swin", feature_size=feature_size, window_size=window))
-    config = S2DCConfig(field_size=field_size, roi=roi)
-    field = torch.rand(1, 1, 1, *field_size)
-    if mode == "s2dc":
-        model = S2DCMethod(backbone, config)
-
-        def step_fn() -> torch.Tensor:
-            return model({"field": field}).loss
-
-        def after(step: int) -> None:
-            model.after_optimizer_step(step, 1000)
-    else:
-        model = backbone
-        teacher = copy.deepcopy(backbone).requires_grad_(False)
-        crops = grid_crops(field[:, 0], roi)
-
-        def step_fn() -> torch.Tensor:
-            features = model(crops, decode=False)
-            with torch.no_grad():  # the token view and the global view
-                teacher(crops, decode=False)
-                teacher(crops, decode=False)
-            return features.bottleneck.mean()
-
-        def after(step: int) -> None:
-            return None
-
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4, weight_decay=0.1)
-    times, cpu_times = [], []
-    for step in range(steps + 1):  # the first step warms up allocator and kernels
-        start, cpu_start = time.perf_counter(), time.process_time()
-        loss = step_fn()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        after(step + 1)
-        if step:
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
+    step = S2DCStep(mode, *CONFIGS[name])
     return {
-        "median_s": statistics.median(times),
-        "times_s": times,
-        "median_cpu_s": statistics.median(cpu_times),
-        "peak_rss_gb": _peak_rss_gb(),
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        **timed_steps({mode: step}, steps)[mode],
+        "peak_rss_gb": peak_rss_gb(),
+        "trainable_parameters": sum(p.numel() for p in step.model.parameters() if p.requires_grad),
     }
 
 
+class S2DCStep:
+    """One optimiser step, one field per step, of either the necessary backbone passes or the full S2DC method."""
+
+    def __init__(self, mode: str, field_size: tuple[int, int, int], roi: int, feature_size: int, window: int) -> None:
+        import torch
+
+        from mssl.config import BackboneConfig, S2DCConfig
+        from mssl.methods.s2dc import S2DCMethod
+        from mssl.models.backbones import build_backbone
+        from mssl.views.s2dc_views import grid_crops
+
+        torch.manual_seed(0)
+        backbone = build_backbone(BackboneConfig(name="swin", feature_size=feature_size, window_size=window))
+        self.mode, self.steps_done = mode, 0
+        self.field = torch.rand(1, 1, 1, *field_size)
+        if mode == "s2dc":
+            self.model = S2DCMethod(backbone, S2DCConfig(field_size=field_size, roi=roi))
+        else:
+            self.model = backbone
+            self.teacher = copy.deepcopy(backbone).requires_grad_(False)
+            self.crops = grid_crops(self.field[:, 0], roi)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=3e-4, weight_decay=0.1)
+
+    def _loss(self):
+        import torch
+
+        if self.mode == "s2dc":
+            return self.model({"field": self.field}).loss
+        features = self.model(self.crops, decode=False)
+        with torch.no_grad():  # the token view and the global view
+            self.teacher(self.crops, decode=False)
+            self.teacher(self.crops, decode=False)
+        return features.bottleneck.mean()
+
+    def __call__(self) -> None:
+        loss = self._loss()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.steps_done += 1
+        if self.mode == "s2dc":
+            self.model.after_optimizer_step(self.steps_done, 1000)
+
+
 def _run(mode: str, name: str, steps: int) -> dict:
-    env = {**os.environ, **ALLOCATOR_ENV}
-    command = [sys.executable, __file__, "--worker", mode, "--configs", name, "--steps", str(steps)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, encoding="utf-8", check=True)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_worker(__file__, ["--worker", mode, "--configs", name, "--steps", str(steps)])
     print(f"{mode:8s} {name}: {result}", flush=True)
     return result
 

@@ -1,0 +1,110 @@
+"""The parts of vs_official.py that are ours: report, verdicts, checkout validation, memory guard.
+
+No official code and no measurement needed: `pytest benchmarks/test_vs_official.py` (the package suite under
+tests/ does not cover benchmark scripts).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import vs_official
+from _official import REPOSITORIES, SOURCES
+
+
+def _run(cpu: float, peak: float) -> dict:
+    return {"median_cpu_s": cpu, "cpu_times_s": [cpu, cpu + 1.0], "median_s": 2 * cpu, "peak_rss_gb": peak, "warmup": 1}
+
+
+def _figures(official: dict | None = None) -> dict:
+    official = official or {}
+    command = "python benchmarks/vs_official.py"
+    configs = {
+        "s2dc-64": {"runs": {"floor": _run(1.0, 1.5), "ours": _run(2.0, 2.0)}, "steps": 2, "command": command},
+        "s2dc-96": {"runs": {"floor": _run(10.0, 2.0), "ours": _run(20.0, 3.0), **official.get("s2dc", {})}, "steps": 2, "command": command},
+        "gvsl-64": {"runs": {"floor": _run(15.0, 2.5), "ours": _run(28.0, 2.9), **official.get("gvsl", {})}, "steps": 2, "command": command},
+    }
+    return {
+        "threads": 2,
+        "machine": "x86_64, 2 CPU cores",
+        "torch": "2.13.0+cpu",
+        "monai": "1.6.1",
+        "load_note": "",
+        "configs": configs,
+        "skipped": {},
+        "official": {m: f"/checkouts/{m}" for m in official},
+        "revisions": {m: "abc1234" for m in official},
+        "patches": ["torch.Tensor.cuda is a no-op"] if official else [],
+    }
+
+
+def _row(report: str, start: str) -> str:
+    return next(line for line in report.splitlines() if line.startswith(start))
+
+
+def test_without_checkouts_the_report_keeps_ours_vs_floor_and_says_how_to_add_the_official_columns():
+    report = vs_official._report(_figures())
+    assert _row(report, "| our floor").split(" | ")[1:3] == ["1.00", "1.00, 2.00"]  # S²DC 64³ comes first
+    floor_ratio = _row(report, "| our floor").split(" | ")[-1]
+    assert floor_ratio == "0.50 |"
+    assert _row(report, "| mssl |").split(" | ")[1] == "2.00"
+    assert report.count("| official, as shipped | not given |") == 2  # S²DC 96³ and GVSL 64³
+    assert report.count("| official, as shipped | cannot run this configuration: its token layout") == 1  # S²DC 64³
+    assert "| official, anomaly detection off | not given |" in report
+    assert "`python benchmarks/vs_official.py --s2dc-official DIR --gvsl-official DIR`" in report
+    verdict = _row(report, "| GVSL, U-Net 32–512, 64³ pair, batch 1: official CPU s/step")
+    assert verdict.endswith("| — | not measured: official checkout not given (--gvsl-official) |")
+
+
+def test_verdicts_compare_each_ratio_with_its_target():
+    official = {
+        "gvsl": {"official": _run(42.0, 2.6)},  # 42 / 28 = 1.5: met (≥ 1.5)
+        "s2dc": {"official": _run(37.0, 4.0), "official-anomaly-off": _run(23.4, 3.5)},  # 1.85 < 2; 1.17 < 1.3
+    }
+    report = vs_official._report(_figures(official))
+    assert _row(report, "| GVSL, U-Net 32–512, 64³ pair, batch 1: official CPU").endswith("| 1.50 | **met** |")
+    s2dc = "| S²DC, field 192×192×96, 4 crops of 96³, feature size 12, window 7: official CPU s/step ÷ mssl"
+    assert _row(report, f"{s2dc} (official, as shipped)").endswith("| 1.85 | **not met** |")
+    assert _row(report, f"{s2dc} (official, anomaly").endswith("| 1.17 | **not met** |")
+    assert "not given" not in report
+    assert "/checkouts/gvsl" in report and "none of its code is vendored" in report
+
+
+def test_a_failed_official_run_is_reported_not_dropped():
+    report = vs_official._report(_figures({"gvsl": {"official": {"error": "gvsl.py: out of memory"}}}))
+    assert "| official, as shipped | failed: gvsl.py: out of memory |" in report
+    assert _row(report, "| GVSL, U-Net 32–512, 64³ pair, batch 1: official CPU").endswith("| not measured: gvsl.py: out of memory |")
+
+
+@pytest.mark.parametrize("method", ["s2dc", "gvsl"])
+def test_a_directory_that_is_not_a_checkout_stops_with_one_line_naming_it_and_the_missing_file(tmp_path: Path, method: str):
+    source, files = SOURCES[method]
+    for name in files[:-1]:  # all but the last required file
+        (tmp_path / source / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / source / name).write_text("", encoding="utf-8")
+    with pytest.raises(SystemExit) as stop:
+        vs_official.main([f"--{method}-official", str(tmp_path)])
+    message = str(stop.value)
+    assert message == f"--{method}-official {tmp_path}: not a checkout of {REPOSITORIES[method]} (missing {source}/{files[-1]})"
+    assert "\n" not in message
+
+
+def test_a_complete_checkout_passes_validation(tmp_path: Path):
+    source, files = SOURCES["gvsl"]
+    for name in files:
+        (tmp_path / source / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / source / name).write_text("", encoding="utf-8")
+    args = vs_official._parser().parse_args(["--gvsl-official", str(tmp_path)])
+    assert vs_official._checkouts(args) == {"s2dc": None, "gvsl": tmp_path.resolve()}
+
+
+def test_a_size_is_skipped_when_its_known_or_scaled_peak_would_not_fit(monkeypatch: pytest.MonkeyPatch):
+    figures = _figures({"gvsl": {"official": _run(30.0, 3.0)}})  # largest peak at 64³: 3.0 GB
+    monkeypatch.setattr(vs_official, "available_gb", lambda: 25.0)
+    assert vs_official._memory_problem(figures, "gvsl-128") == "estimated peak 24.0 GB > 80% of the 25.0 GB available"  # 3 × 8 > 0.8 × 25
+    monkeypatch.setattr(vs_official, "available_gb", lambda: 31.0)
+    assert vs_official._memory_problem(figures, "gvsl-128") is None  # 24 ≤ 0.8 × 31
+    assert vs_official._memory_problem(figures, "s2dc-96") is None  # known peak 17.5 ≤ 0.8 × 31
+    monkeypatch.setattr(vs_official, "available_gb", lambda: 20.0)
+    assert vs_official._memory_problem(figures, "s2dc-96") == "estimated peak 17.5 GB > 80% of the 20.0 GB available"  # not 2.0 × (96/64)³

@@ -1,0 +1,380 @@
+"""mssl against the official S²DC and GVSL implementations, side by side, one training step at a time (CPU).
+
+Always measures mssl against its floor (the backbone passes a step cannot avoid, as gvsl_step.py and
+s2dc_step.py define them). Given git checkouts of the official repositories (never vendored here), it also
+builds their model and loss from the checkout in the worker process and measures their training step at the
+same configuration:
+  - S²DC: 4 grid crops of 64³ (field 128×128×64) and of 96³ (field 192×192×96), feature size 12, window 7, one
+    field per step; the official code (96³ crops only) as shipped (autograd anomaly detection on) and with
+    anomaly detection off; 96³ only when its known peak memory fits;
+  - GVSL: full-width U-Net (32..512), batch of 1 pair, cubic crops (--sizes); sizes from 128 on are run for
+    one step only, for peak memory, and only when they fit in the available memory.
+Every (implementation, configuration) runs in a fresh subprocess (honest peak RSS) with the allocator settings
+of DESIGN §10 and the same thread count, one at a time. Results: benchmarks/results/vs_official.md (raw
+figures in vs_official.json).
+
+    python benchmarks/vs_official.py [--s2dc-official DIR] [--gvsl-official DIR] [--steps 3] [--sizes 64 96 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from _measure import ALLOCATOR_ENV, available_gb, peak_rss_gb, run_worker, timed_steps
+
+RESULTS = Path(__file__).resolve().parent / "results" / "vs_official.md"
+FIGURES = RESULTS.with_suffix(".json")
+# S²DC crop side -> field (4 grid crops); feature size and window as the issue's configuration
+S2DC_FIELDS = {64: (128, 128, 64), 96: (192, 192, 96)}
+S2DC_FEATURE_SIZE, S2DC_WINDOW = 12, 7
+# the official S²DC token layout hard-wires 3 bottleneck tokens per crop side, i.e. 96³ crops
+OFFICIAL_UNSUPPORTED = {"s2dc-64": "its token layout hard-wires 3 bottleneck tokens per crop side (96³ crops only)"}
+# peaks measured on the 2-core, 23 GB machine, first step: official S²DC (anomaly detection off) 17.4 GB;
+# mssl was OOM-killed at 15.7 GB beside other jobs
+KNOWN_PEAK_GB = {"s2dc-96": 17.5}
+MEMORY_ONLY_FROM = 128  # GVSL crops this large: one step, for peak memory
+MEMORY_SHARE = 0.8  # run a memory-only size only if its estimated peak fits in this share of the available memory
+IMPLEMENTATIONS = {
+    "s2dc": ("floor", "ours", "official", "official-anomaly-off"),
+    "gvsl": ("floor", "ours", "official"),
+}
+LABELS = {
+    "floor": "our floor (backbone passes only)",
+    "ours": "mssl",
+    "official": "official, as shipped",
+    "official-anomaly-off": "official, anomaly detection off",
+}
+OFFICIAL_OPTIONS = {"s2dc": "--s2dc-official", "gvsl": "--gvsl-official"}
+NAMES = {"s2dc": "S²DC", "gvsl": "GVSL"}
+
+
+def _split(config: str) -> tuple[str, int]:
+    """'gvsl-96' -> ('gvsl', 96): the method and its crop side."""
+    method, size = config.split("-")
+    return method, int(size)
+
+
+def _describe(config: str) -> str:
+    method, size = _split(config)
+    if method == "s2dc":
+        field = S2DC_FIELDS[size]
+        crops = (field[0] // size) * (field[1] // size)
+        return f"S²DC, field {'×'.join(map(str, field))}, {crops} crops of {size}³, feature size {S2DC_FEATURE_SIZE}, window {S2DC_WINDOW}"
+    return f"GVSL, U-Net 32–512, {size}³ pair, batch 1" + (" (peak memory, one step)" if size >= MEMORY_ONLY_FROM else "")
+
+
+# (configuration, official implementation, what is compared, how, threshold); "speed" = official CPU s / ours,
+# "memory" = our peak RSS / official
+TARGETS = (
+    ("gvsl-64", "official", "speed", "≥", 1.5),
+    ("gvsl-96", "official", "speed", "≥", 1.5),
+    ("gvsl-128", "official", "memory", "≤", 0.6),
+    ("s2dc-96", "official", "speed", "≥", 2.0),
+    ("s2dc-96", "official-anomaly-off", "speed", "≥", 1.3),
+)
+
+
+def _worker(implementation: str, config: str, steps: int, warmup: int, official: Path | None) -> dict:
+    """Build one implementation at one configuration in this process, time its steps, return its figures."""
+    import torch
+
+    method, size = _split(config)
+    if method == "s2dc":
+        if implementation.startswith("official"):
+            from _official import s2dc_step
+
+            anomaly = implementation == "official"
+            step, facts = s2dc_step(official, S2DC_FIELDS[size], size, S2DC_FEATURE_SIZE, anomaly)
+        else:
+            from s2dc_step import S2DCStep
+
+            mode = "s2dc" if implementation == "ours" else "backbone"
+            step = S2DCStep(mode, S2DC_FIELDS[size], size, S2DC_FEATURE_SIZE, S2DC_WINDOW)
+            facts = {"trainable_parameters": sum(p.numel() for p in step.model.parameters() if p.requires_grad)}
+    else:
+        if implementation == "official":
+            from _official import gvsl_step
+
+            step, facts = gvsl_step(official, size)
+        else:
+            from gvsl_step import GVSLStep
+
+            torch.manual_seed(0)
+            step = GVSLStep("gvsl" if implementation == "ours" else "backbone", torch.rand(1, 2, 1, size, size, size))
+            facts = {"trainable_parameters": sum(p.numel() for p in step.model.parameters())}
+    figures = timed_steps({implementation: step}, steps, warmup)[implementation]
+    return {**figures, **facts, "peak_rss_gb": peak_rss_gb(), "warmup": warmup, "threads": torch.get_num_threads()}
+
+
+def _run(implementation: str, config: str, steps: int, warmup: int, threads: int, official: Path | None) -> dict:
+    arguments = ["--worker", implementation, "--config", config, "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads)]
+    if official is not None:
+        arguments += ["--official", str(official)]
+    try:
+        result = run_worker(__file__, arguments, {"OMP_NUM_THREADS": str(threads)})
+    except RuntimeError as error:  # e.g. the official code fails at this configuration: report it, go on
+        result = {"error": str(error)}
+    print(f"{implementation:21s} {config}: {result}", flush=True)
+    return result
+
+
+def _revision(checkout: Path) -> str:
+    done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else "not a git repository, revision unknown"
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _ratio(config_runs: dict, official: str, kind: str) -> float | None:
+    ours, theirs = config_runs.get("ours", {}), config_runs.get(official, {})
+    key = "median_cpu_s" if kind == "speed" else "peak_rss_gb"
+    if key not in ours or key not in theirs:
+        return None
+    return theirs[key] / ours[key] if kind == "speed" else ours[key] / theirs[key]
+
+
+def _target_rows(figures: dict) -> list[str]:
+    rows = []
+    for config, official, kind, relation, threshold in TARGETS:
+        method, _ = _split(config)
+        what = "official CPU s/step ÷ mssl" if kind == "speed" else "mssl peak RSS ÷ official"
+        label = f"{_describe(config)}: {what} ({LABELS[official]}) {relation} {threshold}"
+        runs = figures["configs"].get(config, {}).get("runs")
+        ratio = _ratio(runs, official, kind) if runs else None
+        if ratio is not None:
+            met = ratio >= threshold if relation == "≥" else ratio <= threshold
+            verdict = "**met**" if met else "**not met**"
+        elif figures["official"].get(method) is None:
+            verdict = f"not measured: official checkout not given ({OFFICIAL_OPTIONS[method]})"
+        elif config in figures.get("skipped", {}):
+            verdict = f"not measured: {figures['skipped'][config]}"
+        else:
+            failed = (runs or {}).get(official, {}).get("error") or (runs or {}).get("ours", {}).get("error")
+            verdict = f"not measured: {failed}" if failed else "not measured in this run"
+        rows.append(f"| {label} | {_fmt(ratio)} | {verdict} |")
+    return rows
+
+
+def _config_table(config: str, entry: dict, figures: dict) -> list[str]:
+    method, _ = _split(config)
+    runs = entry["runs"]
+    lines = [
+        f"### {_describe(config)}",
+        "",
+        "| implementation | CPU s/step (median) | CPU s of each measured step | wall s/step (median) | peak RSS (GB) | CPU time ÷ mssl |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    ours_cpu = runs.get("ours", {}).get("median_cpu_s")
+    for implementation in IMPLEMENTATIONS[method]:
+        run = runs.get(implementation)
+        if run is None:
+            if implementation.startswith("official") and config in OFFICIAL_UNSUPPORTED:
+                lines.append(f"| {LABELS[implementation]} | cannot run this configuration: {OFFICIAL_UNSUPPORTED[config]} | | | | |")
+            elif implementation.startswith("official") and figures["official"].get(method) is None:
+                lines.append(f"| {LABELS[implementation]} | not given | | | | |")
+            continue
+        if "error" in run:
+            lines.append(f"| {LABELS[implementation]} | failed: {run['error']} | | | | |")
+            continue
+        ratio = run["median_cpu_s"] / ours_cpu if ours_cpu else None
+        steps = ", ".join(f"{t:.2f}" for t in run["cpu_times_s"])
+        lines.append(
+            f"| {LABELS[implementation]} | {run['median_cpu_s']:.2f} | {steps} | {run['median_s']:.2f} | "
+            f"{run['peak_rss_gb']:.2f} | {_fmt(ratio)} |"
+        )
+    warmup = next((run["warmup"] for run in runs.values() if "warmup" in run), 1)
+    lines += ["", f"Steps measured after {warmup} warm-up step(s): {entry['steps']}." if warmup else
+              f"One step with no warm-up (first-step costs included): {entry['steps']} measured.", ""]
+    return lines
+
+
+def _report(figures: dict) -> str:
+    """The Markdown report of `figures` (the JSON this script writes)."""
+    env = " ".join(f"{k}={v}" for k, v in ALLOCATOR_ENV.items())
+    lines = [
+        "# mssl vs the official S²DC and GVSL implementations (CPU)",
+        "",
+        "Commands: " + "; ".join(f"`{c}`" for c in sorted({e["command"] for e in figures["configs"].values()})) + ". Each (implementation, configuration) ran in a fresh subprocess, one at a "
+        f"time, with {env} and {figures['threads']} threads (OMP_NUM_THREADS and torch) for every implementation.",
+        f"Machine: {figures['machine']}, torch {figures['torch']}, MONAI {figures['monai']}, float32. {figures['load_note']}",
+        "A step = forward + loss + backward + optimiser step on random inputs of the configuration. *CPU time* is the "
+        "process's CPU seconds (all threads) per step, steadier than wall time on a shared machine; peak RSS is the "
+        "worker process's maximum resident memory (model construction included).",
+        "",
+    ]
+    given = {method: path for method, path in figures["official"].items() if path}
+    if given:
+        lines.append(
+            "Official code: "
+            + "; ".join(f"{NAMES[m]} from the checkout `{p}` ({figures['revisions'][m]})" for m, p in given.items())
+            + ". The worker put the checkout on `sys.path` and imported its modules; none of its code is vendored in this "
+            "repository. Patched at run time: " + "; ".join(figures["patches"]) + "."
+        )
+    missing = [m for m in IMPLEMENTATIONS if not figures["official"].get(m)]
+    if missing:
+        options = " ".join(f"{OFFICIAL_OPTIONS[m]} DIR" for m in missing)
+        names = " and ".join(NAMES[m] for m in missing)
+        lines.append(
+            f"Official {names}: not given, so their columns are empty. Add them with "
+            f"`python benchmarks/vs_official.py {options}` (DIR = your git checkout of "
+            + " / ".join(f"github.com/{_repo(m)}" for m in missing)
+            + "; nothing of it is copied into this repository)."
+        )
+    lines += ["", "## Targets (issue 17)", "", "| target | measured | verdict |", "| --- | --- | --- |", *_target_rows(figures), ""]
+    lines += ["## Per configuration", ""]
+    for config in sorted(figures["configs"], key=_config_order):
+        lines += _config_table(config, figures["configs"][config], figures)
+    for config, reason in sorted(figures.get("skipped", {}).items()):
+        lines += [f"Not measured: {_describe(config)}: {reason}.", ""]
+    for note in figures.get("notes", []):
+        lines += [note, ""]
+    return "\n".join(lines)
+
+
+def _repo(method: str) -> str:
+    from _official import REPOSITORIES
+
+    return REPOSITORIES[method].removeprefix("github.com/")
+
+
+def _config_order(config: str) -> tuple[str, int]:
+    return _split(config)[0] != "s2dc", _split(config)[1]
+
+
+NOTES = [
+    "What each step contains. S²DC, mssl: view generation and correspondences from the field, student pass, two "
+    "teacher passes, heads, Sinkhorn (50 iterations), three losses, backward, AdamW, EMA, queue. S²DC, official: "
+    "student pass and three teacher passes (token view, global view, source view for the queue) on the crops, heads, "
+    "Sinkhorn (100 iterations), three losses, backward, AdamW; its views are built by its data loader and are not "
+    "in the timed step, which favours the official figures. Floor: student forward + backward and two teacher "
+    "forwards on the crops, AdamW (s2dc_step.py).",
+    "GVSL, mssl: appearance damage, shared spatial augmentation, one U-Net pass on [damaged A; B], Z-matching heads, "
+    "warp, NCC + restoration + smoothness, backward, Adam. GVSL, official: appearance damage (numpy), spatial "
+    "augmentation, two U-Net passes, heads, two warps, NCC (9³ conv box filter) + MSE + smoothness, backward, Adam "
+    "(Train_GVSL.py's loop body). Floor: the U-Net alone on the 2 volumes, forward + backward + Adam (gvsl_step.py).",
+    "The official S²DC code only runs with 96³ crops (its token layout hard-wires 3 bottleneck tokens per crop side) "
+    "and needs at least 2 crops (its projection heads' BatchNorm), so the comparison configuration is field "
+    "192×192×96 with 4 crops of 96³ rather than the 64³ crops of the earlier check; the 64³ configuration is kept for "
+    "mssl vs its floor.",
+]
+
+
+def _new_figures(args: argparse.Namespace) -> dict:
+    import monai
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
+        "threads": args.threads,
+        "configs": {},
+        "skipped": {},
+        "official": {},
+        "revisions": {},
+        "patches": [],
+    }
+
+
+def _memory_problem(figures: dict, config: str) -> str | None:
+    """Why `config` is skipped to keep the shared machine out of the OOM killer, or None.
+
+    The estimate is a known peak, or the largest peak measured at a smaller crop of the same method scaled by voxels.
+    """
+    method, size = _split(config)
+    smaller = sorted(s for m, s in map(_split, figures["configs"]) if m == method and s < size)
+    if config in KNOWN_PEAK_GB:
+        estimate = KNOWN_PEAK_GB[config]
+    elif smaller:
+        runs = figures["configs"][f"{method}-{smaller[-1]}"]["runs"].values()
+        estimate = max(run["peak_rss_gb"] for run in runs if "peak_rss_gb" in run) * (size / smaller[-1]) ** 3
+    else:
+        return None
+    available = available_gb()
+    if estimate > MEMORY_SHARE * available:
+        return f"estimated peak {estimate:.1f} GB > {MEMORY_SHARE:.0%} of the {available:.1f} GB available"
+    return None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--s2dc-official", type=Path, help="git checkout of github.com/Ashespt/S2DC")
+    parser.add_argument("--gvsl-official", type=Path, help="git checkout of github.com/YutingHe-list/GVSL")
+    parser.add_argument("--steps", type=int, default=3, help="measured steps per configuration (after one warm-up step)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128], help="GVSL cubic crop sides")
+    parser.add_argument("--methods", nargs="+", choices=sorted(IMPLEMENTATIONS), default=sorted(IMPLEMENTATIONS))
+    parser.add_argument("--threads", type=int, default=2, help="threads for every implementation")
+    parser.add_argument("--note", help="what else ran on the machine meanwhile (goes into the report)")
+    parser.add_argument("--keep", action="store_true", help=f"keep the other configurations already in {FIGURES.name}")
+    parser.add_argument("--worker", choices=sorted(LABELS), help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--official", type=Path, help=argparse.SUPPRESS)
+    return parser
+
+
+def _checkouts(args: argparse.Namespace) -> dict[str, Path | None]:
+    """The official checkouts given, each checked; a bad one stops the run with one line naming it."""
+    from _official import checkout_problem
+
+    checkouts = {"s2dc": args.s2dc_official, "gvsl": args.gvsl_official}
+    for method, directory in checkouts.items():
+        if directory is not None and (problem := checkout_problem(method, directory.resolve())):
+            raise SystemExit(f"{OFFICIAL_OPTIONS[method]} {problem}")
+    return {method: directory.resolve() if directory else None for method, directory in checkouts.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.worker:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(_worker(args.worker, args.config, args.steps, args.warmup, args.official)))
+        return
+    checkouts = _checkouts(args)
+    figures = _new_figures(args)
+    command = shlex.join(["python", "benchmarks/vs_official.py", *(sys.argv[1:] if argv is None else argv)])
+    if args.keep and FIGURES.is_file():
+        figures = {**json.loads(FIGURES.read_text(encoding="utf-8")), "threads": args.threads}
+    for method in args.methods:
+        if checkouts[method]:
+            figures["official"][method] = str(checkouts[method])
+            figures["revisions"][method] = _revision(checkouts[method])
+        sizes = sorted(S2DC_FIELDS) if method == "s2dc" else sorted(args.sizes)
+        for config in (f"{method}-{size}" for size in sizes):
+            memory_only = method == "gvsl" and _split(config)[1] >= MEMORY_ONLY_FROM
+            if (memory_only or config in KNOWN_PEAK_GB) and (reason := _memory_problem(figures, config)):
+                figures["skipped"][config] = reason
+                print(f"skip {config}: {reason}", flush=True)
+                continue
+            steps, warmup = (1, 0) if memory_only else (args.steps, 1)
+            runs = {}
+            for implementation in IMPLEMENTATIONS[method]:
+                official = implementation.startswith("official")
+                unavailable = not checkouts[method] or config in OFFICIAL_UNSUPPORTED
+                if (official and unavailable) or (memory_only and implementation == "floor"):
+                    continue
+                runs[implementation] = _run(implementation, config, steps, warmup, args.threads, checkouts[method] if official else None)
+            figures["configs"][config] = {"runs": runs, "steps": steps, "command": command}
+            figures["skipped"].pop(config, None)
+    figures["load_note"] = args.note or "No other load was recorded for this run."
+    figures["notes"] = NOTES
+    figures["patches"] = sorted({p for c in figures["configs"].values() for r in c["runs"].values() for p in r.get("patches", []) + r.get("stubbed", [])})
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    FIGURES.write_text(json.dumps(figures, indent=1), encoding="utf-8")
+    RESULTS.write_text(_report(figures), encoding="utf-8")
+    print(f"wrote {RESULTS} and {FIGURES}")
+
+
+if __name__ == "__main__":
+    main()
