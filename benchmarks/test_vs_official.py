@@ -1,7 +1,6 @@
 """The parts of vs_official.py that are ours: report, verdicts, checkout validation, memory guard.
 
-No official code and no measurement needed: `pytest benchmarks/test_vs_official.py` (the package suite under
-tests/ does not cover benchmark scripts).
+No official code and no measurement needed; part of the suite (pyproject's testpaths include benchmarks/).
 """
 
 from __future__ import annotations
