@@ -24,30 +24,23 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from _measure import run_worker, timed_steps
+
 if TYPE_CHECKING:
     from torch import nn
 
-ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "2"}
+THREADS = {"OMP_NUM_THREADS": "2"}
 RESULTS = Path(__file__).resolve().parent / "results" / "layout_and_attention.md"
 SWIN_CROPS = 4  # teacher crops per pass: the S²DC default grid of a 2·roi × roi × roi field has 2, cpu configs 4
 
 
 def _interleaved(variants: dict[str, Callable[[], None]], steps: int) -> dict[str, list[float]]:
-    """CPU seconds of each variant's steps, variants alternating; the first round warms up and is dropped."""
-    cpu: dict[str, list[float]] = {name: [] for name in variants}
-    for step in range(steps + 1):
-        for name, run in variants.items():
-            start = time.process_time()
-            run()
-            if step:
-                cpu[name].append(time.process_time() - start)
-    return cpu
+    """CPU seconds of each variant's measured steps, the variants alternating (after one warm-up round)."""
+    return {name: figures["cpu_times_s"] for name, figures in timed_steps(variants, steps).items()}
 
 
 def measure_unet(channels: tuple[int, ...], size: int, steps: int) -> dict[str, list[float]]:
@@ -184,13 +177,7 @@ def _worker(kind: str, spec: str, steps: int) -> None:
 
 
 def _run(kind: str, spec: str, steps: int) -> dict:
-    import json
-
-    command = [sys.executable, __file__, "--worker", kind, spec, "--steps", str(steps)]
-    done = subprocess.run(command, env={**os.environ, **ENV}, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"{kind} {spec} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, ["--worker", kind, spec, "--steps", str(steps)], THREADS)
 
 
 def _row(label: str, cpu: dict[str, list[float]], extra: str = "") -> str:
