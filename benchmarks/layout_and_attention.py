@@ -5,6 +5,7 @@ load from other jobs, same allocator settings of DESIGN §10, 2 threads), median
   - unet: a U-Net forward + backward + Adam step on 2 volumes of size³ (GVSL's [damaged A; B] on the
     32-512 U-Net; the fine-tuning benchmark's 8-64 U-Net), with weights and input in torch's default
     layout vs ``channels_last_3d``;
+  - gvsl: the whole GVSL step, mssl's channels-last U-Net vs the method converted to the default layout;
   - segmenter: the fine-tuning benchmark's whole training step (network with deep-supervision heads);
   - swin: S²DC's EMA-teacher pass, a no-grad encoder-only SwinUNETR v2 forward on roi³ crops, with
     MONAI's explicit window attention vs ``torch.nn.functional.scaled_dot_product_attention``
@@ -15,7 +16,7 @@ load from other jobs, same allocator settings of DESIGN §10, 2 threads), median
     so MONAI keeps them on the explicit attention).
 Results go to benchmarks/results/layout_and_attention.md.
 
-    python benchmarks/layout_and_attention.py [--steps 5] [--unet 32-64-128-256-512:64 ...] [--swin 12:64 ...] [--s2dc 12:64]
+    python benchmarks/layout_and_attention.py [--steps 5] [--unet 32-64-128-256-512:64 ...] [--gvsl 8-16-32-64:64 ...] [--swin 12:64 ...] [--s2dc 12:64]
 """
 
 from __future__ import annotations
@@ -98,6 +99,35 @@ def measure_segmenter(steps: int) -> dict[str, list[float]]:
     return _interleaved({"contiguous": variant(torch.contiguous_format), "channels_last_3d": variant(torch.channels_last_3d)}, steps)
 
 
+def measure_gvsl(channels: tuple[int, ...], size: int, steps: int) -> dict[str, list[float]]:
+    """The whole GVSL step (2 pairs of size³): mssl's U-Net as built (channels-last) vs converted to the default layout."""
+    import torch
+
+    from mssl.config import BackboneConfig, GVSLConfig
+    from mssl.methods.gvsl import GVSLMethod
+    from mssl.models.backbones import build_backbone
+
+    pairs = torch.rand(2, 2, 1, size, size, size)
+
+    def variant(layout: torch.memory_format | None) -> Callable[[], None]:
+        torch.manual_seed(0)
+        method = GVSLMethod(build_backbone(BackboneConfig(name="unet", unet_channels=channels)), GVSLConfig(roi=(size,) * 3))
+        if layout is not None:
+            method.to(memory_format=layout)
+        optimizer = torch.optim.Adam(method.parameters(), lr=1e-4)
+
+        def step() -> None:
+            torch.manual_seed(1)  # both variants draw the same damage and augmentation
+            loss = method({"pair": pairs}).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        return step
+
+    return _interleaved({"contiguous": variant(torch.contiguous_format), "channels_last_3d": variant(None)}, steps)
+
+
 def measure_swin(feature_size: int, roi: int, steps: int) -> tuple[dict[str, list[float]], float]:
     import torch
 
@@ -165,6 +195,9 @@ def _worker(kind: str, spec: str, steps: int) -> None:
     if kind == "unet":
         channels, size = spec.split(":")
         print(json.dumps({"cpu": measure_unet(tuple(int(c) for c in channels.split("-")), int(size), steps)}))
+    elif kind == "gvsl":
+        channels, size = spec.split(":")
+        print(json.dumps({"cpu": measure_gvsl(tuple(int(c) for c in channels.split("-")), int(size), steps)}))
     elif kind == "segmenter":
         print(json.dumps({"cpu": measure_segmenter(steps)}))
     elif kind == "s2dc":
@@ -192,6 +225,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="measured steps per variant (after one warm-up round)")
     parser.add_argument("--unet", nargs="*", default=["32-64-128-256-512:64", "32-64-128-256-512:96", "8-16-32-64:64"],
                         help="widths:side of the U-Net (GVSL's 32-512; the fine-tuning benchmark's 8-64)")
+    parser.add_argument("--gvsl", nargs="*", default=["8-16-32-64:64", "32-64-128-256-512:64"], help="widths:side of the whole GVSL step")
     parser.add_argument("--swin", nargs="*", default=["12:64", "48:96"], help="feature_size:roi of the Swin teacher")
     parser.add_argument("--s2dc", nargs="*", default=["12:64"], help="feature_size:roi of the whole S²DC step")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -205,7 +239,7 @@ def main() -> None:
         "# Channels-last-3d convolutions and SDPA window attention (issue 17 item 2)",
         "",
         f"Command: `python benchmarks/layout_and_attention.py --steps {args.steps} --unet {' '.join(args.unet)} "
-        f"--swin {' '.join(args.swin)} --s2dc {' '.join(args.s2dc)}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"--gvsl {' '.join(args.gvsl)} --swin {' '.join(args.swin)} --s2dc {' '.join(args.s2dc)}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, float32, 2 threads, "
         "allocator settings of DESIGN §10. Each pair of variants runs interleaved in one fresh process; CPU seconds per "
         "step (process time, all threads), median after one warm-up round. Other jobs may share the machine; "
@@ -219,6 +253,16 @@ def main() -> None:
     for spec in args.unet:
         channels, size = spec.split(":")
         lines.append(_row(f"{channels}, {size}³", _run("unet", spec, args.steps)["cpu"]))
+    lines += [
+        "",
+        "## Whole GVSL step (2 pairs; damage, augmentation, U-Net, Z-matching, warp, losses, backward, Adam)",
+        "",
+        "| widths, crop | default layout (CPU s) | channels_last_3d U-Net (CPU s) | speed-up | steps (CPU s) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for spec in args.gvsl:
+        channels, size = spec.split(":")
+        lines.append(_row(f"{channels}, {size}³", _run("gvsl", spec, args.steps)["cpu"]))
     lines += [
         "",
         "## Fine-tuning step of the benchmark's segmenter (U-Net 8-16-32-64, deep supervision 2, 2 × 56×64×64, AdamW)",

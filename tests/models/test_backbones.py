@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from monai.networks.nets import SwinUNETR
@@ -122,3 +124,21 @@ def test_s2dc_teacher_and_downstream_swinunetr_use_sdpa(monkeypatch):
         after_teacher = calls[0]
         network(torch.randn(1, 1, 64, 64, 64))
     assert after_teacher > 0 and calls[0] > after_teacher
+
+
+def test_unet_runs_channels_last_with_the_contiguous_networks_features_and_gradients():
+    """The layout is a speed choice only (benchmarks/results/layout_and_attention.md): same maps, same gradients."""
+    torch.manual_seed(0)
+    backbone = build_backbone(TINY_UNET)
+    convolutions = [m for m in backbone.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convolutions and all(c.weight.is_contiguous(memory_format=torch.channels_last_3d) for c in convolutions)
+    contiguous = copy.deepcopy(backbone).to(memory_format=torch.contiguous_format)
+    x = torch.randn(2, 1, 16, 16, 16)
+    outputs = []
+    for net in (backbone, contiguous):
+        features = net(x)
+        (features.local.square().mean() + features.bottleneck.mean()).backward()
+        outputs.append(features.local.detach())
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+    for (name, p), q in zip(backbone.named_parameters(), contiguous.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)

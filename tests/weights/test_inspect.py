@@ -80,8 +80,7 @@ def test_a_finetuned_run_is_inspected_against_its_whole_network_heads_included(t
     network model.json describes, so every tensor loads and the command exits 0."""
     import json
 
-    from safetensors.torch import save_file
-
+    from mssl.downstream.run_files import save_weights
     from mssl.models.task_networks import finetuned_network
     from mssl.runs import FinetuneRun
 
@@ -89,7 +88,7 @@ def test_a_finetuned_run_is_inspected_against_its_whole_network_heads_included(t
     run.path.mkdir()
     description = {"task": "seg", "backbone": TINY_UNET.model_dump(mode="json"), "num_classes": 3, "deep_supervision": 1}
     run.model.write_text(json.dumps(description), encoding="utf-8")
-    save_file(finetuned_network(description).state_dict(), str(run.weights))
+    save_weights(finetuned_network(description), run.path)  # as mssl finetune writes it
     result = runner.invoke(app, ["inspect", str(run.path)])
     assert result.exit_code == 0, result.output
     assert "every tensor loaded" in result.output and "fine-tuned seg" in result.output

@@ -45,10 +45,6 @@ class UNetSegmenter(UNetBackbone):
             raise ValueError(f"deep_supervision must be in [0, {len(self.pyramid_channels) - 2}] for widths {tuple(channels)}, got {deep_supervision}")
         self.head = nn.Conv3d(self.local_channels, num_classes, kernel_size=1)
         self.auxiliary_heads = nn.ModuleList(nn.Conv3d(c, num_classes, kernel_size=1) for c in self.pyramid_channels[1 : deep_supervision + 1])
-        # channels-last-3d weights make every convolution, norm and resize of the network run channels-last:
-        # 1.61× less CPU per training step for the fine-tuning benchmark's 8-64 U-Net, 1.07× / 0.99× for the
-        # 32-512 U-Net at 64³ / 96³ (benchmarks/results/layout_and_attention.md). Saved tensors stay contiguous.
-        self.to(memory_format=torch.channels_last_3d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:  # type: ignore[override]
         if not (self.training and len(self.auxiliary_heads)):
