@@ -25,8 +25,8 @@ from mssl.nnunet_arch import NNUNET_CLASSES
 def sdpa_window_attention(network: nn.Module) -> nn.Module:
     """Let MONAI run ``network``'s Swin window attention through ``scaled_dot_product_attention`` in no-grad
     passes (EMA teacher, probes, validation, sliding-window inference). MONAI keeps its explicit attention
-    whenever gradients are on, so training passes are unchanged. 2.2-2.5× faster teacher passes on CPU at the
-    same outputs (≤ 1e-5): benchmarks/results/layout_and_attention.md. MONAI before 1.6 ignores the flag.
+    whenever gradients are on, so training passes are unchanged. 1.55-2.23× cheaper teacher passes on CPU at the
+    same outputs (≤ 1.1e-5): benchmarks/results/layout_and_attention.md. MONAI before 1.6 ignores the flag.
     """
     for module in network.modules():
         if isinstance(module, WindowAttention):
@@ -37,7 +37,7 @@ def sdpa_window_attention(network: nn.Module) -> nn.Module:
 def channels_last(network: nn.Module) -> nn.Module:
     """Put ``network``'s convolution weights in channels-last-3d layout, so its convolutions, norms and resizes run
     channels-last on any input. Measured CPU time per training step (benchmarks/results/layout_and_attention.md):
-    GVSL step 2.36× less on the 8-64 U-Net and 1.12× less on the 32-512 one at 64³, fine-tuning step 1.66× less;
+    whole GVSL step 1.44× less on the 8-64 U-Net and 1.05× on the 32-512 one at 64³, fine-tuning step 1.63× less;
     never slower. Saved weights are made contiguous where they are written.
     """
     return network.to(memory_format=torch.channels_last_3d)
