@@ -64,3 +64,13 @@ def run_worker(script: str, arguments: list[str], extra_env: Mapping[str, str] |
         tail = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
         raise RuntimeError(f"{Path(script).name} {' '.join(arguments)} failed: {tail[0]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def write_results(results: Path, report: str, figures: Mapping) -> None:
+    """Write the Markdown `report` to `results` and the raw `figures` beside it (same name, .json), so a later run
+    can add to them."""
+    raw = results.with_suffix(".json")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(figures, indent=1), encoding="utf-8")
+    results.write_text(report, encoding="utf-8")
+    print(f"wrote {results} and {raw}")

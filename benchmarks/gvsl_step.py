@@ -20,7 +20,7 @@ import platform
 import sys
 from pathlib import Path
 
-from _measure import ALLOCATOR_ENV, available_gb, peak_rss_gb, run_worker, timed_steps
+from _measure import ALLOCATOR_ENV, available_gb, peak_rss_gb, run_worker, timed_steps, write_results
 
 PAIRS = 2
 RESULTS = Path(__file__).resolve().parent / "results" / "gvsl_step.md"
@@ -63,16 +63,18 @@ class GVSLStep:
     """One optimiser step of either the bare U-Net on the stacked batch or the full GVSL method.
 
     `pair` is (pairs, 2, 1, D, H, W): the backbone-only step sees the 2 × pairs volumes [A...; B...].
+    `channels`: the U-Net's widths (default: BackboneConfig's, the paper's 32-512).
     """
 
-    def __init__(self, mode: str, pair) -> None:
+    def __init__(self, mode: str, pair, channels: tuple[int, ...] | None = None) -> None:
         import torch
 
         from mssl.config import BackboneConfig, GVSLConfig
         from mssl.methods.gvsl import GVSLMethod
         from mssl.models.backbones import build_backbone
 
-        backbone = build_backbone(BackboneConfig(name="unet"))
+        widths = {} if channels is None else {"unet_channels": channels}
+        backbone = build_backbone(BackboneConfig(name="unet", **widths))
         self.mode, self.pair = mode, pair
         self.model = GVSLMethod(backbone, GVSLConfig(roi=tuple(pair.shape[-3:]))) if mode == "gvsl" else backbone
         self.stacked = pair.transpose(0, 1).reshape(-1, *pair.shape[2:])  # [A...; B...]
@@ -189,10 +191,7 @@ def main() -> None:
         run = {mode: _run(mode, size, args.steps) for mode in (*MODES, "interleaved")}
         figures["runs"][str(size)] = {**run, "steps": args.steps, "command": command}
         figures["skipped"].pop(str(size), None)
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    FIGURES.write_text(json.dumps(figures, indent=1), encoding="utf-8")
-    RESULTS.write_text(_report(figures), encoding="utf-8")
-    print(f"wrote {RESULTS} and {FIGURES}")
+    write_results(RESULTS, _report(figures), figures)
 
 
 if __name__ == "__main__":

@@ -44,88 +44,53 @@ def _interleaved(variants: dict[str, Callable[[], None]], steps: int) -> dict[st
     return {name: figures["cpu_times_s"] for name, figures in timed_steps(variants, steps).items()}
 
 
+def _layouts(step: type, *args: object) -> dict[str, Callable[[], None]]:
+    """Two steps of `step(*args)`: one with its model converted to the default layout, one as mssl builds it
+    (channels-last). The conversion is in place, so each optimiser keeps its parameters."""
+    import torch
+
+    contiguous = step(*args)
+    contiguous.model.to(memory_format=torch.contiguous_format)
+    return {"contiguous": contiguous, "channels_last_3d": step(*args)}
+
+
 def measure_unet(channels: tuple[int, ...], size: int, steps: int) -> dict[str, list[float]]:
+    """gvsl_step.py's backbone-only step on one pair ([A; B], 2 volumes of size³)."""
     import torch
+    from gvsl_step import GVSLStep
 
-    from mssl.config import BackboneConfig
-    from mssl.models.backbones import build_backbone
-
-    torch.manual_seed(0)
-    volumes = torch.rand(2, 1, size, size, size)
-
-    def variant(layout: torch.memory_format) -> Callable[[], None]:
-        torch.manual_seed(0)
-        model = build_backbone(BackboneConfig(name="unet", unet_channels=channels)).to(memory_format=layout)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        x = volumes.contiguous(memory_format=layout)
-
-        def step() -> None:
-            features = model(x)
-            loss = features.local.mean() + features.bottleneck.mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        return step
-
-    return _interleaved({"contiguous": variant(torch.contiguous_format), "channels_last_3d": variant(torch.channels_last_3d)}, steps)
+    return _interleaved(_layouts(GVSLStep, "backbone", torch.rand(1, 2, 1, size, size, size), channels), steps)
 
 
-def measure_segmenter(steps: int) -> dict[str, list[float]]:
+class SegmenterStep:
     """The fine-tuning benchmark's network and step: U-Net 8-16-32-64 with deep supervision at 1/2 and 1/4,
-    6 outputs, 2 patches of 56×64×64, AdamW (mssl builds it channels-last; the other variant converts it back)."""
-    import torch
+    6 outputs, 2 patches of 56×64×64, AdamW."""
 
-    from mssl.config import BackboneConfig
-    from mssl.models.task_networks import build_segmentation_network
+    def __init__(self) -> None:
+        import torch
 
-    torch.manual_seed(0)
-    patches = torch.rand(2, 1, 56, 64, 64)
+        from mssl.config import BackboneConfig
+        from mssl.models.task_networks import build_segmentation_network
 
-    def variant(layout: torch.memory_format) -> Callable[[], None]:
         torch.manual_seed(0)
+        self.patches = torch.rand(2, 1, 56, 64, 64)
         config = BackboneConfig(name="unet", unet_channels=(8, 16, 32, 64))
-        network = build_segmentation_network(config, 6, deep_supervision=2).to(memory_format=layout).train()
-        optimizer = torch.optim.AdamW(network.parameters(), lr=3e-3)
+        self.model = build_segmentation_network(config, 6, deep_supervision=2).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=3e-3)
 
-        def step() -> None:
-            loss = sum(output.square().mean() for output in network(patches))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        return step
-
-    return _interleaved({"contiguous": variant(torch.contiguous_format), "channels_last_3d": variant(torch.channels_last_3d)}, steps)
+    def __call__(self) -> None:
+        loss = sum(output.square().mean() for output in self.model(self.patches))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
 
 
 def measure_gvsl(channels: tuple[int, ...], size: int, steps: int) -> dict[str, list[float]]:
-    """The whole GVSL step (2 pairs of size³): mssl's U-Net as built (channels-last) vs converted to the default layout."""
+    """gvsl_step.py's whole GVSL step on 2 pairs of size³."""
     import torch
+    from gvsl_step import GVSLStep
 
-    from mssl.config import BackboneConfig, GVSLConfig
-    from mssl.methods.gvsl import GVSLMethod
-    from mssl.models.backbones import build_backbone
-
-    pairs = torch.rand(2, 2, 1, size, size, size)
-
-    def variant(layout: torch.memory_format | None) -> Callable[[], None]:
-        torch.manual_seed(0)
-        method = GVSLMethod(build_backbone(BackboneConfig(name="unet", unet_channels=channels)), GVSLConfig(roi=(size,) * 3))
-        if layout is not None:
-            method.to(memory_format=layout)
-        optimizer = torch.optim.Adam(method.parameters(), lr=1e-4)
-
-        def step() -> None:
-            torch.manual_seed(1)  # both variants draw the same damage and augmentation
-            loss = method({"pair": pairs}).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        return step
-
-    return _interleaved({"contiguous": variant(torch.contiguous_format), "channels_last_3d": variant(None)}, steps)
+    return _interleaved(_layouts(GVSLStep, "gvsl", torch.rand(2, 2, 1, size, size, size), channels), steps)
 
 
 def measure_swin(feature_size: int, roi: int, steps: int) -> tuple[dict[str, list[float]], float]:
@@ -161,32 +126,15 @@ def _set_sdpa(model: nn.Module, enabled: bool) -> None:
 
 
 def measure_s2dc(feature_size: int, roi: int, steps: int) -> dict[str, list[float]]:
-    """The whole S²DC step (field 2·roi × 2·roi × roi, 4 grid crops, window 4) with the teacher on either attention."""
-    import torch
+    """The whole S²DC step of s2dc_step.py (field 2·roi × 2·roi × roi, 4 grid crops, window 4) with the teacher on
+    either attention."""
+    from s2dc_step import S2DCStep
 
-    from mssl.config import BackboneConfig, S2DCConfig
-    from mssl.methods.s2dc import S2DCMethod
-    from mssl.models.backbones import build_backbone
-
-    field = torch.rand(1, 1, 1, 2 * roi, 2 * roi, roi)
-
-    def variant(sdpa: bool) -> Callable[[], None]:
-        torch.manual_seed(0)
-        backbone = build_backbone(BackboneConfig(name="swin", feature_size=feature_size, window_size=4))
-        model = S2DCMethod(backbone, S2DCConfig(field_size=tuple(field.shape[3:]), roi=roi))
-        _set_sdpa(model, sdpa)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
-
-        def step() -> None:
-            loss = model({"field": field}).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            model.after_optimizer_step(1, 1000)
-
-        return step
-
-    return _interleaved({"explicit": variant(False), "sdpa": variant(True)}, steps)
+    variants = {}
+    for name, sdpa in (("explicit", False), ("sdpa", True)):
+        variants[name] = S2DCStep("s2dc", (2 * roi, 2 * roi, roi), roi, feature_size, 4)
+        _set_sdpa(variants[name].model, sdpa)
+    return _interleaved(variants, steps)
 
 
 def _worker(kind: str, spec: str, steps: int) -> None:
@@ -199,7 +147,7 @@ def _worker(kind: str, spec: str, steps: int) -> None:
         channels, size = spec.split(":")
         print(json.dumps({"cpu": measure_gvsl(tuple(int(c) for c in channels.split("-")), int(size), steps)}))
     elif kind == "segmenter":
-        print(json.dumps({"cpu": measure_segmenter(steps)}))
+        print(json.dumps({"cpu": _interleaved(_layouts(SegmenterStep), steps)}))
     elif kind == "s2dc":
         feature_size, roi = (int(v) for v in spec.split(":"))
         print(json.dumps({"cpu": measure_s2dc(feature_size, roi, steps)}))
@@ -211,6 +159,11 @@ def _worker(kind: str, spec: str, steps: int) -> None:
 
 def _run(kind: str, spec: str, steps: int) -> dict:
     return run_worker(__file__, ["--worker", kind, spec, "--steps", str(steps)], THREADS)
+
+
+def _section(title: str, row: str, base: str, other: str, last: str = "steps (CPU s)") -> list[str]:
+    """A report section's heading and the header of its table of :func:`_row` rows."""
+    return ["", f"## {title}", "", f"| {row} | {base} (CPU s) | {other} (CPU s) | speed-up | {last} |", "| --- | --- | --- | --- | --- |"]
 
 
 def _row(label: str, cpu: dict[str, list[float]], extra: str = "") -> str:
@@ -244,49 +197,36 @@ def main() -> None:
         "allocator settings of DESIGN §10. Each pair of variants runs interleaved in one fresh process; CPU seconds per "
         "step (process time, all threads), median after one warm-up round. Other jobs may share the machine; "
         "interleaving gives both variants the same load.",
-        "",
-        "## U-Net forward + backward + Adam step on 2 volumes (GVSL's [damaged A; B])",
-        "",
-        "| widths, crop | default layout (CPU s) | channels_last_3d (CPU s) | speed-up | steps (CPU s) |",
-        "| --- | --- | --- | --- | --- |",
     ]
+    layouts = "default layout", "channels_last_3d"
+    lines += _section("U-Net forward + backward + Adam step on 2 volumes (GVSL's [damaged A; B])", "widths, crop", *layouts)
     for spec in args.unet:
         channels, size = spec.split(":")
         lines.append(_row(f"{channels}, {size}³", _run("unet", spec, args.steps)["cpu"]))
-    lines += [
-        "",
-        "## Whole GVSL step (2 pairs; damage, augmentation, U-Net, Z-matching, warp, losses, backward, Adam)",
-        "",
-        "| widths, crop | default layout (CPU s) | channels_last_3d U-Net (CPU s) | speed-up | steps (CPU s) |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    lines += _section(
+        "Whole GVSL step (2 pairs; damage, augmentation, U-Net, Z-matching, warp, losses, backward, Adam)",
+        "widths, crop", "default layout", "channels_last_3d U-Net",
+    )
     for spec in args.gvsl:
         channels, size = spec.split(":")
         lines.append(_row(f"{channels}, {size}³", _run("gvsl", spec, args.steps)["cpu"]))
-    lines += [
-        "",
-        "## Fine-tuning step of the benchmark's segmenter (U-Net 8-16-32-64, deep supervision 2, 2 × 56×64×64, AdamW)",
-        "",
-        "| network | default layout (CPU s) | channels_last_3d (CPU s) | speed-up | steps (CPU s) |",
-        "| --- | --- | --- | --- | --- |",
-        _row("segmenter", _run("segmenter", "-", args.steps)["cpu"]),
-        "",
-        f"## Swin teacher pass, no grad, encoder only, {SWIN_CROPS} crops (S²DC)",
-        "",
-        "| feature size, crop | explicit attention (CPU s) | SDPA (CPU s) | speed-up | bottleneck max abs difference; steps (CPU s) |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    lines += _section(
+        "Fine-tuning step of the benchmark's segmenter (U-Net 8-16-32-64, deep supervision 2, 2 × 56×64×64, AdamW)",
+        "network", *layouts,
+    )
+    lines.append(_row("segmenter", _run("segmenter", "-", args.steps)["cpu"]))
+    lines += _section(
+        f"Swin teacher pass, no grad, encoder only, {SWIN_CROPS} crops (S²DC)", "feature size, crop",
+        "explicit attention", "SDPA", "bottleneck max abs difference; steps (CPU s)",
+    )
     for spec in args.swin:
         figures = _run("swin", spec, args.steps)
         feature_size, roi = spec.split(":")
         lines.append(_row(f"fs {feature_size}, {roi}³", figures["cpu"], f"{figures['max_abs_difference']:.1e}; "))
-    lines += [
-        "",
-        "## Whole S²DC step (field 2·roi × 2·roi × roi, 4 grid crops, window 4): the teacher's two passes on either attention",
-        "",
-        "| feature size, crop | explicit attention (CPU s) | SDPA teacher (CPU s) | speed-up | steps (CPU s) |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    lines += _section(
+        "Whole S²DC step (field 2·roi × 2·roi × roi, 4 grid crops, window 4): the teacher's two passes on either attention",
+        "feature size, crop", "explicit attention", "SDPA teacher",
+    )
     for spec in args.s2dc:
         feature_size, roi = spec.split(":")
         lines.append(_row(f"fs {feature_size}, {roi}³", _run("s2dc", spec, args.steps)["cpu"]))

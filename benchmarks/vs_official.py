@@ -27,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _measure import ALLOCATOR_ENV, available_gb, peak_rss_gb, run_worker, timed_steps
+from _measure import ALLOCATOR_ENV, available_gb, peak_rss_gb, run_worker, timed_steps, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vs_official.md"
 FIGURES = RESULTS.with_suffix(".json")
@@ -370,10 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     figures["load_note"] = args.note or "No other load was recorded for this run."
     figures["notes"] = NOTES
     figures["patches"] = sorted({p for c in figures["configs"].values() for r in c["runs"].values() for p in r.get("patches", []) + r.get("stubbed", [])})
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    FIGURES.write_text(json.dumps(figures, indent=1), encoding="utf-8")
-    RESULTS.write_text(_report(figures), encoding="utf-8")
-    print(f"wrote {RESULTS} and {FIGURES}")
+    write_results(RESULTS, _report(figures), figures)
 
 
 if __name__ == "__main__":
