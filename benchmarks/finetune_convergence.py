@@ -50,7 +50,7 @@ def _archived(recipe: str, dataset: str, k: int | None, seed: int, steps: int) -
 
 
 def archive_cell(recipe: str, dataset: str, k: int | None, seed: int, steps: int, out: Path) -> None:
-    """Keep what the report needs from a finished run folder: figures, and the curve picture."""
+    """Keep what the report needs from a finished run folder: figures, the per-case scores and the curve picture."""
     run = FinetuneRun(out)
     record = {
         "result": json.loads(run.result.read_text(encoding="utf-8")),
@@ -60,6 +60,7 @@ def archive_cell(recipe: str, dataset: str, k: int | None, seed: int, steps: int
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(record, indent=1), encoding="utf-8")
     shutil.copyfile(run.curve, target.with_suffix(".png"))
+    shutil.copyfile(run.evaluation(TEST).per_case, target.with_suffix(".csv"))  # case-level reasons (HD95 outliers)
 
 
 def run_cell(config: dict, dataset: str, k: int | None, seed: int, steps: int) -> Path:

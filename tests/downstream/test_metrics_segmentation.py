@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -54,3 +55,17 @@ def test_empty_reference_is_not_scored() -> None:
 def test_mean_std_ignores_nan() -> None:
     assert mean_std([0.5, float("nan"), 0.7]) == pytest.approx((0.6, math.sqrt(0.02), 2))
     assert format_mean_std([float("nan")]) == "–"
+
+
+def test_nsd_is_one_on_identical_maps_zero_on_a_miss_and_quiet() -> None:
+    label = torch.zeros(10, 10, 10, dtype=torch.long)
+    label[2:6, 2:6, 2:6] = 1
+    label[7:9, 7:9, 7:9] = 2
+    missed = label.clone()
+    missed[missed == 2] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # MONAI's per-case deprecation notice must not reach the user
+        perfect = segmentation_metrics(label, label, 3, (1.0, 1.0, 1.0), nsd_tolerance_mm=1.0)
+        metrics = segmentation_metrics(missed, label, 3, (1.0, 1.0, 1.0), nsd_tolerance_mm=1.0)
+    assert perfect.nsd.tolist() == pytest.approx([1.0, 1.0])
+    assert metrics.nsd.tolist() == pytest.approx([1.0, 0.0])

@@ -56,17 +56,21 @@ def segmentation_metrics(
     reference_present = label_1h[0, 1:].flatten(1).any(1)
     predicted = pred_1h[0, 1:].flatten(1).any(1)
     both = reference_present & predicted
-    if with_hd95 and both.any():
-        with warnings.catch_warnings():  # empty classes are handled below, MONAI's warning about them is noise
-            warnings.filterwarnings("ignore", message=".* is all 0, this may result in nan/inf distance")
+    nsd = torch.full((num_classes - 1,), float("nan"))
+    with warnings.catch_warnings():
+        # empty classes are handled below, MONAI's warning about them is noise; MONAI ≥ 1.5 also warns, per case,
+        # about a deprecated argument its own distance code passes
+        warnings.filterwarnings("ignore", message=".* is all 0, this may result in nan/inf distance")
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+        if with_hd95 and both.any():
             distances = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(
                 pred_1h, label_1h, spacing=[float(s) for s in spacing]
             )[0]
-        hd95[both] = distances[both].float()
-    nsd = torch.full((num_classes - 1,), float("nan"))
-    if nsd_tolerance_mm is not None and both.any():
-        surface_dice = SurfaceDiceMetric(class_thresholds=[nsd_tolerance_mm] * (num_classes - 1), include_background=False, reduction="none")
-        nsd[both] = surface_dice(pred_1h, label_1h, spacing=[float(s) for s in spacing])[0][both].float()
+            hd95[both] = distances[both].float()
+        if nsd_tolerance_mm is not None and both.any():
+            thresholds = [nsd_tolerance_mm] * (num_classes - 1)
+            surface_dice = SurfaceDiceMetric(class_thresholds=thresholds, include_background=False, reduction="none")
+            nsd[both] = surface_dice(pred_1h, label_1h, spacing=[float(s) for s in spacing])[0][both].float()
     if nsd_tolerance_mm is not None:
         nsd[reference_present & ~predicted] = 0.0
     diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(label.shape[2:], spacing)))
