@@ -176,3 +176,28 @@ def test_the_match_loss_stand_in_is_the_specified_formula_on_a_hand_checked_case
         assert loss.item() == pytest.approx(expected_pos + expected_neg, abs=1e-7)
     loss, pos, neg = match_loss_terms(plan, torch.ones_like(plan))  # no Y = 0 entry: the negative term is 0
     assert neg.item() == 0.0 and pos.item() == pytest.approx((0.6931472 + 1.3862944 + 2.0794415 + 0.000001) / 4, abs=1e-7)
+
+
+def test_only_adds_the_named_implementations_to_a_kept_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import json
+
+    source, files = SOURCES["s2dc"]
+    for name in files:
+        (tmp_path / "S2DC" / source / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "S2DC" / source / name).write_text("", encoding="utf-8")
+    figures = _figures({"s2dc": {"official": _run(37.0, 4.0)}})
+    (tmp_path / "vs_official.json").write_text(json.dumps(figures), encoding="utf-8")
+    monkeypatch.setattr(vs_official, "FIGURES", tmp_path / "vs_official.json")
+    monkeypatch.setattr(vs_official, "RESULTS", tmp_path / "vs_official.md")
+    monkeypatch.setattr(vs_official, "available_gb", lambda: 100.0)
+    calls = []
+    monkeypatch.setattr(vs_official, "_run", lambda implementation, config, *rest: calls.append((implementation, config)) or _run(9.25, 9.0))
+    vs_official.main(["--keep", "--methods", "s2dc", "--s2dc-crops", "96", "--only", "ours-checkpointed", "--s2dc-official", str(tmp_path / "S2DC")])
+    assert calls == [("ours-checkpointed", "s2dc-96")]
+    entry = json.loads((tmp_path / "vs_official.json").read_text(encoding="utf-8"))["configs"]["s2dc-96"]
+    assert sorted(entry["runs"]) == ["floor", "official", "ours", "ours-checkpointed"]
+    assert entry["runs"]["official"] == figures["configs"]["s2dc-96"]["runs"]["official"]
+    assert len(entry["command"]) == 2 and "--only ours-checkpointed" in entry["command"][1]
+    report = (tmp_path / "vs_official.md").read_text(encoding="utf-8")
+    s2dc = "| S²DC, field 192×192×96, 4 crops of 96³, feature size 12, window 7: official CPU s/step ÷ mssl, --checkpoint-activations"
+    assert _row(report, f"{s2dc} (official, as shipped)").endswith("| 4.00 | **met** |")  # 37 / 9.25

@@ -40,18 +40,21 @@ S2DC_FIELDS = {64: (128, 128, 64), 96: (192, 192, 96)}
 S2DC_FEATURE_SIZE, S2DC_WINDOW = 12, 7
 # the official S²DC token layout hard-wires 3 bottleneck tokens per crop side, i.e. 96³ crops
 OFFICIAL_UNSUPPORTED = {"s2dc-64": "its token layout hard-wires 3 bottleneck tokens per crop side (96³ crops only)"}
-# peaks measured on the 2-core, 23 GB machine, first step: official S²DC (anomaly detection off) 17.4 GB;
-# mssl was OOM-killed at 15.7 GB beside other jobs
+# peaks measured on the 2-core, 23 GB machine, first step: official S²DC (anomaly detection off) 17.4 GB; mssl with
+# its defaults (and its floor) ran out of a 19.6 GB data limit, with --checkpoint-activations it fits (the report)
 KNOWN_PEAK_GB = {"s2dc-96": 17.5}
 MEMORY_ONLY_FROM = 128  # GVSL crops this large: one step, for peak memory
 # default for --memory-share: run a memory-only size only if its estimated peak fits in this share of the available
 # memory, and limit every worker's data segment to this share of the memory available when it starts
 MEMORY_SHARE = 0.8
 IMPLEMENTATIONS = {
-    "s2dc": ("floor", "ours", "official", "official-anomaly-off"),
+    "s2dc": ("floor", "ours", "official", "official-anomaly-off", "ours-checkpointed"),
     "gvsl": ("floor", "ours", "official", "ours-checkpointed", "ours-checkpointed-bf16"),
 }
-MEMORY_OPTIONS = ("ours-checkpointed", "ours-checkpointed-bf16")  # mssl with its memory options: memory-only sizes
+# mssl with its memory options, run at the GVSL memory-only sizes and at these configurations: S²DC 96³ needs more
+# than 90 % of this machine's free memory with mssl's defaults (out of memory at 19.6 GB, floor included)
+MEMORY_OPTIONS = ("ours-checkpointed", "ours-checkpointed-bf16")
+MEMORY_OPTION_CONFIGS = ("s2dc-96",)
 LABELS = {
     "floor": "our floor (backbone passes only)",
     "ours": "mssl",
@@ -90,6 +93,9 @@ TARGETS = (
     ("gvsl-128", "official", "memory", "≤", 0.6, "ours-checkpointed-bf16"),
     ("s2dc-96", "official", "speed", "≥", 2.0, "ours"),
     ("s2dc-96", "official-anomaly-off", "speed", "≥", 1.3, "ours"),
+    # checkpointing only adds recomputation: these ratios are lower bounds of the two above
+    ("s2dc-96", "official", "speed", "≥", 2.0, "ours-checkpointed"),
+    ("s2dc-96", "official-anomaly-off", "speed", "≥", 1.3, "ours-checkpointed"),
 )
 
 
@@ -107,8 +113,9 @@ def _worker(implementation: str, config: str, steps: int, warmup: int, official:
         else:
             from s2dc_step import S2DCStep
 
-            mode = "s2dc" if implementation == "ours" else "backbone"
-            step = S2DCStep(mode, S2DC_FIELDS[size], size, S2DC_FEATURE_SIZE, S2DC_WINDOW)
+            mode = "backbone" if implementation == "floor" else "s2dc"
+            checkpointed = implementation in MEMORY_OPTIONS
+            step = S2DCStep(mode, S2DC_FIELDS[size], size, S2DC_FEATURE_SIZE, S2DC_WINDOW, checkpoint_activations=checkpointed)
             facts = {"trainable_parameters": sum(p.numel() for p in step.model.parameters() if p.requires_grad)}
     else:
         if implementation == "official":
@@ -223,7 +230,7 @@ def _report(figures: dict) -> str:
     lines = [
         "# mssl vs the official S²DC and GVSL implementations (CPU)",
         "",
-        "Commands: " + "; ".join(f"`{c}`" for c in sorted({e["command"] for e in figures["configs"].values()})) + ". Each (implementation, configuration) ran in a fresh subprocess, one at a "
+        "Commands: " + "; ".join(f"`{c}`" for c in sorted({c for e in figures["configs"].values() for c in _commands(e)})) + ". Each (implementation, configuration) ran in a fresh subprocess, one at a "
         f"time, with {env} and {figures['threads']} threads (OMP_NUM_THREADS and torch) for every implementation.",
         f"Machine: {figures['machine']}, torch {figures['torch']}, MONAI {figures['monai']}, float32. {figures['load_note']}",
         "A step = forward + loss + backward + optimiser step on random inputs of the configuration. *CPU time* is the "
@@ -260,6 +267,12 @@ def _report(figures: dict) -> str:
     return "\n".join(lines)
 
 
+def _commands(entry: dict) -> list[str]:
+    """The command(s) that produced a configuration's figures (several when --only added implementations)."""
+    command = entry.get("command", [])
+    return [command] if isinstance(command, str) else list(command)
+
+
 def _repo(method: str) -> str:
     from _official import REPOSITORIES
 
@@ -281,6 +294,17 @@ NOTES = [
     "warp, NCC + restoration + smoothness, backward, Adam. GVSL, official: appearance damage (numpy), spatial "
     "augmentation, two U-Net passes, heads, two warps, NCC (9³ conv box filter) + MSE + smoothness, backward, Adam "
     "(Train_GVSL.py's loop body). Floor: the U-Net alone on the 2 volumes, forward + backward + Adam (gvsl_step.py).",
+    "Memory options: *mssl, --checkpoint-activations* builds the backbone with gradient checkpointing (as `mssl "
+    "pretrain --checkpoint-activations`); *… --precision bf16-mixed* also runs the forward pass under "
+    "`torch.autocast(\"cpu\", dtype=torch.bfloat16)`, backward and optimiser step outside it, as Lightning's "
+    "bf16-mixed plugin does (mssl keeps NCC, warps, Sinkhorn and logits in fp32 inside it). They run at the GVSL "
+    "memory-only sizes (the peak-memory target allows whichever options give it) and at S²DC 96³, where mssl's "
+    "defaults do not fit here. Checkpointing only adds recomputation, so official ÷ checkpointed mssl is a lower "
+    "bound of official ÷ mssl with its defaults.",
+    "Memory limit: each worker's data segment (RLIMIT_DATA: heap and private anonymous mappings, where the "
+    "tensors live) was limited to --memory-share of the memory available when it started, so a step that needs "
+    "more fails inside the worker and shows as *out of memory* here, instead of waking the kernel's OOM killer on "
+    "the shared machine.",
     "The official S²DC code only runs with 96³ crops (its token layout hard-wires 3 bottleneck tokens per crop side) "
     "and needs at least 2 crops (its projection heads' BatchNorm), so the comparison configuration is field "
     "192×192×96 with 4 crops of 96³ rather than the 64³ crops of the earlier check; the 64³ configuration is kept for "
@@ -340,6 +364,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="threads for every implementation")
     parser.add_argument("--note", help="what else ran on the machine meanwhile (goes into the report)")
     parser.add_argument("--keep", action="store_true", help=f"keep the other configurations already in {FIGURES.name}")
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(LABELS),
+        help="run only these implementations; with --keep, the other implementations' figures of a configuration stay",
+    )
     parser.add_argument("--worker", choices=sorted(LABELS), help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=1, help=argparse.SUPPRESS)
@@ -383,14 +411,19 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"skip {config}: {reason}", flush=True)
                 continue
             steps, warmup = (1, 0) if memory_only else (args.steps, 1)
-            runs = {}
+            kept = figures["configs"].get(config, {}) if args.only else {}
+            runs = dict(kept.get("runs", {}))
             for implementation in IMPLEMENTATIONS[method]:
                 official = implementation.startswith("official")
                 unavailable = not checkouts[method] or config in OFFICIAL_UNSUPPORTED
-                if (official and unavailable) or (implementation == "floor" if memory_only else implementation in MEMORY_OPTIONS):
+                options_here = memory_only or config in MEMORY_OPTION_CONFIGS
+                if (official and unavailable) or (implementation == "floor" and memory_only) or (implementation in MEMORY_OPTIONS and not options_here):
+                    continue
+                if args.only and implementation not in args.only:
                     continue
                 runs[implementation] = _run(implementation, config, steps, warmup, args.threads, checkouts[method] if official else None, args.memory_share)
-            figures["configs"][config] = {"runs": runs, "steps": steps, "command": command}
+            commands = [c for c in _commands(kept) if c != command] + [command]
+            figures["configs"][config] = {"runs": runs, "steps": steps, "command": commands if len(commands) > 1 else command}
             figures["skipped"].pop(config, None)
     figures["load_note"] = args.note or "No other load was recorded for this run."
     figures["notes"] = NOTES
