@@ -40,8 +40,9 @@ S2DC_FIELDS = {64: (128, 128, 64), 96: (192, 192, 96)}
 S2DC_FEATURE_SIZE, S2DC_WINDOW = 12, 7
 # the official S²DC token layout hard-wires 3 bottleneck tokens per crop side, i.e. 96³ crops
 OFFICIAL_UNSUPPORTED = {"s2dc-64": "its token layout hard-wires 3 bottleneck tokens per crop side (96³ crops only)"}
-# peaks measured on the 2-core, 23 GB machine, first step: official S²DC (anomaly detection off) 17.4 GB; mssl with
-# its defaults (and its floor) ran out of a 19.6 GB data limit, with --checkpoint-activations it fits (the report)
+# peaks measured on the 2-core, 23 GB machine: official S²DC (anomaly detection off) 17.4 GB in an earlier run; since,
+# official as shipped 19.1 GB, while official with anomaly detection off, mssl (defaults or --checkpoint-activations)
+# and our floor ran out of a 19.5-19.6 GB data limit (90 % of the free memory): see the report
 KNOWN_PEAK_GB = {"s2dc-96": 17.5}
 MEMORY_ONLY_FROM = 128  # GVSL crops this large: one step, for peak memory
 # default for --memory-share: run a memory-only size only if its estimated peak fits in this share of the available
@@ -299,12 +300,17 @@ NOTES = [
     "`torch.autocast(\"cpu\", dtype=torch.bfloat16)`, backward and optimiser step outside it, as Lightning's "
     "bf16-mixed plugin does (mssl keeps NCC, warps, Sinkhorn and logits in fp32 inside it). They run at the GVSL "
     "memory-only sizes (the peak-memory target allows whichever options give it) and at S²DC 96³, where mssl's "
-    "defaults do not fit here. Checkpointing only adds recomputation, so official ÷ checkpointed mssl is a lower "
+    "defaults did not fit in the data limit here. Checkpointing only adds recomputation, so official ÷ checkpointed mssl is a lower "
     "bound of official ÷ mssl with its defaults.",
     "Memory limit: each worker's data segment (RLIMIT_DATA: heap and private anonymous mappings, where the "
     "tensors live) was limited to --memory-share of the memory available when it started, so a step that needs "
     "more fails inside the worker and shows as *out of memory* here, instead of waking the kernel's OOM killer on "
     "the shared machine.",
+    "S²DC 96³ on this 24 GB machine (beside a 1.2 GB job, data limit 90 % of the free memory): the official code as "
+    "shipped peaked at 19.1 GB, within 0.5 GB of the limit; with anomaly detection off it ran out of the limit in two "
+    "runs (an earlier run measured its peak at 17.4 GB), and so did mssl, with its defaults and with "
+    "--checkpoint-activations, and our floor (the backbone passes alone). The S²DC speed targets need a machine with "
+    "more memory; a larger --memory-share was not used, to leave the other job on the shared machine room.",
     "The official S²DC code only runs with 96³ crops (its token layout hard-wires 3 bottleneck tokens per crop side) "
     "and needs at least 2 crops (its projection heads' BatchNorm), so the comparison configuration is field "
     "192×192×96 with 4 crops of 96³ rather than the 64³ crops of the earlier check; the 64³ configuration is kept for "
