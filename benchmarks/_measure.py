@@ -55,14 +55,39 @@ def timed_steps(steppers: Mapping[str, Callable[[], object]], steps: int, warmup
     }
 
 
-def run_worker(script: str, arguments: list[str], extra_env: Mapping[str, str] | None = None) -> dict:
+# how an allocation refused under the data limit ends a worker: Python's MemoryError, torch's CPU allocator, C++
+OUT_OF_MEMORY_SIGNS = ("MemoryError", "can't allocate memory", "Cannot allocate memory", "std::bad_alloc")
+
+
+class WorkerOutOfMemory(RuntimeError):
+    """A worker ran out of the memory its data limit allowed (a clean failure, not the kernel's OOM killer)."""
+
+
+def _limit_data(limit_bytes: int) -> Callable[[], None]:
+    def apply() -> None:  # runs in the child between fork and exec
+        resource.setrlimit(resource.RLIMIT_DATA, (limit_bytes, limit_bytes))
+
+    return apply
+
+
+def run_worker(script: str, arguments: list[str], extra_env: Mapping[str, str] | None = None, memory_limit_gb: float | None = None) -> dict:
     """Run `script` with `arguments` in a fresh Python process (allocator settings applied) and return the
-    JSON object it prints on its last stdout line."""
+    JSON object it prints on its last stdout line.
+
+    `memory_limit_gb` caps the worker's data segment (RLIMIT_DATA: heap and private anonymous mappings, which is
+    where every tensor lives), so a step larger than the limit fails inside the worker, raising
+    WorkerOutOfMemory here, instead of driving the machine into the kernel's OOM killer, which may pick
+    another user's process.
+    """
     env = {**os.environ, **ALLOCATOR_ENV, **(extra_env or {})}
-    done = subprocess.run([sys.executable, script, *arguments], env=env, capture_output=True, text=True, encoding="utf-8")
+    limit = None if memory_limit_gb is None else _limit_data(int(memory_limit_gb * 1024**3))
+    done = subprocess.run([sys.executable, script, *arguments], env=env, capture_output=True, text=True, encoding="utf-8", preexec_fn=limit)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
-        raise RuntimeError(f"{Path(script).name} {' '.join(arguments)} failed: {tail[0]}")
+        message = f"{Path(script).name} {' '.join(arguments)} failed: {tail[0]}"
+        if memory_limit_gb is not None and any(sign in done.stderr for sign in OUT_OF_MEMORY_SIGNS):
+            raise WorkerOutOfMemory(message)
+        raise RuntimeError(message)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -17,9 +17,15 @@ from pathlib import Path
 REPOSITORIES = {"s2dc": "github.com/Ashespt/S2DC", "gvsl": "github.com/YutingHe-list/GVSL"}
 # the source folder of each checkout and the files the adapters import from it
 SOURCES = {
-    "s2dc": ("Pretrain", ("models/s2dc_head.py", "losses/loss.py", "losses/optimal_transport.py", "losses/utils.py")),
+    "s2dc": ("Pretrain", ("models/s2dc_head.py", "losses/loss.py", "losses/optimal_transport.py")),
     "gvsl": ("PyTorch", ("models/gvsl.py", "utils/STN.py", "utils/Transform_self.py", "utils/losses.py")),
 }
+# files the adapters import that a checkout may lack: then a stand-in written from the specification is used
+STAND_INS = {"s2dc": ("losses/utils.py",)}
+MATCH_LOSS_STAND_IN = (
+    "losses/utils.py absent from the available copy; MatchLoss replaced by a stand-in from the specification "
+    "(cost: a few element-wise ops on the token plan)"
+)
 # S²DC modules that s2dc_head.py imports but the training step never uses: the first two were never committed
 # upstream; the last two pull in optional visualisation packages. Replaced by stubs only when they fail to import.
 S2DC_UNUSED_IMPORTS = ("utils.superglue", "losses.coderating", "models.modules", "utils.visualization")
@@ -34,7 +40,51 @@ def checkout_problem(method: str, directory: Path) -> str | None:
     for name in files:
         if not (directory / source / name).is_file():
             return f"{directory}: not a checkout of {REPOSITORIES[method]} (missing {source}/{name})"
-    return None
+    return None  # a file of STAND_INS may be missing: the adapter then uses its stand-in
+
+
+def match_loss_terms(plan, labels):
+    """The official `losses.utils.MatchLoss` (absent from the stored copy of the repository) as its specification
+    states it (shared/reference/s2dc.md §2), written from the formula, not from its code.
+
+    With the plan P clamped to [1e-6, 1 − 1e-6] and the labels Y: loss = mean over Y = 1 of −log P + mean over
+    Y = 0 of −log(1 − P). Returns (loss, positive term, negative term), as GeometricLoss unpacks them. A term with
+    no entry is 0 (the specification's weight-0 dummy entry).
+    """
+    import torch
+
+    plan = plan.clamp(1e-6, 1 - 1e-6)
+    positive, negative = (labels == 1).to(plan.dtype), (labels == 0).to(plan.dtype)
+    pos_loss = (-torch.log(plan) * positive).sum() / positive.sum().clamp(min=1)
+    neg_loss = (-torch.log(1 - plan) * negative).sum() / negative.sum().clamp(min=1)
+    return pos_loss + neg_loss, pos_loss, neg_loss
+
+
+def match_loss_module() -> types.ModuleType:
+    """A module standing in for the official `losses.utils`: its `MatchLoss` is a torch Module (GeometricLoss calls
+    `.cuda()` on it) computing `match_loss_terms`."""
+    import torch
+
+    class MatchLoss(torch.nn.Module):
+        def forward(self, plan, labels):
+            return match_loss_terms(plan, labels)
+
+    module = types.ModuleType("losses.utils", "Stand-in written from the specification, not the official file (benchmarks/_official.py)")
+    module.MatchLoss = MatchLoss
+    return module
+
+
+def _stand_in_match_loss(checkout: Path) -> list[str]:
+    """Install the MatchLoss stand-in as `losses.utils` when the checkout lacks that file; returns what was stood in."""
+    source, _ = SOURCES["s2dc"]
+    if all((checkout / source / name).is_file() for name in STAND_INS["s2dc"]):
+        return []
+    import losses  # the checkout's package (its folder is on sys.path)
+
+    module = match_loss_module()
+    sys.modules["losses.utils"] = module
+    losses.utils = module
+    return [MATCH_LOSS_STAND_IN]
 
 
 def run_on_cpu() -> list[str]:
@@ -102,7 +152,7 @@ def s2dc_step(checkout: Path, field_size: tuple[int, int, int], roi: int, featur
         raise ValueError(f"official S²DC needs a square in-plane field of depth roi, got {field_size} with roi {roi}")
     patches = run_on_cpu()
     _import_checkout("s2dc", checkout)
-    stubbed = _stub_unused_imports()
+    stubbed = _stand_in_match_loss(checkout) + _stub_unused_imports()
     from models.s2dc_head import S2DCTokenHead, projection_head
 
     args = argparse.Namespace(  # train.sh flags and main.py defaults, at this configuration's sizes

@@ -63,10 +63,14 @@ class GVSLStep:
     """One optimiser step of either the bare U-Net on the stacked batch or the full GVSL method.
 
     `pair` is (pairs, 2, 1, D, H, W): the backbone-only step sees the 2 × pairs volumes [A...; B...].
-    `channels`: the U-Net's widths (default: BackboneConfig's, the paper's 32-512).
+    `channels`: the U-Net's widths (default: BackboneConfig's, the paper's 32-512). `checkpoint_activations`: as
+    `mssl pretrain --checkpoint-activations`; `autocast_bf16`: the forward pass under bfloat16 autocast on the CPU,
+    backward and optimiser step outside it, as `--precision bf16-mixed` (Lightning's mixed-precision plugin) runs it.
     """
 
-    def __init__(self, mode: str, pair, channels: tuple[int, ...] | None = None) -> None:
+    def __init__(
+        self, mode: str, pair, channels: tuple[int, ...] | None = None, checkpoint_activations: bool = False, autocast_bf16: bool = False
+    ) -> None:
         import torch
 
         from mssl.config import BackboneConfig, GVSLConfig
@@ -74,18 +78,21 @@ class GVSLStep:
         from mssl.models.backbones import build_backbone
 
         widths = {} if channels is None else {"unet_channels": channels}
-        backbone = build_backbone(BackboneConfig(name="unet", **widths))
-        self.mode, self.pair = mode, pair
+        backbone = build_backbone(BackboneConfig(name="unet", gradient_checkpointing=checkpoint_activations, **widths))
+        self.mode, self.pair, self.autocast_bf16 = mode, pair, autocast_bf16
         self.model = GVSLMethod(backbone, GVSLConfig(roi=tuple(pair.shape[-3:]))) if mode == "gvsl" else backbone
         self.stacked = pair.transpose(0, 1).reshape(-1, *pair.shape[2:])  # [A...; B...]
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
 
     def __call__(self) -> None:
-        if self.mode == "gvsl":
-            loss = self.model({"pair": self.pair}).loss
-        else:
-            features = self.model(self.stacked)
-            loss = features.local.mean() + features.bottleneck.mean()
+        import torch
+
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bf16):
+            if self.mode == "gvsl":
+                loss = self.model({"pair": self.pair}).loss
+            else:
+                features = self.model(self.stacked)
+                loss = features.local.mean() + features.bottleneck.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -45,9 +45,12 @@ def _worker(mode: str, name: str, steps: int) -> dict:
 
 
 class S2DCStep:
-    """One optimiser step, one field per step, of either the necessary backbone passes or the full S2DC method."""
+    """One optimiser step, one field per step, of either the necessary backbone passes or the full S2DC method
+    (`checkpoint_activations`: as `mssl pretrain --checkpoint-activations`)."""
 
-    def __init__(self, mode: str, field_size: tuple[int, int, int], roi: int, feature_size: int, window: int) -> None:
+    def __init__(
+        self, mode: str, field_size: tuple[int, int, int], roi: int, feature_size: int, window: int, checkpoint_activations: bool = False
+    ) -> None:
         import torch
 
         from mssl.config import BackboneConfig, S2DCConfig
@@ -56,7 +59,9 @@ class S2DCStep:
         from mssl.views.s2dc_views import grid_crops
 
         torch.manual_seed(0)
-        backbone = build_backbone(BackboneConfig(name="swin", feature_size=feature_size, window_size=window))
+        backbone = build_backbone(
+            BackboneConfig(name="swin", feature_size=feature_size, window_size=window, gradient_checkpointing=checkpoint_activations)
+        )
         self.mode, self.steps_done = mode, 0
         self.field = torch.rand(1, 1, 1, *field_size)
         if mode == "s2dc":

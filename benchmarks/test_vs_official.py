@@ -1,4 +1,5 @@
-"""The parts of vs_official.py that are ours: report, verdicts, checkout validation, memory guard.
+"""The parts of vs_official.py that are ours: report, verdicts, checkout validation, memory guard and limit, the
+MatchLoss stand-in.
 
 No official code and no measurement needed; part of the suite (pyproject's testpaths include benchmarks/).
 """
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import vs_official
-from _official import REPOSITORIES, SOURCES
+from _measure import WorkerOutOfMemory, run_worker
+from _official import REPOSITORIES, SOURCES, STAND_INS, match_loss_module, match_loss_terms
 
 
 def _run(cpu: float, peak: float) -> dict:
@@ -107,3 +109,95 @@ def test_a_size_is_skipped_when_its_known_or_scaled_peak_would_not_fit(monkeypat
     assert vs_official._memory_problem(figures, "s2dc-96") is None  # known peak 17.5 ≤ 0.8 × 31
     monkeypatch.setattr(vs_official, "available_gb", lambda: 20.0)
     assert vs_official._memory_problem(figures, "s2dc-96") == "estimated peak 17.5 GB > 80% of the 20.0 GB available"  # not 2.0 × (96/64)³
+
+
+def test_the_memory_target_is_set_against_each_of_our_memory_options():
+    figures = _figures({"gvsl": {"official": _run(30.0, 3.0)}})
+    runs = {"ours": _run(80.0, 19.0), "official": _run(90.0, 18.0), "ours-checkpointed": _run(95.0, 15.3), "ours-checkpointed-bf16": {"error": "out of memory: x"}}
+    figures["configs"]["gvsl-128"] = {"runs": runs, "steps": 1, "command": "python benchmarks/vs_official.py"}
+    report = vs_official._report(figures)
+    target = "| GVSL, U-Net 32–512, 128³ pair, batch 1 (peak memory, one step): "
+    assert _row(report, f"{target}mssl peak RSS ÷ official").endswith("| 1.06 | **not met** |")  # 19 / 18
+    assert _row(report, f"{target}mssl, --checkpoint-activations peak RSS").endswith("| 0.85 | **not met** |")  # 15.3 / 18
+    bf16 = _row(report, f"{target}mssl, --checkpoint-activations --precision bf16-mixed peak RSS")
+    assert bf16.endswith("| — | not measured: out of memory: x |")
+    assert "| mssl, --checkpoint-activations | 95.00 |" in report
+    runs["ours-checkpointed-bf16"] = _run(400.0, 10.7)
+    report = vs_official._report(figures)
+    assert _row(report, f"{target}mssl, --checkpoint-activations --precision bf16-mixed peak RSS").endswith("| 0.59 | **met** |")  # 10.7 / 18
+
+
+def test_the_memory_share_can_be_raised_for_the_guard(monkeypatch: pytest.MonkeyPatch):
+    figures = _figures()
+    monkeypatch.setattr(vs_official, "available_gb", lambda: 21.0)
+    assert vs_official._memory_problem(figures, "s2dc-96") == "estimated peak 17.5 GB > 80% of the 21.0 GB available"
+    assert vs_official._memory_problem(figures, "s2dc-96", 0.9) is None  # 17.5 ≤ 18.9
+    assert vs_official._parser().parse_args(["--memory-share", "0.9"]).memory_share == 0.9
+    assert vs_official._parser().parse_args([]).memory_share == 0.8
+
+
+def test_a_worker_over_its_memory_limit_fails_as_a_clean_out_of_memory_row(monkeypatch: pytest.MonkeyPatch):
+    # a 64³ GVSL step needs about 3 GB; its worker gets 0.7 GB (70 % of a pretended 1 GB available) and must fail
+    # on its own, reported as out of memory, rather than grow until the kernel's OOM killer steps in
+    monkeypatch.setattr(vs_official, "available_gb", lambda: 1.0)
+    result = vs_official._run("ours", "gvsl-64", 1, 0, 1, None, memory_share=0.7)
+    assert result == {"error": "out of memory: needed more than its 0.7 GB limit (70% of the 1.0 GB available)"}
+
+
+def test_a_worker_failing_for_another_reason_is_not_called_out_of_memory(tmp_path: Path):
+    script = tmp_path / "fails.py"
+    script.write_text("raise ValueError('not a memory problem')\n", encoding="utf-8")
+    with pytest.raises(RuntimeError) as failure:
+        run_worker(str(script), [], memory_limit_gb=2.0)
+    assert not isinstance(failure.value, WorkerOutOfMemory)
+    assert str(failure.value) == "fails.py  failed: ValueError: not a memory problem"
+
+
+def test_an_s2dc_checkout_without_losses_utils_passes_and_gets_the_stand_in(tmp_path: Path):
+    source, files = SOURCES["s2dc"]
+    assert "losses/utils.py" not in files and STAND_INS["s2dc"] == ("losses/utils.py",)
+    for name in files:
+        (tmp_path / source / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / source / name).write_text("", encoding="utf-8")
+    args = vs_official._parser().parse_args(["--s2dc-official", str(tmp_path)])
+    assert vs_official._checkouts(args) == {"s2dc": tmp_path.resolve(), "gvsl": None}
+
+
+def test_the_match_loss_stand_in_is_the_specified_formula_on_a_hand_checked_case():
+    torch = pytest.importorskip("torch")
+    plan = torch.tensor([[0.5, 0.25], [0.125, 1.0]], dtype=torch.float64)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    # Y = 1 at (0,0) and (1,1): mean(−log 0.5, −log(1 − 1e-6)) (1.0 is clamped to 1 − 1e-6) = (0.6931472 + 0.000001) / 2
+    # Y = 0 at (0,1) and (1,0): mean(−log 0.75, −log 0.875) = (0.2876821 + 0.1335314) / 2
+    expected_pos, expected_neg = 0.3465741, 0.2106067
+    for loss, pos, neg in (match_loss_terms(plan, labels), match_loss_module().MatchLoss()(plan[None], labels[None])):
+        assert pos.item() == pytest.approx(expected_pos, abs=1e-7)
+        assert neg.item() == pytest.approx(expected_neg, abs=1e-7)
+        assert loss.item() == pytest.approx(expected_pos + expected_neg, abs=1e-7)
+    loss, pos, neg = match_loss_terms(plan, torch.ones_like(plan))  # no Y = 0 entry: the negative term is 0
+    assert neg.item() == 0.0 and pos.item() == pytest.approx((0.6931472 + 1.3862944 + 2.0794415 + 0.000001) / 4, abs=1e-7)
+
+
+def test_only_adds_the_named_implementations_to_a_kept_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import json
+
+    source, files = SOURCES["s2dc"]
+    for name in files:
+        (tmp_path / "S2DC" / source / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "S2DC" / source / name).write_text("", encoding="utf-8")
+    figures = _figures({"s2dc": {"official": _run(37.0, 4.0)}})
+    (tmp_path / "vs_official.json").write_text(json.dumps(figures), encoding="utf-8")
+    monkeypatch.setattr(vs_official, "FIGURES", tmp_path / "vs_official.json")
+    monkeypatch.setattr(vs_official, "RESULTS", tmp_path / "vs_official.md")
+    monkeypatch.setattr(vs_official, "available_gb", lambda: 100.0)
+    calls = []
+    monkeypatch.setattr(vs_official, "_run", lambda implementation, config, *rest: calls.append((implementation, config)) or _run(9.25, 9.0))
+    vs_official.main(["--keep", "--methods", "s2dc", "--s2dc-crops", "96", "--only", "ours-checkpointed", "--s2dc-official", str(tmp_path / "S2DC")])
+    assert calls == [("ours-checkpointed", "s2dc-96")]
+    entry = json.loads((tmp_path / "vs_official.json").read_text(encoding="utf-8"))["configs"]["s2dc-96"]
+    assert sorted(entry["runs"]) == ["floor", "official", "ours", "ours-checkpointed"]
+    assert entry["runs"]["official"] == figures["configs"]["s2dc-96"]["runs"]["official"]
+    assert len(entry["command"]) == 2 and "--only ours-checkpointed" in entry["command"][1]
+    report = (tmp_path / "vs_official.md").read_text(encoding="utf-8")
+    s2dc = "| S²DC, field 192×192×96, 4 crops of 96³, feature size 12, window 7: official CPU s/step ÷ mssl, --checkpoint-activations"
+    assert _row(report, f"{s2dc} (official, as shipped)").endswith("| 4.00 | **met** |")  # 37 / 9.25

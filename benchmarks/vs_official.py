@@ -8,12 +8,16 @@ same configuration:
     field per step; the official code (96³ crops only) as shipped (autograd anomaly detection on) and with
     anomaly detection off; 96³ only when its known peak memory fits;
   - GVSL: full-width U-Net (32..512), batch of 1 pair, cubic crops (--sizes); sizes from 128 on are run for
-    one step only, for peak memory, and only when they fit in the available memory.
+    one step only, for peak memory, and only when they fit in the available memory; there mssl also runs with
+    its memory options: --checkpoint-activations, and that with --precision bf16-mixed (autocast to bfloat16).
 Every (implementation, configuration) runs in a fresh subprocess (honest peak RSS) with the allocator settings
-of DESIGN §10 and the same thread count, one at a time. Results: benchmarks/results/vs_official.md (raw
-figures in vs_official.json).
+of DESIGN §10 and the same thread count, one at a time, its data segment limited to --memory-share of the memory
+available when it starts (RLIMIT_DATA): a step that needs more fails as an "out of memory" row instead of waking
+the kernel's OOM killer on a shared machine. Results: benchmarks/results/vs_official.md (raw figures in
+vs_official.json).
 
     python benchmarks/vs_official.py [--s2dc-official DIR] [--gvsl-official DIR] [--steps 3] [--sizes 64 96 128]
+        [--s2dc-crops 64 96] [--memory-share 0.8]
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _measure import ALLOCATOR_ENV, available_gb, peak_rss_gb, run_worker, timed_steps, write_results
+from _measure import ALLOCATOR_ENV, WorkerOutOfMemory, available_gb, peak_rss_gb, run_worker, timed_steps, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vs_official.md"
 FIGURES = RESULTS.with_suffix(".json")
@@ -36,20 +40,29 @@ S2DC_FIELDS = {64: (128, 128, 64), 96: (192, 192, 96)}
 S2DC_FEATURE_SIZE, S2DC_WINDOW = 12, 7
 # the official S²DC token layout hard-wires 3 bottleneck tokens per crop side, i.e. 96³ crops
 OFFICIAL_UNSUPPORTED = {"s2dc-64": "its token layout hard-wires 3 bottleneck tokens per crop side (96³ crops only)"}
-# peaks measured on the 2-core, 23 GB machine, first step: official S²DC (anomaly detection off) 17.4 GB;
-# mssl was OOM-killed at 15.7 GB beside other jobs
+# peaks measured on the 2-core, 23 GB machine: official S²DC (anomaly detection off) 17.4 GB in an earlier run; since,
+# official as shipped 19.1 GB, while official with anomaly detection off, mssl (defaults or --checkpoint-activations)
+# and our floor ran out of a 19.5-19.6 GB data limit (90 % of the free memory): see the report
 KNOWN_PEAK_GB = {"s2dc-96": 17.5}
 MEMORY_ONLY_FROM = 128  # GVSL crops this large: one step, for peak memory
-MEMORY_SHARE = 0.8  # run a memory-only size only if its estimated peak fits in this share of the available memory
+# default for --memory-share: run a memory-only size only if its estimated peak fits in this share of the available
+# memory, and limit every worker's data segment to this share of the memory available when it starts
+MEMORY_SHARE = 0.8
 IMPLEMENTATIONS = {
-    "s2dc": ("floor", "ours", "official", "official-anomaly-off"),
-    "gvsl": ("floor", "ours", "official"),
+    "s2dc": ("floor", "ours", "official", "official-anomaly-off", "ours-checkpointed"),
+    "gvsl": ("floor", "ours", "official", "ours-checkpointed", "ours-checkpointed-bf16"),
 }
+# mssl with its memory options, run at the GVSL memory-only sizes and at these configurations: S²DC 96³ needs more
+# than 90 % of this machine's free memory with mssl's defaults (out of memory at 19.6 GB, floor included)
+MEMORY_OPTIONS = ("ours-checkpointed", "ours-checkpointed-bf16")
+MEMORY_OPTION_CONFIGS = ("s2dc-96",)
 LABELS = {
     "floor": "our floor (backbone passes only)",
     "ours": "mssl",
     "official": "official, as shipped",
     "official-anomaly-off": "official, anomaly detection off",
+    "ours-checkpointed": "mssl, --checkpoint-activations",
+    "ours-checkpointed-bf16": "mssl, --checkpoint-activations --precision bf16-mixed",
 }
 OFFICIAL_OPTIONS = {"s2dc": "--s2dc-official", "gvsl": "--gvsl-official"}
 NAMES = {"s2dc": "S²DC", "gvsl": "GVSL"}
@@ -70,14 +83,20 @@ def _describe(config: str) -> str:
     return f"GVSL, U-Net 32–512, {size}³ pair, batch 1" + (" (peak memory, one step)" if size >= MEMORY_ONLY_FROM else "")
 
 
-# (configuration, official implementation, what is compared, how, threshold); "speed" = official CPU s / ours,
-# "memory" = our peak RSS / official
+# (configuration, official implementation, what is compared, how, threshold, our implementation); "speed" =
+# official CPU s / ours, "memory" = our peak RSS / official. The memory target allows whichever options give it,
+# so each of our memory options is set against it.
 TARGETS = (
-    ("gvsl-64", "official", "speed", "≥", 1.5),
-    ("gvsl-96", "official", "speed", "≥", 1.5),
-    ("gvsl-128", "official", "memory", "≤", 0.6),
-    ("s2dc-96", "official", "speed", "≥", 2.0),
-    ("s2dc-96", "official-anomaly-off", "speed", "≥", 1.3),
+    ("gvsl-64", "official", "speed", "≥", 1.5, "ours"),
+    ("gvsl-96", "official", "speed", "≥", 1.5, "ours"),
+    ("gvsl-128", "official", "memory", "≤", 0.6, "ours"),
+    ("gvsl-128", "official", "memory", "≤", 0.6, "ours-checkpointed"),
+    ("gvsl-128", "official", "memory", "≤", 0.6, "ours-checkpointed-bf16"),
+    ("s2dc-96", "official", "speed", "≥", 2.0, "ours"),
+    ("s2dc-96", "official-anomaly-off", "speed", "≥", 1.3, "ours"),
+    # checkpointing only adds recomputation: these ratios are lower bounds of the two above
+    ("s2dc-96", "official", "speed", "≥", 2.0, "ours-checkpointed"),
+    ("s2dc-96", "official-anomaly-off", "speed", "≥", 1.3, "ours-checkpointed"),
 )
 
 
@@ -95,8 +114,9 @@ def _worker(implementation: str, config: str, steps: int, warmup: int, official:
         else:
             from s2dc_step import S2DCStep
 
-            mode = "s2dc" if implementation == "ours" else "backbone"
-            step = S2DCStep(mode, S2DC_FIELDS[size], size, S2DC_FEATURE_SIZE, S2DC_WINDOW)
+            mode = "backbone" if implementation == "floor" else "s2dc"
+            checkpointed = implementation in MEMORY_OPTIONS
+            step = S2DCStep(mode, S2DC_FIELDS[size], size, S2DC_FEATURE_SIZE, S2DC_WINDOW, checkpoint_activations=checkpointed)
             facts = {"trainable_parameters": sum(p.numel() for p in step.model.parameters() if p.requires_grad)}
     else:
         if implementation == "official":
@@ -107,18 +127,26 @@ def _worker(implementation: str, config: str, steps: int, warmup: int, official:
             from gvsl_step import GVSLStep
 
             torch.manual_seed(0)
-            step = GVSLStep("gvsl" if implementation == "ours" else "backbone", torch.rand(1, 2, 1, size, size, size))
+            mode = "backbone" if implementation == "floor" else "gvsl"
+            checkpointed, bf16 = implementation in MEMORY_OPTIONS, implementation.endswith("-bf16")
+            step = GVSLStep(mode, torch.rand(1, 2, 1, size, size, size), checkpoint_activations=checkpointed, autocast_bf16=bf16)
             facts = {"trainable_parameters": sum(p.numel() for p in step.model.parameters())}
     figures = timed_steps({implementation: step}, steps, warmup)[implementation]
     return {**figures, **facts, "peak_rss_gb": peak_rss_gb(), "warmup": warmup, "threads": torch.get_num_threads()}
 
 
-def _run(implementation: str, config: str, steps: int, warmup: int, threads: int, official: Path | None) -> dict:
+def _run(implementation: str, config: str, steps: int, warmup: int, threads: int, official: Path | None, memory_share: float = MEMORY_SHARE) -> dict:
+    """One worker, its data segment limited to `memory_share` of the memory available now; its figures, or
+    {"error": why} when it failed (out of memory under that limit included)."""
     arguments = ["--worker", implementation, "--config", config, "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads)]
     if official is not None:
         arguments += ["--official", str(official)]
+    available = available_gb()
+    limit = memory_share * available
     try:
-        result = run_worker(__file__, arguments, {"OMP_NUM_THREADS": str(threads)})
+        result = run_worker(__file__, arguments, {"OMP_NUM_THREADS": str(threads)}, memory_limit_gb=limit)
+    except WorkerOutOfMemory:
+        result = {"error": f"out of memory: needed more than its {limit:.1f} GB limit ({memory_share:.0%} of the {available:.1f} GB available)"}
     except RuntimeError as error:  # e.g. the official code fails at this configuration: report it, go on
         result = {"error": str(error)}
     print(f"{implementation:21s} {config}: {result}", flush=True)
@@ -134,8 +162,8 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _ratio(config_runs: dict, official: str, kind: str) -> float | None:
-    ours, theirs = config_runs.get("ours", {}), config_runs.get(official, {})
+def _ratio(config_runs: dict, official: str, kind: str, implementation: str = "ours") -> float | None:
+    ours, theirs = config_runs.get(implementation, {}), config_runs.get(official, {})
     key = "median_cpu_s" if kind == "speed" else "peak_rss_gb"
     if key not in ours or key not in theirs:
         return None
@@ -144,12 +172,12 @@ def _ratio(config_runs: dict, official: str, kind: str) -> float | None:
 
 def _target_rows(figures: dict) -> list[str]:
     rows = []
-    for config, official, kind, relation, threshold in TARGETS:
+    for config, official, kind, relation, threshold, ours in TARGETS:
         method, _ = _split(config)
-        what = "official CPU s/step ÷ mssl" if kind == "speed" else "mssl peak RSS ÷ official"
+        what = f"official CPU s/step ÷ {LABELS[ours]}" if kind == "speed" else f"{LABELS[ours]} peak RSS ÷ official"
         label = f"{_describe(config)}: {what} ({LABELS[official]}) {relation} {threshold}"
         runs = figures["configs"].get(config, {}).get("runs")
-        ratio = _ratio(runs, official, kind) if runs else None
+        ratio = _ratio(runs, official, kind, ours) if runs else None
         if ratio is not None:
             met = ratio >= threshold if relation == "≥" else ratio <= threshold
             verdict = "**met**" if met else "**not met**"
@@ -158,7 +186,7 @@ def _target_rows(figures: dict) -> list[str]:
         elif config in figures.get("skipped", {}):
             verdict = f"not measured: {figures['skipped'][config]}"
         else:
-            failed = (runs or {}).get(official, {}).get("error") or (runs or {}).get("ours", {}).get("error")
+            failed = (runs or {}).get(official, {}).get("error") or (runs or {}).get(ours, {}).get("error")
             verdict = f"not measured: {failed}" if failed else "not measured in this run"
         rows.append(f"| {label} | {_fmt(ratio)} | {verdict} |")
     return rows
@@ -203,7 +231,7 @@ def _report(figures: dict) -> str:
     lines = [
         "# mssl vs the official S²DC and GVSL implementations (CPU)",
         "",
-        "Commands: " + "; ".join(f"`{c}`" for c in sorted({e["command"] for e in figures["configs"].values()})) + ". Each (implementation, configuration) ran in a fresh subprocess, one at a "
+        "Commands: " + "; ".join(f"`{c}`" for c in sorted({c for e in figures["configs"].values() for c in _commands(e)})) + ". Each (implementation, configuration) ran in a fresh subprocess, one at a "
         f"time, with {env} and {figures['threads']} threads (OMP_NUM_THREADS and torch) for every implementation.",
         f"Machine: {figures['machine']}, torch {figures['torch']}, MONAI {figures['monai']}, float32. {figures['load_note']}",
         "A step = forward + loss + backward + optimiser step on random inputs of the configuration. *CPU time* is the "
@@ -240,6 +268,12 @@ def _report(figures: dict) -> str:
     return "\n".join(lines)
 
 
+def _commands(entry: dict) -> list[str]:
+    """The command(s) that produced a configuration's figures (several when --only added implementations)."""
+    command = entry.get("command", [])
+    return [command] if isinstance(command, str) else list(command)
+
+
 def _repo(method: str) -> str:
     from _official import REPOSITORIES
 
@@ -261,6 +295,22 @@ NOTES = [
     "warp, NCC + restoration + smoothness, backward, Adam. GVSL, official: appearance damage (numpy), spatial "
     "augmentation, two U-Net passes, heads, two warps, NCC (9³ conv box filter) + MSE + smoothness, backward, Adam "
     "(Train_GVSL.py's loop body). Floor: the U-Net alone on the 2 volumes, forward + backward + Adam (gvsl_step.py).",
+    "Memory options: *mssl, --checkpoint-activations* builds the backbone with gradient checkpointing (as `mssl "
+    "pretrain --checkpoint-activations`); *… --precision bf16-mixed* also runs the forward pass under "
+    "`torch.autocast(\"cpu\", dtype=torch.bfloat16)`, backward and optimiser step outside it, as Lightning's "
+    "bf16-mixed plugin does (mssl keeps NCC, warps, Sinkhorn and logits in fp32 inside it). They run at the GVSL "
+    "memory-only sizes (the peak-memory target allows whichever options give it) and at S²DC 96³, where mssl's "
+    "defaults did not fit in the data limit here. Checkpointing only adds recomputation, so official ÷ checkpointed mssl is a lower "
+    "bound of official ÷ mssl with its defaults.",
+    "Memory limit: each worker's data segment (RLIMIT_DATA: heap and private anonymous mappings, where the "
+    "tensors live) was limited to --memory-share of the memory available when it started, so a step that needs "
+    "more fails inside the worker and shows as *out of memory* here, instead of waking the kernel's OOM killer on "
+    "the shared machine.",
+    "S²DC 96³ on this 24 GB machine (beside a 1.2 GB job, data limit 90 % of the free memory): the official code as "
+    "shipped peaked at 19.1 GB, within 0.5 GB of the limit; with anomaly detection off it ran out of the limit in two "
+    "runs (an earlier run measured its peak at 17.4 GB), and so did mssl, with its defaults and with "
+    "--checkpoint-activations, and our floor (the backbone passes alone). The S²DC speed targets need a machine with "
+    "more memory; a larger --memory-share was not used, to leave the other job on the shared machine room.",
     "The official S²DC code only runs with 96³ crops (its token layout hard-wires 3 bottleneck tokens per crop side) "
     "and needs at least 2 crops (its projection heads' BatchNorm), so the comparison configuration is field "
     "192×192×96 with 4 crops of 96³ rather than the 64³ crops of the earlier check; the 64³ configuration is kept for "
@@ -285,7 +335,7 @@ def _new_figures(args: argparse.Namespace) -> dict:
     }
 
 
-def _memory_problem(figures: dict, config: str) -> str | None:
+def _memory_problem(figures: dict, config: str, share: float = MEMORY_SHARE) -> str | None:
     """Why `config` is skipped to keep the shared machine out of the OOM killer, or None.
 
     The estimate is a known peak, or the largest peak measured at a smaller crop of the same method scaled by voxels.
@@ -300,8 +350,8 @@ def _memory_problem(figures: dict, config: str) -> str | None:
     else:
         return None
     available = available_gb()
-    if estimate > MEMORY_SHARE * available:
-        return f"estimated peak {estimate:.1f} GB > {MEMORY_SHARE:.0%} of the {available:.1f} GB available"
+    if estimate > share * available:
+        return f"estimated peak {estimate:.1f} GB > {share:.0%} of the {available:.1f} GB available"
     return None
 
 
@@ -311,10 +361,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--gvsl-official", type=Path, help="git checkout of github.com/YutingHe-list/GVSL")
     parser.add_argument("--steps", type=int, default=3, help="measured steps per configuration (after one warm-up step)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128], help="GVSL cubic crop sides")
+    parser.add_argument("--s2dc-crops", type=int, nargs="+", choices=sorted(S2DC_FIELDS), default=sorted(S2DC_FIELDS), help="S²DC crop sides")
+    parser.add_argument(
+        "--memory-share", type=float, default=MEMORY_SHARE,
+        help="share of the available memory a size's estimated peak must fit in, and each worker's data limit",
+    )
     parser.add_argument("--methods", nargs="+", choices=sorted(IMPLEMENTATIONS), default=sorted(IMPLEMENTATIONS))
     parser.add_argument("--threads", type=int, default=2, help="threads for every implementation")
     parser.add_argument("--note", help="what else ran on the machine meanwhile (goes into the report)")
     parser.add_argument("--keep", action="store_true", help=f"keep the other configurations already in {FIGURES.name}")
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(LABELS),
+        help="run only these implementations; with --keep, the other implementations' figures of a configuration stay",
+    )
     parser.add_argument("--worker", choices=sorted(LABELS), help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=1, help=argparse.SUPPRESS)
@@ -350,22 +409,27 @@ def main(argv: list[str] | None = None) -> None:
         if checkouts[method]:
             figures["official"][method] = str(checkouts[method])
             figures["revisions"][method] = _revision(checkouts[method])
-        sizes = sorted(S2DC_FIELDS) if method == "s2dc" else sorted(args.sizes)
+        sizes = sorted(args.s2dc_crops) if method == "s2dc" else sorted(args.sizes)
         for config in (f"{method}-{size}" for size in sizes):
             memory_only = method == "gvsl" and _split(config)[1] >= MEMORY_ONLY_FROM
-            if (memory_only or config in KNOWN_PEAK_GB) and (reason := _memory_problem(figures, config)):
+            if (memory_only or config in KNOWN_PEAK_GB) and (reason := _memory_problem(figures, config, args.memory_share)):
                 figures["skipped"][config] = reason
                 print(f"skip {config}: {reason}", flush=True)
                 continue
             steps, warmup = (1, 0) if memory_only else (args.steps, 1)
-            runs = {}
+            kept = figures["configs"].get(config, {}) if args.only else {}
+            runs = dict(kept.get("runs", {}))
             for implementation in IMPLEMENTATIONS[method]:
                 official = implementation.startswith("official")
                 unavailable = not checkouts[method] or config in OFFICIAL_UNSUPPORTED
-                if (official and unavailable) or (memory_only and implementation == "floor"):
+                options_here = memory_only or config in MEMORY_OPTION_CONFIGS
+                if (official and unavailable) or (implementation == "floor" and memory_only) or (implementation in MEMORY_OPTIONS and not options_here):
                     continue
-                runs[implementation] = _run(implementation, config, steps, warmup, args.threads, checkouts[method] if official else None)
-            figures["configs"][config] = {"runs": runs, "steps": steps, "command": command}
+                if args.only and implementation not in args.only:
+                    continue
+                runs[implementation] = _run(implementation, config, steps, warmup, args.threads, checkouts[method] if official else None, args.memory_share)
+            commands = [c for c in _commands(kept) if c != command] + [command]
+            figures["configs"][config] = {"runs": runs, "steps": steps, "command": commands if len(commands) > 1 else command}
             figures["skipped"].pop(config, None)
     figures["load_note"] = args.note or "No other load was recorded for this run."
     figures["notes"] = NOTES
