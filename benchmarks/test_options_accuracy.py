@@ -37,3 +37,11 @@ def test_an_option_is_within_the_seed_spread_only_if_every_loss_moves_less_than_
     report = options_accuracy._report({"runs": {"gvsl": runs}, "commands": ["c"], "machine": "m", "torch": "t", "load_note": ""})
     assert "`precision=\"bf16-mixed\"`: **within the seed spread**" in report
     assert "`checkpoint_activations=True`: **not within the seed spread** for smooth." in report
+
+
+def test_with_a_seed_missing_the_spread_is_over_the_seeds_measured_and_says_so():
+    runs = {"fp32-seed0": _losses(1.0, 0.5, 0.3, 0.2), "fp32-seed1": _losses(1.2, 0.6, 0.4, 0.3), "bf16-mixed": _losses(1.1, 0.55, 0.35, 0.25)}
+    assert options_accuracy.verdicts(runs, "gvsl")["bf16-mixed"]["within"]
+    report = options_accuracy._report({"runs": {"gvsl": runs}, "commands": ["c"], "machine": "m", "torch": "t", "load_note": ""})
+    assert "Float32 seed(s) 2 not measured: the spread is over seeds 0, 1 only." in report
+    assert options_accuracy.verdicts({"fp32-seed0": runs["fp32-seed0"], "bf16-mixed": runs["bf16-mixed"]}, "gvsl") == {}
