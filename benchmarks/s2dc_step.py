@@ -46,10 +46,19 @@ def _worker(mode: str, name: str, steps: int) -> dict:
 
 class S2DCStep:
     """One optimiser step, one field per step, of either the necessary backbone passes or the full S2DC method
-    (`checkpoint_activations`: as `mssl pretrain --checkpoint-activations`)."""
+    (`checkpoint_activations`: as `mssl pretrain --checkpoint-activations`; `autocast_bf16`: the forward passes under
+    bfloat16 autocast on the CPU, backward, optimiser step and EMA update outside it, as `--precision bf16-mixed`
+    (Lightning's mixed-precision plugin) runs it)."""
 
     def __init__(
-        self, mode: str, field_size: tuple[int, int, int], roi: int, feature_size: int, window: int, checkpoint_activations: bool = False
+        self,
+        mode: str,
+        field_size: tuple[int, int, int],
+        roi: int,
+        feature_size: int,
+        window: int,
+        checkpoint_activations: bool = False,
+        autocast_bf16: bool = False,
     ) -> None:
         import torch
 
@@ -62,7 +71,7 @@ class S2DCStep:
         backbone = build_backbone(
             BackboneConfig(name="swin", feature_size=feature_size, window_size=window, gradient_checkpointing=checkpoint_activations)
         )
-        self.mode, self.steps_done = mode, 0
+        self.mode, self.steps_done, self.autocast_bf16 = mode, 0, autocast_bf16
         self.field = torch.rand(1, 1, 1, *field_size)
         if mode == "s2dc":
             self.model = S2DCMethod(backbone, S2DCConfig(field_size=field_size, roi=roi))
@@ -85,7 +94,10 @@ class S2DCStep:
         return features.bottleneck.mean()
 
     def __call__(self) -> None:
-        loss = self._loss()
+        import torch
+
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bf16):
+            loss = self._loss()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -201,3 +201,22 @@ def test_only_adds_the_named_implementations_to_a_kept_configuration(tmp_path: P
     report = (tmp_path / "vs_official.md").read_text(encoding="utf-8")
     s2dc = "| S²DC, field 192×192×96, 4 crops of 96³, feature size 12, window 7: official CPU s/step ÷ mssl, --checkpoint-activations"
     assert _row(report, f"{s2dc} (official, as shipped)").endswith("| 4.00 | **met** |")  # 37 / 9.25
+
+
+def test_the_bf16_speed_option_runs_at_the_speed_configurations_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(vs_official, "FIGURES", tmp_path / "vs_official.json")
+    monkeypatch.setattr(vs_official, "RESULTS", tmp_path / "vs_official.md")
+    monkeypatch.setattr(vs_official, "available_gb", lambda: 1000.0)
+    calls = []
+    monkeypatch.setattr(vs_official, "_run", lambda implementation, config, *rest: calls.append((implementation, config)) or _run(9.25, 0.1))
+    vs_official.main(["--sizes", "64", "128", "--s2dc-crops", "64", "96"])
+    bf16 = sorted(config for implementation, config in calls if implementation == "ours-bf16")
+    assert bf16 == ["gvsl-64", "s2dc-64"]  # not the GVSL memory-only size, nor S²DC 96³ (mssl out of memory there)
+
+
+def test_the_gvsl_speed_target_is_also_set_against_mssl_with_bf16():
+    figures = _figures({"gvsl": {"official": _run(42.0, 2.6)}})
+    figures["configs"]["gvsl-64"]["runs"]["ours-bf16"] = _run(21.0, 2.0)
+    report = vs_official._report(figures)
+    assert _row(report, "| GVSL, U-Net 32–512, 64³ pair, batch 1: official CPU s/step ÷ mssl, --precision bf16-mixed").endswith("| 2.00 | **met** |")
+    assert _row(report, "| mssl, --precision bf16-mixed |").split(" | ")[1] == "21.00"
