@@ -30,6 +30,19 @@ MATCH_LOSS_STAND_IN = (
 # upstream; the last two pull in optional visualisation packages. Replaced by stubs only when they fail to import.
 S2DC_UNUSED_IMPORTS = ("utils.superglue", "losses.coderating", "models.modules", "utils.visualization")
 S2DC_HEAD_HIDDEN, S2DC_HEAD_OUT = 2048, 512  # the projection heads' widths in s2dc_head.py
+# The official code lays crops out on a square n × n in-plane grid (its data loader builds roi_large × roi_large × roi
+# fields; s2dc_head.py derives the grid side from roi_large alone). For a rectangular grid (e.g. 2 × 1 crops of 96³)
+# the worker reads s2dc_head.py from the checkout and runs it with these substitutions, which give the y side its own
+# roi_large_y and otherwise leave every operation as it is: (old, new, times it must occur in the file).
+S2DC_RECTANGULAR_GRID = (
+    ("self.num_crops_side = args.roi_large//args.roi_z", "self.num_crops_side = (args.roi_large//args.roi_z, args.roi_large_y//args.roi_z)", 1),
+    ("self.num_crops = int((self.args.roi_large//self.args.roi_x)**2)",
+     "self.num_crops = int((self.args.roi_large//self.args.roi_x)*(self.args.roi_large_y//self.args.roi_y))", 1),
+    ("n_c_s*n_t_s,n_c_s*n_t_s", "n_c_s[0]*n_t_s,n_c_s[1]*n_t_s", 2),
+    ("for i in range(n_c_s):", "for i in range(n_c_s[0]):", 2),
+    ("for j in range(n_c_s):", "for j in range(n_c_s[1]):", 2),
+    ("i*n_c_s+j", "i*n_c_s[1]+j", 2),
+)
 
 
 def checkout_problem(method: str, directory: Path) -> str | None:
@@ -138,30 +151,65 @@ def _stub_unused_imports() -> list[str]:
     return stubbed
 
 
+def substituted_source(source: str, substitutions: tuple[tuple[str, str, int], ...], name: str) -> str:
+    """`source` with each (old, new, times) substitution applied; a file where `old` does not occur exactly `times`
+    times is not the revision the substitutions were written for, and stops the worker."""
+    for old, new, times in substitutions:
+        found = source.count(old)
+        if found != times:
+            raise RuntimeError(f"{name}: expected {times} occurrence(s) of {old!r}, found {found} (not the revision this adapter patches)")
+        source = source.replace(old, new)
+    return source
+
+
+def _import_with_rectangular_grid(checkout: Path) -> str:
+    """Import the checkout's models.s2dc_head with S2DC_RECTANGULAR_GRID applied to its source; returns the patch note."""
+    import models  # the checkout's package (its folder is on sys.path)
+
+    source, _ = SOURCES["s2dc"]
+    path = checkout / source / "models" / "s2dc_head.py"
+    code = substituted_source(path.read_text(encoding="utf-8"), S2DC_RECTANGULAR_GRID, "models/s2dc_head.py")
+    module = types.ModuleType("models.s2dc_head")
+    module.__file__ = str(path)
+    sys.modules["models.s2dc_head"] = module
+    models.s2dc_head = module
+    exec(compile(code, str(path), "exec"), module.__dict__)
+    return (
+        "models/s2dc_head.py run with its square crop grid (side roi_large // roi) generalised to a rectangular one "
+        f"(roi_large_y for the y side; {sum(times for *_, times in S2DC_RECTANGULAR_GRID)} substitutions, same operations), "
+        "as the field is not square"
+    )
+
+
 def s2dc_step(checkout: Path, field_size: tuple[int, int, int], roi: int, feature_size: int, anomaly: bool) -> tuple[Callable, dict]:
     """Official S²DC step as in Pretrain/main.py with the train.sh flags: the student/teacher model and GeCoLoss
     on one field's grid crops (MetaTensors, as its MONAI loader yields), backward, AdamW step.
 
+    The field is one crop deep and tiled by nx × ny crops in-plane (nx = field x / roi, ny = field y / roi); the
+    official code handles nx = ny as shipped, and nx ≠ ny with S2DC_RECTANGULAR_GRID (named in the patches).
     The view generation of its data loader is not part of the step. Returns (step, facts).
     """
     import torch
     from monai.data import MetaTensor
 
-    side, _, depth = field_size
-    if field_size[0] != field_size[1] or depth != roi:
-        raise ValueError(f"official S²DC needs a square in-plane field of depth roi, got {field_size} with roi {roi}")
+    side_x, side_y, depth = field_size
+    if depth != roi or side_x % roi or side_y % roi:
+        raise ValueError(f"official S²DC needs a field one crop deep and tiled in-plane by crops of {roi}, got {field_size}")
+    nx, ny = side_x // roi, side_y // roi
     patches = run_on_cpu()
     _import_checkout("s2dc", checkout)
     stubbed = _stand_in_match_loss(checkout) + _stub_unused_imports()
+    if nx != ny:
+        patches.append(_import_with_rectangular_grid(checkout))
     from models.s2dc_head import S2DCTokenHead, projection_head
 
     args = argparse.Namespace(  # train.sh flags and main.py defaults, at this configuration's sizes
         spatial_dims=3, in_channels=1, feature_size=feature_size, dropout_path_rate=0.0, use_checkpoint=False,
         use_last_layer=True, use_geo=True, use_cl=True, sinkhorn=True, num_geo_layer=-1, batch_size=1,
-        roi_large=side, roi_x=roi, roi_y=roi, roi_z=roi, weight_p2p=0.5, weight_p2s=0.5, weight_global=0.5,
+        roi_large=side_x, roi_large_y=side_y, roi_x=roi, roi_y=roi, roi_z=roi, weight_p2p=0.5, weight_p2s=0.5, weight_global=0.5,
     )
     torch.manual_seed(0)
-    model = S2DCTokenHead(args, exp=90, num_patch_side=side // roi)
+    model = S2DCTokenHead(args, exp=90, num_patch_side=nx)
     bottleneck = 16 * feature_size
     if bottleneck != 768:  # its heads are hard-wired to the bottleneck width of feature size 48
         for network in (model.student, model.teacher):
@@ -172,9 +220,9 @@ def s2dc_step(checkout: Path, field_size: tuple[int, int, int], roi: int, featur
         patches.append(f"projection heads rebuilt with its own projection_head for input width {bottleneck} (hard-wired 768)")
     torch.autograd.set_detect_anomaly(anomaly)  # main.py turns it on for the whole run
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
-    crops = (side // roi) ** 2
+    crops = nx * ny
     views = {key: MetaTensor(torch.rand(crops, 1, roi, roi, roi)) for key in ("src", "aug_full", "aug_crop")}
-    tokens = (side // roi * 3) ** 2  # 3 × 3 bottleneck tokens per crop in-plane (hard-wired in s2dc_head.py)
+    tokens = crops * 3 * 3  # 3 × 3 bottleneck tokens per crop in-plane (hard-wired in s2dc_head.py)
     views["gt"] = torch.eye(tokens)[None]  # correspondence labels: their values do not change the cost
 
     def step() -> None:
