@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import vs_official
 from _measure import WorkerOutOfMemory, run_worker
-from _official import REPOSITORIES, SOURCES, STAND_INS, match_loss_module, match_loss_terms
+from _official import REPOSITORIES, S2DC_RECTANGULAR_GRID, SOURCES, STAND_INS, match_loss_module, match_loss_terms, substituted_source
 
 
 def _run(cpu: float, peak: float) -> dict:
@@ -220,3 +220,53 @@ def test_the_gvsl_speed_target_is_also_set_against_mssl_with_bf16():
     report = vs_official._report(figures)
     assert _row(report, "| GVSL, U-Net 32–512, 64³ pair, batch 1: official CPU s/step ÷ mssl, --precision bf16-mixed").endswith("| 2.00 | **met** |")
     assert _row(report, "| mssl, --precision bf16-mixed |").split(" | ")[1] == "21.00"
+
+
+def test_the_two_crop_s2dc_configuration_is_described_and_carries_the_speed_targets_against_mssl_and_mssl_bf16():
+    assert vs_official._describe("s2dc-96x2") == "S²DC, field 192×96×96, 2 crops of 96³, feature size 12, window 7"
+    assert vs_official._s2dc("s2dc-96x2") == ((192, 96, 96), 96) and vs_official._split("s2dc-96x2") == ("s2dc", 96)
+    figures = _figures({"s2dc": {"official": _run(37.0, 4.0)}})
+    runs = {"ours": _run(20.0, 8.5), "ours-bf16": _run(10.0, 9.0), "official": _run(41.0, 10.2), "official-anomaly-off": _run(24.0, 10.1)}
+    figures["configs"]["s2dc-96x2"] = {"runs": runs, "steps": 3, "command": "python benchmarks/vs_official.py"}
+    report = vs_official._report(figures)
+    target = "| S²DC, field 192×96×96, 2 crops of 96³, feature size 12, window 7: official CPU s/step ÷ "
+    assert _row(report, f"{target}mssl (official, as shipped) ≥ 2.0").endswith("| 2.05 | **met** |")  # 41 / 20
+    assert _row(report, f"{target}mssl (official, anomaly detection off) ≥ 1.3").endswith("| 1.20 | **not met** |")  # 24 / 20
+    assert _row(report, f"{target}mssl, --precision bf16-mixed (official, as shipped) ≥ 2.0").endswith("| 4.10 | **met** |")
+    assert _row(report, f"{target}mssl, --precision bf16-mixed (official, anomaly detection off) ≥ 1.3").endswith("| 2.40 | **met** |")
+    # the 4-crop configuration keeps its own rows, and the 2-crop table comes right after it
+    assert _row(report, "| S²DC, field 192×192×96, 4 crops of 96³, feature size 12, window 7: official CPU s/step ÷ mssl (official, as shipped)")
+    tables = [line for line in report.splitlines() if line.startswith("### S²DC")]
+    assert tables == [f"### {vs_official._describe(c)}" for c in ("s2dc-64", "s2dc-96", "s2dc-96x2")]
+
+
+def test_the_two_crop_configuration_runs_every_s2dc_implementation_and_keep_merges_it_with_the_recorded_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import json
+
+    source, files = SOURCES["s2dc"]
+    for name in files:
+        (tmp_path / "S2DC" / source / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "S2DC" / source / name).write_text("", encoding="utf-8")
+    figures = _figures({"s2dc": {"official": _run(37.0, 4.0)}})
+    (tmp_path / "vs_official.json").write_text(json.dumps(figures), encoding="utf-8")
+    monkeypatch.setattr(vs_official, "FIGURES", tmp_path / "vs_official.json")
+    monkeypatch.setattr(vs_official, "RESULTS", tmp_path / "vs_official.md")
+    monkeypatch.setattr(vs_official, "available_gb", lambda: 100.0)
+    calls = []
+    monkeypatch.setattr(vs_official, "_run", lambda implementation, config, *rest: calls.append((implementation, config)) or _run(9.25, 9.0))
+    assert vs_official._parser().parse_args([]).s2dc_crops == ["64", "96", "96x2"]
+    vs_official.main(["--keep", "--methods", "s2dc", "--s2dc-crops", "96x2", "--s2dc-official", str(tmp_path / "S2DC")])
+    assert calls == [(implementation, "s2dc-96x2") for implementation in vs_official.IMPLEMENTATIONS["s2dc"]]
+    kept = json.loads((tmp_path / "vs_official.json").read_text(encoding="utf-8"))["configs"]
+    assert kept["s2dc-96"] == figures["configs"]["s2dc-96"] and kept["s2dc-64"] == figures["configs"]["s2dc-64"]
+    assert sorted(kept["s2dc-96x2"]["runs"]) == sorted(vs_official.IMPLEMENTATIONS["s2dc"])
+
+
+def test_the_official_grid_substitutions_apply_once_each_and_refuse_a_file_they_were_not_written_for():
+    lines = [old for old, _, times in S2DC_RECTANGULAR_GRID for _ in range(times)]
+    patched = substituted_source("\n".join(lines), S2DC_RECTANGULAR_GRID, "s2dc_head.py").splitlines()
+    assert patched == [new for _, new, times in S2DC_RECTANGULAR_GRID for _ in range(times)]
+    with pytest.raises(RuntimeError, match="s2dc_head.py: expected 1 occurrence"):
+        substituted_source("\n".join(lines[1:]), S2DC_RECTANGULAR_GRID, "s2dc_head.py")

@@ -4,14 +4,15 @@ Always measures mssl against its floor (the backbone passes a step cannot avoid,
 s2dc_step.py define them). Given git checkouts of the official repositories (never vendored here), it also
 builds their model and loss from the checkout in the worker process and measures their training step at the
 same configuration:
-  - S²DC: 4 grid crops of 64³ (field 128×128×64) and of 96³ (field 192×192×96), feature size 12, window 7, one
-    field per step; the official code (96³ crops only) as shipped (autograd anomaly detection on) and with
-    anomaly detection off; 96³ only when its known peak memory fits;
+  - S²DC: 4 grid crops of 64³ (field 128×128×64), 4 of 96³ (field 192×192×96) and 2 of 96³ (field 192×96×96),
+    feature size 12, window 7, one field per step; the official code (96³ crops only) as shipped (autograd anomaly
+    detection on) and with anomaly detection off; 4 crops of 96³ only when its known peak memory fits (on a 24 GB
+    machine it does not, for anyone but the official as shipped: 2 crops of 96³ is the comparison that fits);
   - GVSL: full-width U-Net (32..512), batch of 1 pair, cubic crops (--sizes); sizes from 128 on are run for
     one step only, for peak memory, and only when they fit in the available memory; there mssl also runs with
     its memory options: --checkpoint-activations, and that with --precision bf16-mixed (autocast to bfloat16);
-  - at the speed configurations (GVSL below 128³, S²DC 64³), mssl also runs with --precision bf16-mixed alone
-    (ours-bf16), the speed option on a CPU with bfloat16 units (AMX / AVX512-BF16).
+  - at the speed configurations (GVSL below 128³, S²DC 64³ and 2 crops of 96³), mssl also runs with
+    --precision bf16-mixed alone (ours-bf16), the speed option on a CPU with bfloat16 units (AMX / AVX512-BF16).
 Every (implementation, configuration) runs in a fresh subprocess (honest peak RSS) with the allocator settings
 of DESIGN §10 and the same thread count, one at a time, its data segment limited to --memory-share of the memory
 available when it starts (RLIMIT_DATA): a step that needs more fails as an "out of memory" row instead of waking
@@ -19,7 +20,7 @@ the kernel's OOM killer on a shared machine. Results: benchmarks/results/vs_offi
 vs_official.json).
 
     python benchmarks/vs_official.py [--s2dc-official DIR] [--gvsl-official DIR] [--steps 3] [--sizes 64 96 128]
-        [--s2dc-crops 64 96] [--memory-share 0.8]
+        [--s2dc-crops 64 96 96x2] [--memory-share 0.8]
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from _measure import ALLOCATOR_ENV, WorkerOutOfMemory, available_gb, peak_rss_gb
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vs_official.md"
 FIGURES = RESULTS.with_suffix(".json")
-# S²DC crop side -> field (4 grid crops); feature size and window as the issue's configuration
-S2DC_FIELDS = {64: (128, 128, 64), 96: (192, 192, 96)}
+# S²DC configurations, by their --s2dc-crops name: (field, crop side), the grid crops tiling the field in-plane. "64"
+# and "96": 4 crops (2 × 2); "96x2": 2 crops of 96³ (2 × 1), half the memory of "96", so that every implementation
+# fits in this 24 GB machine. Feature size and window as the issue's configuration.
+S2DC_CROPS = {"64": ((128, 128, 64), 64), "96": ((192, 192, 96), 96), "96x2": ((192, 96, 96), 96)}
 S2DC_FEATURE_SIZE, S2DC_WINDOW = 12, 7
 # the official S²DC token layout hard-wires 3 bottleneck tokens per crop side, i.e. 96³ crops
 OFFICIAL_UNSUPPORTED = {"s2dc-64": "its token layout hard-wires 3 bottleneck tokens per crop side (96³ crops only)"}
@@ -54,14 +57,15 @@ IMPLEMENTATIONS = {
     "s2dc": ("floor", "ours", "ours-bf16", "official", "official-anomaly-off", "ours-checkpointed"),
     "gvsl": ("floor", "ours", "ours-bf16", "official", "ours-checkpointed", "ours-checkpointed-bf16"),
 }
-# mssl with its speed option, run at the speed configurations (not at the GVSL memory-only sizes, nor at S²DC 96³,
+# mssl with its speed option, run at the speed configurations (not at the GVSL memory-only sizes, nor at S²DC 4 × 96³,
 # where mssl's defaults did not fit in the data limit here)
 SPEED_OPTIONS = ("ours-bf16",)
 SPEED_OPTION_SKIPPED_CONFIGS = ("s2dc-96",)
-# mssl with its memory options, run at the GVSL memory-only sizes and at these configurations: S²DC 96³ needs more
-# than 90 % of this machine's free memory with mssl's defaults (out of memory at 19.6 GB, floor included)
+# mssl with its memory options, run at the GVSL memory-only sizes and at these configurations: S²DC 4 × 96³ needs more
+# than 90 % of this machine's free memory with mssl's defaults (out of memory at 19.6 GB, floor included); at 2 × 96³
+# checkpointing shows what it saves at the configuration where everything fits
 MEMORY_OPTIONS = ("ours-checkpointed", "ours-checkpointed-bf16")
-MEMORY_OPTION_CONFIGS = ("s2dc-96",)
+MEMORY_OPTION_CONFIGS = ("s2dc-96", "s2dc-96x2")
 LABELS = {
     "floor": "our floor (backbone passes only)",
     "ours": "mssl",
@@ -76,17 +80,22 @@ NAMES = {"s2dc": "S²DC", "gvsl": "GVSL"}
 
 
 def _split(config: str) -> tuple[str, int]:
-    """'gvsl-96' -> ('gvsl', 96): the method and its crop side."""
-    method, size = config.split("-")
-    return method, int(size)
+    """'gvsl-96' -> ('gvsl', 96), 's2dc-96x2' -> ('s2dc', 96): the method and its crop side."""
+    method, name = config.split("-")
+    return method, int(name.split("x")[0])
+
+
+def _s2dc(config: str) -> tuple[tuple[int, int, int], int]:
+    """'s2dc-96x2' -> ((192, 96, 96), 96): an S²DC configuration's field and crop side."""
+    return S2DC_CROPS[config.removeprefix("s2dc-")]
 
 
 def _describe(config: str) -> str:
     method, size = _split(config)
     if method == "s2dc":
-        field = S2DC_FIELDS[size]
-        crops = (field[0] // size) * (field[1] // size)
-        return f"S²DC, field {'×'.join(map(str, field))}, {crops} crops of {size}³, feature size {S2DC_FEATURE_SIZE}, window {S2DC_WINDOW}"
+        field, roi = _s2dc(config)
+        crops = (field[0] // roi) * (field[1] // roi) * (field[2] // roi)
+        return f"S²DC, field {'×'.join(map(str, field))}, {crops} crops of {roi}³, feature size {S2DC_FEATURE_SIZE}, window {S2DC_WINDOW}"
     return f"GVSL, U-Net 32–512, {size}³ pair, batch 1" + (" (peak memory, one step)" if size >= MEMORY_ONLY_FROM else "")
 
 
@@ -107,6 +116,12 @@ TARGETS = (
     # checkpointing only adds recomputation: these ratios are lower bounds of the two above
     ("s2dc-96", "official", "speed", "≥", 2.0, "ours-checkpointed"),
     ("s2dc-96", "official-anomaly-off", "speed", "≥", 1.3, "ours-checkpointed"),
+    # the same targets at 2 crops of 96³, where every implementation fits in this machine's memory; as for GVSL, the
+    # speed target allows mssl's speed option (bf16 autocast)
+    ("s2dc-96x2", "official", "speed", "≥", 2.0, "ours"),
+    ("s2dc-96x2", "official-anomaly-off", "speed", "≥", 1.3, "ours"),
+    ("s2dc-96x2", "official", "speed", "≥", 2.0, "ours-bf16"),
+    ("s2dc-96x2", "official-anomaly-off", "speed", "≥", 1.3, "ours-bf16"),
 )
 
 
@@ -116,18 +131,19 @@ def _worker(implementation: str, config: str, steps: int, warmup: int, official:
 
     method, size = _split(config)
     if method == "s2dc":
+        field, roi = _s2dc(config)
         if implementation.startswith("official"):
             from _official import s2dc_step
 
             anomaly = implementation == "official"
-            step, facts = s2dc_step(official, S2DC_FIELDS[size], size, S2DC_FEATURE_SIZE, anomaly)
+            step, facts = s2dc_step(official, field, roi, S2DC_FEATURE_SIZE, anomaly)
         else:
             from s2dc_step import S2DCStep
 
             mode = "backbone" if implementation == "floor" else "s2dc"
             checkpointed, bf16 = implementation in MEMORY_OPTIONS, implementation.endswith("-bf16")
             step = S2DCStep(
-                mode, S2DC_FIELDS[size], size, S2DC_FEATURE_SIZE, S2DC_WINDOW, checkpoint_activations=checkpointed, autocast_bf16=bf16
+                mode, field, roi, S2DC_FEATURE_SIZE, S2DC_WINDOW, checkpoint_activations=checkpointed, autocast_bf16=bf16
             )
             facts = {"trainable_parameters": sum(p.numel() for p in step.model.parameters() if p.requires_grad)}
     else:
@@ -292,8 +308,8 @@ def _repo(method: str) -> str:
     return REPOSITORIES[method].removeprefix("github.com/")
 
 
-def _config_order(config: str) -> tuple[str, int]:
-    return _split(config)[0] != "s2dc", _split(config)[1]
+def _config_order(config: str) -> tuple[bool, int, str]:
+    return _split(config)[0] != "s2dc", _split(config)[1], config
 
 
 NOTES = [
@@ -311,28 +327,41 @@ NOTES = [
     "pretrain --checkpoint-activations`); *… --precision bf16-mixed* also runs the forward pass under "
     "`torch.autocast(\"cpu\", dtype=torch.bfloat16)`, backward and optimiser step outside it, as Lightning's "
     "bf16-mixed plugin does (mssl keeps NCC, warps, Sinkhorn and logits in fp32 inside it). They run at the GVSL "
-    "memory-only sizes (the peak-memory target allows whichever options give it) and at S²DC 96³, where mssl's "
-    "defaults did not fit in the data limit here. Checkpointing only adds recomputation, so official ÷ checkpointed mssl is a lower "
+    "memory-only sizes (the peak-memory target allows whichever options give it), at S²DC 4 crops of 96³, where mssl's "
+    "defaults did not fit in the data limit here, and (checkpointing alone) at S²DC 2 crops of 96³, to show what it "
+    "saves where everything fits. Checkpointing only adds recomputation, so official ÷ checkpointed mssl is a lower "
     "bound of official ÷ mssl with its defaults.",
     "Speed option: *mssl, --precision bf16-mixed* (no checkpointing) runs the forward pass under "
     "`torch.autocast(\"cpu\", dtype=torch.bfloat16)`, backward and optimiser step outside it, as Lightning's bf16-mixed "
     "plugin does; mssl keeps NCC, warps, Sinkhorn and logits in fp32 inside it. This CPU has bfloat16 units (amx_bf16 "
     "and avx512_bf16 in /proc/cpuinfo), which oneDNN uses for bf16 convolutions and matrix products. It runs at the "
-    "GVSL speed sizes (the speed target allows whichever options give it) and at S²DC 64³ (mssl fp32 vs bf16; the "
-    "official S²DC cannot run 64³ crops). Its effect on a 200-step demo run's losses: options_accuracy.md.",
+    "GVSL speed sizes and at S²DC 2 crops of 96³ (the speed targets allow whichever options give them), and at S²DC "
+    "64³ (mssl fp32 vs bf16; the official S²DC cannot run 64³ crops). Its effect on a 200-step demo run's losses: "
+    "options_accuracy.md.",
     "Memory limit: each worker's data segment (RLIMIT_DATA: heap and private anonymous mappings, where the "
     "tensors live) was limited to --memory-share of the memory available when it started, so a step that needs "
     "more fails inside the worker and shows as *out of memory* here, instead of waking the kernel's OOM killer on "
     "the shared machine.",
-    "S²DC 96³ on this 24 GB machine (beside a 1.2 GB job, data limit 90 % of the free memory): the official code as "
-    "shipped peaked at 19.1 GB, within 0.5 GB of the limit; with anomaly detection off it ran out of the limit in two "
-    "runs (an earlier run measured its peak at 17.4 GB), and so did mssl, with its defaults and with "
-    "--checkpoint-activations, and our floor (the backbone passes alone). The S²DC speed targets need a machine with "
-    "more memory; a larger --memory-share was not used, to leave the other job on the shared machine room.",
+    "S²DC 4 crops of 96³ on this 24 GB machine (beside a 1.2 GB job, data limit 90 % of the free memory): the official "
+    "code as shipped peaked at 19.1 GB, within 0.5 GB of the limit; with anomaly detection off it ran out of the limit "
+    "in two runs (an earlier run measured its peak at 17.4 GB), and so did mssl, with its defaults and with "
+    "--checkpoint-activations, and our floor (the backbone passes alone). So the S²DC speed targets are measured at "
+    "2 crops of 96³ (below), which needs about half the memory; at 4 crops they need a machine with more memory (a "
+    "larger --memory-share was not used, to leave the other job on the shared machine room).",
     "The official S²DC code only runs with 96³ crops (its token layout hard-wires 3 bottleneck tokens per crop side) "
-    "and needs at least 2 crops (its projection heads' BatchNorm), so the comparison configuration is field "
-    "192×192×96 with 4 crops of 96³ rather than the 64³ crops of the earlier check; the 64³ configuration is kept for "
-    "mssl vs its floor.",
+    "and needs at least 2 crops (its projection heads' BatchNorm normalises over the crops), so "
+    "the comparison configurations use 96³ crops rather than the 64³ crops of the earlier check (the 64³ "
+    "configuration is kept for mssl vs its floor). The smallest field that satisfies both is 192×96×96 with 2 crops "
+    "of 96³: it is the comparison that fits this machine, every implementation (official as shipped and with anomaly "
+    "detection off, mssl fp32, bf16 and checkpointed, floor) within the data limit, where the 4 crops of 96³ of "
+    "field 192×192×96 left only the official as shipped within it. The official code builds square in-plane crop "
+    "grids only (its data loader cuts roi_large × roi_large fields; s2dc_head.py derives the grid side from "
+    "roi_large alone), so for the 2 × 1 grid the worker runs its s2dc_head.py with the grid generalised to a "
+    "rectangle (roi_large_y for the y side, listed among the patches above); the operations of the step are "
+    "unchanged, only the loop bounds of its token layout and its crop count. Each crop costs the same backbone "
+    "passes in every implementation, so 2 crops halve the backbone work, while the per-field work (views, "
+    "Sinkhorn, losses) shrinks with the token count; the ratios are not those of 4 or 16 crops, but they compare "
+    "the implementations on the same work.",
 ]
 
 
@@ -359,12 +388,12 @@ def _memory_problem(figures: dict, config: str, share: float = MEMORY_SHARE) -> 
     The estimate is a known peak, or the largest peak measured at a smaller crop of the same method scaled by voxels.
     """
     method, size = _split(config)
-    smaller = sorted(s for m, s in map(_split, figures["configs"]) if m == method and s < size)
+    smaller = sorted((s, c) for c in figures["configs"] for m, s in [_split(c)] if m == method and s < size)
     if config in KNOWN_PEAK_GB:
         estimate = KNOWN_PEAK_GB[config]
     elif smaller:
-        runs = figures["configs"][f"{method}-{smaller[-1]}"]["runs"].values()
-        estimate = max(run["peak_rss_gb"] for run in runs if "peak_rss_gb" in run) * (size / smaller[-1]) ** 3
+        runs = figures["configs"][smaller[-1][1]]["runs"].values()
+        estimate = max(run["peak_rss_gb"] for run in runs if "peak_rss_gb" in run) * (size / smaller[-1][0]) ** 3
     else:
         return None
     available = available_gb()
@@ -379,7 +408,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--gvsl-official", type=Path, help="git checkout of github.com/YutingHe-list/GVSL")
     parser.add_argument("--steps", type=int, default=3, help="measured steps per configuration (after one warm-up step)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128], help="GVSL cubic crop sides")
-    parser.add_argument("--s2dc-crops", type=int, nargs="+", choices=sorted(S2DC_FIELDS), default=sorted(S2DC_FIELDS), help="S²DC crop sides")
+    parser.add_argument(
+        "--s2dc-crops", nargs="+", choices=list(S2DC_CROPS), default=list(S2DC_CROPS),
+        help="S²DC configurations: crop side (4 crops of it, 2 × 2 in-plane) or SIDExN (N crops of it)",
+    )
     parser.add_argument(
         "--memory-share", type=float, default=MEMORY_SHARE,
         help="share of the available memory a size's estimated peak must fit in, and each worker's data limit",
@@ -427,8 +459,11 @@ def main(argv: list[str] | None = None) -> None:
         if checkouts[method]:
             figures["official"][method] = str(checkouts[method])
             figures["revisions"][method] = _revision(checkouts[method])
-        sizes = sorted(args.s2dc_crops) if method == "s2dc" else sorted(args.sizes)
-        for config in (f"{method}-{size}" for size in sizes):
+        if method == "s2dc":
+            configs = [f"s2dc-{name}" for name in S2DC_CROPS if name in args.s2dc_crops]
+        else:
+            configs = [f"gvsl-{size}" for size in sorted(args.sizes)]
+        for config in configs:
             memory_only = method == "gvsl" and _split(config)[1] >= MEMORY_ONLY_FROM
             if (memory_only or config in KNOWN_PEAK_GB) and (reason := _memory_problem(figures, config, args.memory_share)):
                 figures["skipped"][config] = reason
