@@ -82,7 +82,7 @@ def main() -> None:
         "the current rule on validation": chosen_operations(decisions),
     }
     lines = [
-        f"## `{args.run.name}` ({len(validation)} validation, {len(test)} test cases)",
+        f"## `{args.run.as_posix()}` ({len(validation)} validation, {len(test)} test cases)",
         "",
         f"Test Dice / HD95 (mm) per class, mean over the cases that contour it; the mean row averages the classes. "
         f"Command: `python benchmarks/postprocessing_candidates.py {args.run} --data {args.data}"
@@ -112,7 +112,7 @@ def main() -> None:
     section = "\n".join(lines)
     print(section)
     previous = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Post-processing operations on finished fine-tuning runs\n\n"
-    head, marker = previous, f"## `{args.run.name}`"
+    head, marker = previous, f"## `{args.run.as_posix()}`"
     if marker in previous:  # replace this run's section, keep the others
         before, rest = previous.split(marker, 1)
         after = rest.split("\n## ", 1)[1] if "\n## " in rest else ""
