@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from mssl.downstream.config import EvaluateConfig
 from mssl.downstream.datasets import load_dataset
 from mssl.downstream.evaluate import predict_case
 from mssl.downstream.metrics import segmentation_metrics
@@ -35,7 +36,7 @@ def predictions(network, description, cases, class_names):
     """Per case: (raw label map on its own grid, reference label map, spacing, present classes)."""
     out = []
     for case in cases:
-        raw, item = predict_case(network, case, description, class_names, overlap=0.5, mirror_axes=description.get("mirror_axes", []))
+        raw, item = predict_case(network, case, description, class_names, overlap=EvaluateConfig.model_fields["sw_overlap"].default, mirror_axes=description.get("mirror_axes", []))
         label_file = nib.load(str(case.label))
         out.append((torch.from_numpy(raw.astype(np.int64)), torch.from_numpy(np.asarray(label_file.dataobj).astype(np.int64)), label_file.header.get_zooms()[:3], item["present"]))
         print(f"predicted {case.case_id}", flush=True)
