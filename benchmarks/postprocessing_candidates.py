@@ -1,9 +1,9 @@
 """Post-processing operations side by side on one finished fine-tuning run (issue 11: SpinalCord's HD95).
 
 For a run of benchmarks/finetune_convergence.py, predicts its validation and test cases once (test-time
-mirroring, on each case's own grid, as `mssl evaluate`), then scores the test cases under each choice:
-no post-processing, keep-largest-component or small-island removal for every class, the run's stored choice,
-and the choice the current rule (mssl.downstream.postprocess) makes on the run's validation cases.
+mirroring, on each case's own grid, as `mssl evaluate`), then scores the test cases under each choice of
+classes to reduce to their largest connected component: none, every class, the run's stored choice, and the
+choice the current rule (mssl.downstream.postprocess) makes on the run's validation cases.
 
     python benchmarks/postprocessing_candidates.py runs/finetune_convergence/v3/openkbp_k10_steps2000_seed2 \
         --data ../shared/data/openkbp/dataset.json --classes Brainstem SpinalCord RightParotid LeftParotid Mandible
@@ -26,7 +26,7 @@ from mssl.downstream.config import EvaluateConfig
 from mssl.downstream.datasets import load_dataset
 from mssl.downstream.evaluate import predict_case
 from mssl.downstream.metrics import segmentation_metrics
-from mssl.downstream.postprocess import OPERATIONS, apply_postprocessing, choose_postprocessing, chosen_operations, describe_operations, stored_operations
+from mssl.downstream.postprocess import MAX_CASE_LOSS, choose_postprocessing, keep_largest_component, selected_classes
 from mssl.downstream.run_files import load_finetuned
 
 RESULTS = Path(__file__).resolve().parent / "results" / "postprocessing_candidates.md"
@@ -43,11 +43,11 @@ def predictions(network, description, cases, class_names):
     return out
 
 
-def scores(cases, operations, num_classes):
-    """(cases, classes) Dice and HD95 arrays of the cases under the class → operation choice."""
+def scores(cases, classes, num_classes):
+    """(cases, classes) Dice and HD95 arrays of the cases with ``classes`` reduced to their largest component."""
     dice, hd95 = [], []
     for raw, label, spacing, present in cases:
-        metrics = segmentation_metrics(apply_postprocessing(raw, operations), label, num_classes, spacing, present)
+        metrics = segmentation_metrics(keep_largest_component(raw, classes), label, num_classes, spacing, present)
         dice.append(metrics.dice)
         hd95.append(metrics.hd95)
     return np.stack(dice), np.stack(hd95)
@@ -77,10 +77,10 @@ def main() -> None:
         [raw for raw, *_ in validation], lambda p, i: segmentation_metrics(p, validation[i][1], len(class_names), validation[i][2], validation[i][3], with_hd95=False).dice, trained
     )
     choices = {
-        "none": {},
-        **{f"{op} for every class": {c: op for c in trained} for op in OPERATIONS},
-        "the run's stored choice": stored_operations(description.get("postprocessing", {}), class_names),
-        "the current rule on validation": chosen_operations(decisions),
+        "none": [],
+        "every class": trained,
+        "the run's stored choice": [class_names.index(n) for n in description.get("postprocessing", {}).get("classes", [])],
+        f"the current rule on validation (no case loses more than {MAX_CASE_LOSS})": selected_classes(decisions),
     }
     lines = [
         f"## `{args.run.as_posix()}` ({len(validation)} validation, {len(test)} test cases)",
@@ -89,23 +89,21 @@ def main() -> None:
         f"Command: `python benchmarks/postprocessing_candidates.py {args.run} --data {args.data}"
         + (f" --classes {' '.join(args.classes)}`" if args.classes else "`"),
         "",
-        "| choice | operations | " + " | ".join(class_names[c] for c in reported) + " | mean |",
+        "| choice | keep-largest-component for | " + " | ".join(class_names[c] for c in reported) + " | mean |",
         "|---|---|" + "---|" * (len(reported) + 1),
     ]
-    for name, operations in choices.items():
-        dice, hd95 = scores(test, operations, len(class_names))
+    for name, classes in choices.items():
+        dice, hd95 = scores(test, classes, len(class_names))
         cells = [f"{np.nanmean(dice[:, c - 1]):.3f} / {np.nanmean(hd95[:, c - 1]):.1f}" for c in reported]
         mean = f"{np.mean([np.nanmean(dice[:, c - 1]) for c in reported]):.3f} / {np.mean([np.nanmean(hd95[:, c - 1]) for c in reported]):.1f}"
-        described = "every class" if name.endswith("every class") else describe_operations(operations, class_names)
-        lines.append(f"| {name} | {described} | " + " | ".join(cells) + f" | **{mean}** |")
+        lines.append(f"| {name} | {', '.join(class_names[c] for c in classes) or 'none'} | " + " | ".join(cells) + f" | **{mean}** |")
     lines += [
         "",
-        "Validation evidence of the current rule (mean Dice without / with each operation, worst per-case change):",
+        "Validation evidence (mean Dice without / with keep-largest-component, worst per-case change):",
         "",
         *(
-            f"- {class_names[c]}: {d.without:.3f}; "
-            + "; ".join(f"{op} {e.dice:.3f} (worst {e.worst_case_change:+.3f})" for op, e in d.operations.items())
-            + f" → {d.chosen or 'none'}"
+            f"- {class_names[c]}: {d.without:.3f} → {d.with_:.3f} (worst case {d.worst_case_change:+.3f}): "
+            + ("applied" if d.applies else "not applied")
             for c, d in decisions.items()
         ),
         "",

@@ -50,10 +50,6 @@ def test_finetune_writes_a_loadable_run(finetuned: Path, tiny_export: Path) -> N
     assert description["method"] == "test" and len(description["labelled_cases"]) == 2
     assert description["backbone"]["unet_channels"] == [8, 16, 32]
     assert math.isfinite(json.loads((finetuned / "result.json").read_text(encoding="utf-8"))["best_val_dice"])
-    # post-processing was decided on the validation case, per class, between both operations
-    postprocessing = description["postprocessing"]
-    assert set(postprocessing["operations"].values()) <= {"islands", "largest"}
-    assert postprocessing["validation"] and all({"dice", "dice_islands", "dice_largest"} <= set(v) for v in postprocessing["validation"].values())
     # the encoder started from the export: two small steps moved it only slightly
     source = load_file(str(tiny_export))
     key = "encoders.0.0.weight"

@@ -35,7 +35,7 @@ def command(
     deep_supervision: Optional[int] = typer.Option(None, help=option_help(FinetuneConfig, "deep_supervision", "U-Net: extra outputs at 1/2, 1/4, … resolution in the loss, weights 1/2**i as nnU-Net; 0 turns it off (seg).", unset="2 for the U-Net, 0 otherwise")),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help=option_help(FinetuneConfig, "augment", "nnU-Net-style spatial and intensity augmentation (seg).")),
     mirror_axes: Optional[str] = typer.Option(None, help=option_help(FinetuneConfig, "mirror_axes", "Axes mirrored in training and test-time augmentation, e.g. 1,2 or none.", unset="all but the left-right axis (found from the Left/Right organs) when classes name Left/Right")),
-    postprocess: Optional[bool] = typer.Option(None, "--postprocess/--no-postprocess", help=option_help(FinetuneConfig, "postprocess", "Per class, remove small islands or keep the largest component where that raises validation Dice (seg).")),
+    postprocess: Optional[bool] = typer.Option(None, "--postprocess/--no-postprocess", help=option_help(FinetuneConfig, "postprocess", "Keep-largest-component per class where it raises validation Dice (seg).")),
     optimizer: Optional[str] = typer.Option(None, help=option_help(FinetuneConfig, "optimizer", "adamw or sgd (Nesterov, momentum 0.99, as nnU-Net; use --lr 1e-2); poly decay.")),
     lr: Optional[float] = typer.Option(None, help=option_help(FinetuneConfig, "lr", "Peak learning rate.")),
     freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--train-encoder", help=option_help(FinetuneConfig, "freeze_encoder", "Keep the pre-trained encoder fixed.")),

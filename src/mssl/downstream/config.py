@@ -68,7 +68,7 @@ class FinetuneConfig(DataConfig):
     val_every: int = Field(100, ge=1, description="validate (sliding window) every N steps; best checkpoint kept; last.ckpt refreshed")
     val_cases: int | None = Field(None, ge=1, description="cap on validation cases (CPU budgets)")
     sw_overlap: float = Field(0.25, ge=0, lt=1)
-    postprocess: bool = Field(True, description="seg: per class, remove small islands or keep the largest component where that raises validation Dice")
+    postprocess: bool = Field(True, description="seg: keep-largest-component per class where it raises validation Dice")
     target: str = Field("sex", description="cls: datalist key to predict (strings → classes, numbers → regression)")
     precision: Precision = "32"
     accelerator: str = "auto"

@@ -31,7 +31,7 @@ from mssl.downstream.datasets import load_dataset, preprocessed_item, preprocess
 from mssl.downstream.inference import predict_log_probs
 from mssl.downstream.metrics import segmentation_metrics
 from mssl.downstream.partial_labels import restrict_to
-from mssl.downstream.postprocess import apply_postprocessing, describe_operations, stored_operations
+from mssl.downstream.postprocess import keep_largest_component
 from mssl.downstream.run_files import load_finetuned, write_json
 from mssl.runs import EvaluationFolder, FinetuneRun
 from mssl.viz.tables import format_mean_std, mean_std
@@ -87,17 +87,17 @@ METRICS = ("dice", "hd95", "nsd")
 
 def evaluate_segmentation(network: torch.nn.Module, description: dict[str, Any], cases: list[Case], config: EvaluateConfig, out: Path, console: Console) -> EvaluationResult:
     """Per case and class: Dice, HD95 and NSD of the raw prediction and of the post-processed one (the
-    operations the run chose per class on validation); the post-processed prediction is the result and is saved."""
+    run's keep-largest-component classes); the post-processed prediction is the result and is saved."""
     files = EvaluationFolder(out)
     class_names = description["class_names"]
     selected = _class_selection(class_names, config.classes)
     mirror_axes = description.get("mirror_axes", []) if config.tta else []
-    operations = stored_operations(description.get("postprocessing", {}), class_names)
+    postprocessed_classes = [class_names.index(n) for n in description.get("postprocessing", {}).get("classes", [])]
     rows: list[dict[str, Any]] = []
     values = {(variant, metric): {i: [] for i in selected} for variant in ("raw", "final") for metric in METRICS}
     for case in track(cases, description=f"evaluate {len(cases)} cases", console=console):
         raw, item = predict_case(network, case, description, class_names, config.sw_overlap, mirror_axes)
-        final = np.asarray(apply_postprocessing(torch.from_numpy(raw), operations)).astype(np.uint8)
+        final = keep_largest_component(torch.from_numpy(raw), postprocessed_classes).numpy().astype(np.uint8)
         image_file, label_file = nib.load(str(case.image)), nib.load(str(case.label))
         label = torch.from_numpy(np.asarray(label_file.dataobj).astype(np.int64))
         if tuple(label.shape) != raw.shape:
@@ -136,10 +136,11 @@ def evaluate_segmentation(network: torch.nn.Module, description: dict[str, Any],
 
     per_class, scores = summarise("final")
     per_class_raw, scores_raw = summarise("raw")
+    pp = ", ".join(class_names[i] for i in postprocessed_classes) or "none"
     lines = [
         f"# Evaluation of `{config.run}` on split `{config.split}` ({len(cases)} cases)",
         "",
-        f"Test-time mirroring over axes {list(mirror_axes) or 'none'}; post-processing (chosen on validation): {describe_operations(operations, class_names)}.",
+        f"Test-time mirroring over axes {list(mirror_axes) or 'none'}; keep-largest-component for: {pp} (chosen on validation).",
         "",
         f"| class | Dice | HD95 (mm) | NSD ({config.nsd_tolerance_mm:g} mm) | Dice without post-processing |",
         "|---|---|---|---|---|",
@@ -161,7 +162,7 @@ def evaluate_segmentation(network: torch.nn.Module, description: dict[str, Any],
             "per_class_without_postprocessing": per_class_raw,
             "scores_without_postprocessing": scores_raw,
             "mirror_axes": list(mirror_axes),
-            "postprocessing": {class_names[c]: op for c, op in operations.items()},
+            "postprocessed_classes": [class_names[i] for i in postprocessed_classes],
             "cases": [c.case_id for c in cases],
         },
     )

@@ -29,7 +29,7 @@ from mssl.downstream.inference import predict_log_probs
 from mssl.downstream.metrics import segmentation_metrics
 from mssl.models.task_networks import build_segmentation_network, deep_supervision_levels, freeze_encoder, initialise_class_prior
 from mssl.downstream.partial_labels import PartialDiceCELoss, contoured_classes, restrict_to
-from mssl.downstream.postprocess import choose_postprocessing, chosen_operations, describe_operations
+from mssl.downstream.postprocess import choose_postprocessing, selected_classes
 from mssl.downstream.pretrained import load_encoder
 from mssl.downstream.sampling import automatic_roi, patch_sampler, training_loader
 from mssl.downstream.setup import check_roi
@@ -162,7 +162,7 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
     if projection is not None:
         return projection
 
-    postprocessing: dict[str, Any] = {"operations": {}, "validation": {}}
+    postprocessing = {"classes": [], "validation": {}}
     if config.postprocess and val_items and loop.has_best_weights:
         network.load_state_dict(load_file(str(loop.files.weights)))
         with fabric.autocast():
@@ -170,19 +170,14 @@ def finetune_segmentation(config: FinetuneConfig, console: Console | None = None
         decisions = choose_postprocessing(
             predictions, lambda p, i: dice_table([p], [val_items[i]], dataset.num_classes)[0], [c for c in range(1, dataset.num_classes) if trained_classes[c]]
         )
-        operations = chosen_operations(decisions)
         postprocessing = {
-            "operations": {class_names[c]: op for c, op in operations.items()},
+            "classes": [class_names[c] for c in selected_classes(decisions)],
             "validation": {
-                class_names[c]: {
-                    "dice": d.without,
-                    **{f"dice_{op}": e.dice for op, e in d.operations.items()},
-                    **{f"worst_case_change_{op}": e.worst_case_change for op, e in d.operations.items()},
-                }
+                class_names[c]: {"dice": d.without, "dice_largest_component": d.with_, "worst_case_change": d.worst_case_change}
                 for c, d in decisions.items()
             },
         }
-        console.print(f"post-processing (validation Dice per class decided it): {describe_operations(operations, class_names)}")
+        console.print(f"keep-largest-component for {postprocessing['classes'] or 'no class'} (validation Dice per class decided it)")
 
     description = {
         "num_classes": dataset.num_classes,
