@@ -99,7 +99,7 @@ def write_report(config: dict) -> None:
         "`benchmarks/finetune_convergence.yaml` (network, spacing, patch budget, optimiser, validation).",
         f"Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}. "
         "Test Dice / HD95 (mm) / NSD (2 mm) on each case's own grid after test-time mirroring and the run's "
-        "keep-largest-component choice; mean over classes, then mean ± std over seeds. Only finished cells are listed.",
+        "keep-largest-component choice (every cell archived by 2026-12-06 05:40 UTC refused any per-case validation loss; since, a loss up to 0.1 is allowed); mean over classes, then mean ± std over seeds. Only finished cells are listed.",
         "",
         "| recipe | dataset | k | steps | seeds | test Dice | without post-processing | HD95 (mm) | NSD | best val step | converged (val plateau) | CPU min / run |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
