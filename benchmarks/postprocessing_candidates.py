@@ -1,4 +1,4 @@
-"""Post-processing operations side by side on one finished fine-tuning run (issue 11: SpinalCord's HD95).
+"""Keep-largest-component choices side by side on one finished fine-tuning run (issue 11: SpinalCord's HD95).
 
 For a run of benchmarks/finetune_convergence.py, predicts its validation and test cases once (test-time
 mirroring, on each case's own grid, as `mssl evaluate`), then scores the test cases under each choice of
@@ -110,7 +110,7 @@ def main() -> None:
     ]
     section = "\n".join(lines)
     print(section)
-    previous = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Post-processing operations on finished fine-tuning runs\n\n"
+    previous = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Keep-largest-component choices on finished fine-tuning runs\n\n"
     head, marker = previous, f"## `{args.run.as_posix()}`"
     if marker in previous:  # replace this run's section, keep the others
         before, rest = previous.split(marker, 1)
