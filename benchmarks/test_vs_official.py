@@ -178,7 +178,9 @@ def test_the_match_loss_stand_in_is_the_specified_formula_on_a_hand_checked_case
     assert neg.item() == 0.0 and pos.item() == pytest.approx((0.6931472 + 1.3862944 + 2.0794415 + 0.000001) / 4, abs=1e-7)
 
 
-def test_only_adds_the_named_implementations_to_a_kept_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def _recorded_s2dc_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, list]:
+    """An empty S²DC checkout and a recorded vs_official.json in tmp_path; workers replaced by a recorder of the
+    (implementation, configuration) calls. Returns the recorded figures and the calls list."""
     import json
 
     source, files = SOURCES["s2dc"]
@@ -190,8 +192,15 @@ def test_only_adds_the_named_implementations_to_a_kept_configuration(tmp_path: P
     monkeypatch.setattr(vs_official, "FIGURES", tmp_path / "vs_official.json")
     monkeypatch.setattr(vs_official, "RESULTS", tmp_path / "vs_official.md")
     monkeypatch.setattr(vs_official, "available_gb", lambda: 100.0)
-    calls = []
+    calls: list = []
     monkeypatch.setattr(vs_official, "_run", lambda implementation, config, *rest: calls.append((implementation, config)) or _run(9.25, 9.0))
+    return figures, calls
+
+
+def test_only_adds_the_named_implementations_to_a_kept_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import json
+
+    figures, calls = _recorded_s2dc_results(tmp_path, monkeypatch)
     vs_official.main(["--keep", "--methods", "s2dc", "--s2dc-crops", "96", "--only", "ours-checkpointed", "--s2dc-official", str(tmp_path / "S2DC")])
     assert calls == [("ours-checkpointed", "s2dc-96")]
     entry = json.loads((tmp_path / "vs_official.json").read_text(encoding="utf-8"))["configs"]["s2dc-96"]
@@ -245,17 +254,7 @@ def test_the_two_crop_configuration_runs_every_s2dc_implementation_and_keep_merg
 ):
     import json
 
-    source, files = SOURCES["s2dc"]
-    for name in files:
-        (tmp_path / "S2DC" / source / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "S2DC" / source / name).write_text("", encoding="utf-8")
-    figures = _figures({"s2dc": {"official": _run(37.0, 4.0)}})
-    (tmp_path / "vs_official.json").write_text(json.dumps(figures), encoding="utf-8")
-    monkeypatch.setattr(vs_official, "FIGURES", tmp_path / "vs_official.json")
-    monkeypatch.setattr(vs_official, "RESULTS", tmp_path / "vs_official.md")
-    monkeypatch.setattr(vs_official, "available_gb", lambda: 100.0)
-    calls = []
-    monkeypatch.setattr(vs_official, "_run", lambda implementation, config, *rest: calls.append((implementation, config)) or _run(9.25, 9.0))
+    figures, calls = _recorded_s2dc_results(tmp_path, monkeypatch)
     assert vs_official._parser().parse_args([]).s2dc_crops == ["64", "96", "96x2"]
     vs_official.main(["--keep", "--methods", "s2dc", "--s2dc-crops", "96x2", "--s2dc-official", str(tmp_path / "S2DC")])
     assert calls == [(implementation, "s2dc-96x2") for implementation in vs_official.IMPLEMENTATIONS["s2dc"]]
