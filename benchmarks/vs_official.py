@@ -333,14 +333,16 @@ NOTES = [
     "bound of official ÷ mssl with its defaults.",
     "Speed option: *mssl, --precision bf16-mixed* (no checkpointing) runs the forward pass under "
     "`torch.autocast(\"cpu\", dtype=torch.bfloat16)`, backward and optimiser step outside it, as Lightning's bf16-mixed "
-    "plugin does; mssl keeps NCC, warps, Sinkhorn and logits in fp32 inside it. This CPU has bfloat16 units (amx_bf16 "
-    "and avx512_bf16 in /proc/cpuinfo), which oneDNN uses for bf16 convolutions and matrix products. It runs at the "
+    "plugin does; mssl keeps NCC, warps, Sinkhorn and logits in fp32 inside it. The CPU of the GVSL and S²DC 64³ rows "
+    "has bfloat16 units (amx_bf16 and avx512_bf16 in /proc/cpuinfo), which oneDNN uses for bf16 convolutions and matrix products. It runs at the "
     "GVSL speed sizes and at S²DC 2 crops of 96³ (the speed targets allow whichever options give them), and at S²DC "
     "64³ (mssl fp32 vs bf16; the official S²DC cannot run 64³ crops). Its effect on a 200-step demo run's losses: "
-    "options_accuracy.md. At S²DC 96³ crops it is much slower than fp32 on this CPU: torch.profiler on one 96³ crop "
-    "(fs 12, window 7, forward + backward, 1 thread) showed the Swin window attention's batched matrix products "
-    "(head width 4) taking 19.8 s in bf16 against 4.6 s in fp32, and the patch-embedding convolution on PyTorch's "
-    "slow bf16 conv3d kernel (4.6 s); keep S²DC in fp32 on such CPUs.",
+    "options_accuracy.md. The S²DC 2-crop rows ran later, on another machine: an AMD EPYC with AVX2 only, no bf16 "
+    "units (the machine was replaced between runs), where bf16 is emulated and bf16-mixed was 5.6× slower than fp32: "
+    "torch.profiler on one 96³ crop (fs 12, window 7, forward + backward, 1 thread) showed the Swin window "
+    "attention's batched matrix products (head width 4) taking 19.8 s in bf16 against 4.6 s in fp32, and the "
+    "patch-embedding convolution on PyTorch's slow bf16 conv3d kernel (4.6 s). Use bf16-mixed on CPU only where "
+    "the CPU has bf16 units.",
     "Memory limit: each worker's data segment (RLIMIT_DATA: heap and private anonymous mappings, where the "
     "tensors live) was limited to --memory-share of the memory available when it started, so a step that needs "
     "more fails inside the worker and shows as *out of memory* here, instead of waking the kernel's OOM killer on "
