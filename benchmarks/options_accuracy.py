@@ -144,11 +144,16 @@ def _seeds(runs: dict) -> dict[int, dict]:
     return {seed: runs[f"fp32-seed{seed}"] for seed in SEEDS if "losses" in runs.get(f"fp32-seed{seed}", {})}
 
 
+def _has_spread(measured: dict[int, dict]) -> bool:
+    """A seed spread needs float32 seed 0 (the options' reference) and at least one other seed."""
+    return 0 in measured and len(measured) >= 2
+
+
 def verdicts(runs: dict, method: str) -> dict[str, dict]:
     """For each option measured: per loss its change from float32 seed 0, the seed spread (max − min over the float32
     seeds measured, at least seed 0 and one other), whether the change is smaller; and `within` for all losses."""
     measured = _seeds(runs)
-    if 0 not in measured or len(measured) < 2:
+    if not _has_spread(measured):
         return {}
     seeds = [measured[0], *(run for seed, run in measured.items() if seed != 0)]
     found = {}
@@ -173,7 +178,7 @@ def _g(value: float) -> str:
 def _method_section(method: str, runs: dict) -> list[str]:
     lines = [f"## {NAMES[method]}", ""]
     measured = _seeds(runs)
-    if 0 not in measured or len(measured) < 2:
+    if not _has_spread(measured):
         return lines + [f"No seed spread: float32 seeds measured: {sorted(measured) or 'none'} (seed 0 and another needed).", ""]
     missing = [seed for seed in SEEDS if seed not in measured]
     if missing:

@@ -42,9 +42,7 @@ def test_keep_largest_component_removes_islands_of_the_chosen_class_only() -> No
 
 def test_postprocessing_is_chosen_where_it_helps_and_never_lowers_validation_dice() -> None:
     reference, prediction = _reference(), _prediction()
-
-    def dice_of(p: torch.Tensor, i: int) -> np.ndarray:
-        return segmentation_metrics(p, reference, 3, (1.0, 1.0, 1.0), with_hd95=False).dice
+    dice_of = _dice_against(reference)
 
     decisions = choose_postprocessing([prediction], dice_of, [1, 2])
     chosen = selected_classes(decisions)
@@ -64,9 +62,7 @@ def test_a_class_is_not_postprocessed_when_one_validation_case_loses_much_even_i
     wrong_side[reference == 1] = 0
     wrong_side[3:7, 3:7, 3:7] = 1  # 64 true voxels
     wrong_side[10:15, 10:15, 10:15] = 1  # 125 false voxels: the largest component
-
-    def dice_of(p: torch.Tensor, i: int) -> np.ndarray:
-        return segmentation_metrics(p, reference, 3, (1.0, 1.0, 1.0), with_hd95=False).dice
+    dice_of = _dice_against(reference)
 
     many_islands = [island] * 30
     decisions = choose_postprocessing([*many_islands, wrong_side], dice_of, [1])
