@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
 from mssl.downstream.config import EvaluateConfig
 from mssl.downstream.datasets import load_dataset
-from mssl.downstream.evaluate import predict_case
+from mssl.downstream.evaluate import case_reference, predict_case
 from mssl.downstream.metrics import segmentation_metrics
 from mssl.downstream.postprocess import MAX_CASE_LOSS, choose_postprocessing, keep_largest_component, selected_classes
 from mssl.downstream.run_files import load_finetuned
@@ -37,8 +36,8 @@ def predictions(network, description, cases, class_names):
     out = []
     for case in cases:
         raw, item = predict_case(network, case, description, class_names, overlap=EvaluateConfig.model_fields["sw_overlap"].default, mirror_axes=description.get("mirror_axes", []))
-        label_file = nib.load(str(case.label))
-        out.append((torch.from_numpy(raw.astype(np.int64)), torch.from_numpy(np.asarray(label_file.dataobj).astype(np.int64)), label_file.header.get_zooms()[:3], item["present"]))
+        label, spacing, _ = case_reference(case, raw.shape)
+        out.append((torch.from_numpy(raw.astype(np.int64)), label, spacing, item["present"]))
         print(f"predicted {case.case_id}", flush=True)
     return out
 

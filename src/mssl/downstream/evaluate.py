@@ -85,6 +85,16 @@ def predict_case(
 METRICS = ("dice", "hd95", "nsd")
 
 
+def case_reference(case: Case, grid_shape: Sequence[int]) -> tuple[torch.Tensor, list[float], np.ndarray]:
+    """A case's label map (int64) on its image grid, the image's spacing (mm) and affine; a label whose shape is
+    not ``grid_shape`` (the prediction's, i.e. the image's) is an error naming the label file."""
+    image_file, label_file = nib.load(str(case.image)), nib.load(str(case.label))
+    label = torch.from_numpy(np.asarray(label_file.dataobj).astype(np.int64))
+    if tuple(label.shape) != tuple(grid_shape):
+        raise ValueError(f"{case.label}: label shape {tuple(label.shape)} differs from its image grid {tuple(grid_shape)}")
+    return label, [float(z) for z in image_file.header.get_zooms()[:3]], image_file.affine
+
+
 def evaluate_segmentation(network: torch.nn.Module, description: dict[str, Any], cases: list[Case], config: EvaluateConfig, out: Path, console: Console) -> EvaluationResult:
     """Per case and class: Dice, HD95 and NSD of the raw prediction and of the post-processed one (the
     run's keep-largest-component classes); the post-processed prediction is the result and is saved."""
@@ -98,11 +108,7 @@ def evaluate_segmentation(network: torch.nn.Module, description: dict[str, Any],
     for case in track(cases, description=f"evaluate {len(cases)} cases", console=console):
         raw, item = predict_case(network, case, description, class_names, config.sw_overlap, mirror_axes)
         final = keep_largest_component(torch.from_numpy(raw), postprocessed_classes).numpy().astype(np.uint8)
-        image_file, label_file = nib.load(str(case.image)), nib.load(str(case.label))
-        label = torch.from_numpy(np.asarray(label_file.dataobj).astype(np.int64))
-        if tuple(label.shape) != raw.shape:
-            raise ValueError(f"{case.label}: label shape {tuple(label.shape)} differs from its image grid {raw.shape}")
-        spacing = [float(z) for z in image_file.header.get_zooms()[:3]]
+        label, spacing, affine = case_reference(case, raw.shape)
         for variant, prediction in (("raw", raw), ("final", final)):
             metrics = segmentation_metrics(
                 torch.from_numpy(prediction), label, len(class_names), spacing, item["present"], nsd_tolerance_mm=config.nsd_tolerance_mm
@@ -115,7 +121,7 @@ def evaluate_segmentation(network: torch.nn.Module, description: dict[str, Any],
         if config.save_predictions:
             predictions = files.predictions
             predictions.mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(final, image_file.affine), str(predictions / f"{case.case_id}.nii.gz"))
+            nib.save(nib.Nifti1Image(final, affine), str(predictions / f"{case.case_id}.nii.gz"))
 
     with open(files.per_case, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["case", "class", "postprocessed", *METRICS])
